@@ -1,0 +1,191 @@
+"""The ``onnxprune`` command line: inspect, prune, apply, score, sparsify, demo.
+
+Library code only logs; this module prints. Every OnnxPruneError becomes one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import InvalidArgumentError, OnnxPruneError
+
+logger = logging.getLogger(__name__)
+
+
+def _input_shapes(values: Optional[Sequence[str]]) -> Optional[dict[str, list[int]]]:
+    """``name:1x3x224x224`` (or ``1,3,224,224``) -> {name: [1, 3, 224, 224]}."""
+    if not values:
+        return None
+    out: dict[str, list[int]] = {}
+    for v in values:
+        name, sep, dims = v.rpartition(":")
+        if not sep or not name:
+            raise InvalidArgumentError(f"--input-shape {v!r}: expected NAME:1x3x224x224")
+        try:
+            out[name] = [int(d) for d in dims.replace(",", "x").split("x")]
+        except ValueError:
+            raise InvalidArgumentError(f"--input-shape {v!r}: dims must be integers") from None
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                   help="concrete input size for dynamic dims, e.g. x:1x3x640x640 (repeatable)")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
+    t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
+    t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts of each group multiples of N")
+    p.add_argument("--max-layer-ratio", type=float, default=0.9,
+                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
+    p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning of ONNX models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="list prunable layers, channel groups and frozen groups with reasons")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+
+    p = sub.add_parser("prune", help="remove the least important kernels and write a smaller model")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--criterion", default="magnitude", help="magnitude (l1), l2, random")
+    p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
+    p.add_argument("--cost-aware", action="store_true", help="rank by score per MAC saved")
+    _add_target_args(p)
+    p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
+    p.add_argument("--report", help="write the report as .json or .md")
+    p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("apply", help="apply a saved plan")
+    _add_model_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON from `prune --save-plan`")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--no-verify", action="store_true")
+
+    p = sub.add_parser("demo", help="prune the embedded digits CNN end to end")
+    p.add_argument("-o", "--output", help="where to write the pruned demo model (default: a temp folder)")
+    p.add_argument("--target-macs", type=float, default=0.5)
+
+    try:
+        from .sparsity.cli import add_sparsify_parser
+    except ImportError:  # pragma: no cover - package always ships it
+        add_sparsify_parser = None
+    if add_sparsify_parser is not None:
+        add_sparsify_parser(sub)
+    return parser
+
+
+def _cmd_inspect(args) -> int:
+    from .api import inspect
+    rep = inspect(args.model, _input_shapes(args.input_shape), args.exclude)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
+    from .report import _fmt
+    rows = [("layer", "op", "kernels", "prunable", "MACs", "params", "group")]
+    for l in rep.layers:
+        rows.append((l.name, l.op, str(l.kernels), str(l.prunable_kernels), f"{l.macs:,}", f"{l.params:,}",
+                     str(l.group) if l.group is not None else "-"))
+    print(_fmt(rows))
+    print()
+    grows = [("group", "units", "kernels", "layers", "status")]
+    for g in rep.groups:
+        layers = g.layers[0] + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else "")
+        grows.append((str(g.id), str(g.units), str(g.kernels), layers,
+                      "prunable" if g.frozen_reason is None else f"frozen: {g.frozen_reason}"))
+    print(_fmt(grows))
+    print()
+    print(f"input shapes probed: {rep.input_shapes}")
+    print(f"prunable_conv_num: {rep.prunable_conv_num}")
+    print(f"prunable_kernel_num: {rep.prunable_kernel_num} of {rep.total_kernels} kernels")
+    print(f"MACs per sample: {rep.macs:,}   params: {rep.params:,}")
+    return 0
+
+
+def _write_report(report, path: Optional[str]) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if p.suffix == ".md":
+        p.write_text(report.markdown())
+    else:
+        p.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+
+
+def _cmd_prune(args) -> int:
+    from .api import prune_model
+    scores = None
+    if args.scores:
+        from .scores_io import load_scores
+        scores = load_scores(args.scores)
+    res = prune_model(args.model, args.output, criterion=args.criterion, percentage=args.percentage,
+                      target_macs=args.target_macs, target_params=args.target_params, exclude=args.exclude,
+                      round_to=args.round_to, max_layer_ratio=args.max_layer_ratio, min_kernels=args.min_kernels,
+                      cost_aware=args.cost_aware, scores=scores, input_shapes=_input_shapes(args.input_shape),
+                      verify=not args.no_verify, seed=args.seed)
+    if args.save_plan:
+        res.plan.save(args.save_plan)
+    _write_report(res.report, args.report)
+    print(res.report.table())
+    print(f"wrote {res.output_path}")
+    return 0
+
+
+def _cmd_apply(args) -> int:
+    from .api import apply_plan
+    res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
+                     verify=not args.no_verify)
+    print(res.report.table())
+    print(f"wrote {res.output_path}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    print(run_demo(args.output, target_macs=args.target_macs))
+    return 0
+
+
+COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "apply": _cmd_apply, "demo": _cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        from .sparsity.cli import run_sparsify
+        handler = run_sparsify
+    try:
+        return int(handler(args) or 0)
+    except OnnxPruneError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model loading, normalisation and channel-dependency analysis."""

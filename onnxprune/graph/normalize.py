@@ -1,0 +1,111 @@
+"""Bring any exported model into one canonical form before analysis.
+
+Exporters differ: PaddlePaddle stores every weight in a ``Constant`` node,
+PyTorch computes ``Pad`` amounts in shape sub-graphs, some models carry stale
+value_info. Folding constants turns all of these into plain constant tensors
+the channel analysis can read and rewrite; shape inference then gives dtypes
+for every tensor. The folded model computes the same function and is what
+onnxprune rewrites and writes out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InvalidModelError
+
+logger = logging.getLogger(__name__)
+
+
+def to_graph(proto: onnx.ModelProto) -> gs.Graph:
+    """Import a proto into onnx-graphsurgeon with all constants folded."""
+    graph = gs.import_onnx(proto)
+    _constant_nodes_to_constants(graph)
+    try:
+        graph.fold_constants(fold_shapes=True, error_ok=True)
+    except Exception as exc:  # noqa: BLE001 - folding is best effort; analysis refuses what stays unknown
+        logger.warning("constant folding stopped early: %s", exc)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph
+
+
+def _constant_nodes_to_constants(graph: gs.Graph) -> None:
+    """Replace ``Constant`` nodes by constant tensors (Paddle stores all weights this way)."""
+    for node in list(graph.nodes):
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        attrs = node.attrs
+        if "value" in attrs:
+            value = attrs["value"]
+            arr = value.values if isinstance(value, gs.Constant) else np.asarray(value)
+        elif "value_float" in attrs:
+            arr = np.array(attrs["value_float"], dtype=np.float32)
+        elif "value_floats" in attrs:
+            arr = np.array(attrs["value_floats"], dtype=np.float32)
+        elif "value_int" in attrs:
+            arr = np.array(attrs["value_int"], dtype=np.int64)
+        elif "value_ints" in attrs:
+            arr = np.array(attrs["value_ints"], dtype=np.int64)
+        else:
+            continue
+        out = node.outputs[0]
+        const = gs.Constant(out.name, np.asarray(arr))
+        for consumer in list(out.outputs):
+            for i, inp in enumerate(consumer.inputs):
+                if inp is out:
+                    consumer.inputs[i] = const
+        for i, g_out in enumerate(graph.outputs):
+            if g_out is out:
+                # A constant graph output: keep the node, nothing to prune there.
+                break
+        else:
+            node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
+
+
+def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph, keeping the original model's metadata, IR version and opsets."""
+    proto = gs.export_onnx(graph, do_type_check=False)
+    proto.ir_version = like.ir_version
+    del proto.opset_import[:]
+    proto.opset_import.extend(like.opset_import)
+    proto.producer_name = like.producer_name
+    proto.producer_version = like.producer_version
+    proto.doc_string = like.doc_string
+    proto.model_version = like.model_version
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(like.metadata_props)
+    del proto.functions[:]
+    proto.functions.extend(like.functions)
+    return proto
+
+
+def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that never fails the pipeline: unknown shapes are probed later."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("onnx shape inference failed (%s); continuing with probed shapes", exc)
+        return proto
+
+
+def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Folded, cleaned, topologically sorted, shape-inferred copy of ``proto``."""
+    graph = to_graph(proto)
+    names: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in names:
+            node.name = f"{node.op}_{i}" if not node.name else f"{node.name}_{i}"
+        names.add(node.name)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
+            tensor.shape = None
+    out = to_proto(graph, proto)
+    out = infer_shapes(out)
+    if not out.graph.node:
+        raise InvalidModelError("the model folds to a constant: nothing to prune")
+    return out

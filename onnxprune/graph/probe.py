@@ -1,0 +1,141 @@
+"""Concrete shapes of every tensor, measured by running the model once.
+
+Static shape inference cannot see through dynamic Reshape targets or Paddle's
+dynamic spatial dims. Running onnxruntime once on a small random batch with
+every intermediate tensor exposed gives exact shapes (and the values of small
+integer tensors such as Reshape targets), which the channel analysis needs
+to prove what a Reshape or Flatten does to the channel axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import InvalidArgumentError, InvalidModelError
+from ..runtime import make_session
+
+logger = logging.getLogger(__name__)
+
+PROBE_BATCH = 2
+DEFAULT_SPATIAL = 224
+_SMALL_INT = 64
+
+
+@dataclass
+class Probe:
+    """Shapes (batch ``PROBE_BATCH``) and small integer values of every tensor."""
+
+    input_shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    int_values: dict[str, np.ndarray] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+
+def graph_input_dims(proto: onnx.ModelProto) -> dict[str, list]:
+    """Declared dims of the real (non-initializer) inputs: int or the symbolic name/None."""
+    inits = {t.name for t in proto.graph.initializer}
+    dims: dict[str, list] = {}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        shape = inp.type.tensor_type.shape
+        dims[inp.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                          for d in shape.dim]
+    return dims
+
+
+def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | None = None,
+                         batch: int = PROBE_BATCH) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes: user-given ones, else declared dims with batch and spatial defaults."""
+    given = dict(given or {})
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims in graph_input_dims(proto).items():
+        if name in given:
+            shape = list(given.pop(name))
+            if len(shape) != len(dims):
+                raise InvalidArgumentError(f"input shape for {name!r} has rank {len(shape)}, the model expects {len(dims)}")
+            for i, (s, d) in enumerate(zip(shape, dims)):
+                if isinstance(d, int) and i > 0 and s != d:
+                    raise InvalidArgumentError(f"input {name!r} dim {i} is fixed to {d} in the model, got {s}")
+            shape[0] = batch if dims and not isinstance(dims[0], int) else shape[0]
+            out[name] = tuple(int(s) for s in shape)
+            continue
+        shape = []
+        for i, d in enumerate(dims):
+            if isinstance(d, int):
+                shape.append(d)
+            elif i == 0:
+                shape.append(batch)
+            else:
+                shape.append(DEFAULT_SPATIAL)
+                logger.warning("input %s dim %d is dynamic; probing with %d (pass input_shapes to choose)",
+                               name, i, DEFAULT_SPATIAL)
+        out[name] = tuple(shape)
+    if given:
+        raise InvalidArgumentError(f"unknown input name(s) {sorted(given)}; the model has {sorted(out)}")
+    return out
+
+
+_NP_OF_ONNX = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def random_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal float inputs of the given shapes (ints get zeros)."""
+    rng = np.random.default_rng(seed)
+    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    feeds = {}
+    for name, shape in shapes.items():
+        dtype = _NP_OF_ONNX.get(types.get(name, onnx.TensorProto.FLOAT), np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> Probe:
+    """Run the model once with every typed intermediate tensor exposed as an output."""
+    result = Probe(input_shapes=dict(input_shapes))
+    typed = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        typed[vi.name] = vi.type.tensor_type.elem_type
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    existing = {o.name for o in exposed.graph.output}
+    names: list[str] = [o.name for o in exposed.graph.output]
+    for node in proto.graph.node:
+        for out in node.output:
+            if out and out not in existing and out in typed:
+                exposed.graph.output.append(onnx.helper.make_tensor_value_info(out, typed[out], None))
+                existing.add(out)
+                names.append(out)
+    del exposed.graph.value_info[:]
+    try:
+        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
+        raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    feeds = random_inputs(proto, input_shapes)
+    try:
+        values = session.run(names, feeds)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidModelError(
+            f"onnxruntime cannot run the model on inputs {input_shapes}: {str(exc).splitlines()[0]} "
+            "(give the input size explicitly)") from None
+    for name, arr in zip(names, values):
+        arr = np.asarray(arr)
+        result.shapes[name] = tuple(arr.shape)
+        result.dtypes[name] = typed.get(name, 0)
+        if np.issubdtype(arr.dtype, np.integer) and arr.size <= _SMALL_INT:
+            result.int_values[name] = arr.copy()
+    for name, shape in input_shapes.items():
+        result.shapes[name] = tuple(shape)
+    return result

@@ -1,0 +1,1 @@
+"""Graph-surgery passes: each takes a model and returns a rewritten one."""

@@ -1,0 +1,138 @@
+"""Before/after figures of a pruning run: parameters, MACs, file size, latency, per-layer channels."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from .runtime import make_session
+
+
+@dataclass
+class ModelStats:
+    params: int
+    macs: int
+    size_bytes: int
+    latency_ms: Optional[float] = None
+    accuracy: Optional[float] = None
+    fidelity: Optional[dict] = None
+
+
+@dataclass
+class LayerChange:
+    name: str
+    op: str
+    before: int
+    after: int
+
+
+@dataclass
+class Report:
+    before: ModelStats
+    after: ModelStats
+    layers: list[LayerChange] = field(default_factory=list)
+    removed_kernels: int = 0
+    prunable_kernels: int = 0
+    verification: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pruned_percentage(self) -> float:
+        return 100.0 * self.removed_kernels / max(self.prunable_kernels, 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pruned_percentage"] = self.pruned_percentage
+        return d
+
+    def table(self, per_layer: bool = True) -> str:
+        b, a = self.before, self.after
+        rows = [("", "before", "after", "kept"),
+                ("params", f"{b.params:,}", f"{a.params:,}", _pct(a.params, b.params)),
+                ("MACs", f"{b.macs:,}", f"{a.macs:,}", _pct(a.macs, b.macs)),
+                ("file size", _mb(b.size_bytes), _mb(a.size_bytes), _pct(a.size_bytes, b.size_bytes))]
+        if b.latency_ms is not None and a.latency_ms is not None:
+            rows.append(("latency (median)", f"{b.latency_ms:.2f} ms", f"{a.latency_ms:.2f} ms",
+                         f"{b.latency_ms / max(a.latency_ms, 1e-9):.2f}x faster"))
+        if b.accuracy is not None and a.accuracy is not None:
+            rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
+        out = [_fmt(rows)]
+        out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
+                   f"({self.pruned_percentage:.1f}%)")
+        if per_layer and self.layers:
+            lrows = [("layer", "op", "kernels before", "after")]
+            lrows += [(lc.name, lc.op, str(lc.before), str(lc.after)) for lc in self.layers if lc.before != lc.after]
+            if len(lrows) > 1:
+                out.append(_fmt(lrows))
+        if self.verification:
+            out.append(self.verification)
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        b, a = self.before, self.after
+        lines = ["| | before | after | kept |", "|---|---|---|---|",
+                 f"| params | {b.params:,} | {a.params:,} | {_pct(a.params, b.params)} |",
+                 f"| MACs | {b.macs:,} | {a.macs:,} | {_pct(a.macs, b.macs)} |",
+                 f"| file size | {_mb(b.size_bytes)} | {_mb(a.size_bytes)} | {_pct(a.size_bytes, b.size_bytes)} |"]
+        if b.latency_ms is not None and a.latency_ms is not None:
+            lines.append(f"| latency | {b.latency_ms:.2f} ms | {a.latency_ms:.2f} ms | |")
+        if b.accuracy is not None and a.accuracy is not None:
+            lines.append(f"| accuracy | {b.accuracy:.2%} | {a.accuracy:.2%} | |")
+        lines.append("")
+        lines.append(f"Pruned kernels: {self.removed_kernels} of {self.prunable_kernels} ({self.pruned_percentage:.1f}%).")
+        if self.verification:
+            lines.append("")
+            lines.append(self.verification)
+        return "\n".join(lines) + "\n"
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{a / b:.1%}" if b else "-"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _fmt(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Float weights stored in the model (initializers and Constant nodes)."""
+    total = 0
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    for t in model.graph.initializer:
+        if t.data_type in floats:
+            total += int(np.prod(t.dims))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type in floats:
+                    total += int(np.prod(attr.t.dims))
+    return total
+
+
+def measure_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats: int = 20,
+                    warmup: int = 3, providers=None) -> float:
+    """Median wall time of one run, in milliseconds, on the default provider."""
+    sess = make_session(model, providers)
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,87 @@
+"""Inspect / prune / apply through the CLI and the API on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.cli import main
+from onnxprune.runtime import make_session
+
+from builders import inverted_residual, option_a_shortcut
+
+
+@pytest.fixture()
+def resnetish(tmp_path):
+    p = tmp_path / "r.onnx"
+    onnx.save(option_a_shortcut(), str(p))
+    return p
+
+
+def test_inspect_json(resnetish, capsys):
+    assert main(["inspect", str(resnetish), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prunable_conv_num"] == 5
+    assert data["prunable_kernel_num"] == 8 + 8 + 8 + 16 + 16
+    frozen = [g for g in data["groups"] if g["frozen_reason"]]
+    assert len(frozen) == 1 and "graph output" in frozen[0]["frozen_reason"]
+
+
+def test_prune_plan_apply_roundtrip(resnetish, tmp_path, capsys):
+    out, plan, out2 = tmp_path / "o.onnx", tmp_path / "plan.json", tmp_path / "o2.onnx"
+    assert main(["prune", str(resnetish), "-o", str(out), "--percentage", "30", "--save-plan", str(plan)]) == 0
+    text = capsys.readouterr().out
+    assert "exactness vs masked reference" in text and out.exists()
+    assert main(["apply", str(resnetish), "--plan", str(plan), "-o", str(out2)]) == 0
+    a, b = onnx.load(str(out)), onnx.load(str(out2))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(make_session(a).run(None, {"x": x})[0], make_session(b).run(None, {"x": x})[0])
+
+
+def test_percentage_counts_kernels(resnetish):
+    res = onnxprune.prune_model(str(resnetish), percentage=30)
+    rep = res.report
+    assert rep.prunable_kernels == 56
+    assert rep.removed_kernels >= 0.3 * 56
+    assert rep.after.params < rep.before.params
+
+
+def test_target_macs_met():
+    model = inverted_residual()
+    res = onnxprune.prune_model(model, target_macs=0.6)
+    assert res.report.after.macs <= 0.6 * res.report.before.macs
+    # the input proto is untouched
+    assert len(model.graph.initializer) == len(inverted_residual().graph.initializer)
+
+
+def test_round_to_and_max_ratio():
+    res = onnxprune.prune_model(option_a_shortcut(), percentage=50, round_to=4, max_layer_ratio=0.5)
+    for lc in res.report.layers:
+        assert lc.after >= lc.before * 0.5
+    p = onnxprune.prepare.prepare(option_a_shortcut()) if hasattr(onnxprune, "prepare") else None
+    from onnxprune.prepare import prepare
+    a = prepare(option_a_shortcut()).analysis
+    removed = res.plan.to_units(a)
+    by_group: dict = {}
+    for r in removed:
+        by_group[a.group_of[r]] = by_group.get(a.group_of[r], 0) + 1
+    for gid, k in by_group.items():
+        assert (len(a.groups[gid].units) - k) % 4 == 0
+
+
+def test_plan_json_roundtrip():
+    plan = onnxprune.PruningPlan({"conv1": [0, 3]}, {"criterion": "magnitude"})
+    again = onnxprune.PruningPlan.from_json(plan.to_json())
+    assert again.remove == plan.remove and again.meta == plan.meta
+    with pytest.raises(onnxprune.InvalidArgumentError):
+        onnxprune.PruningPlan.from_json("[]")
+
+
+def test_demo_runs(capsys, tmp_path):
+    assert main(["demo", "-o", str(tmp_path / "demo.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and (tmp_path / "demo.onnx").exists()
