@@ -14,3 +14,10 @@ __all__ = [
     "OnnxPruneError", "InvalidModelError", "UnsupportedModelError", "InvalidArgumentError",
     "NothingToPruneError", "VerificationError", "CalibrationError",
 ]
+
+from .halcon import (PruningHandle, add_pruning_batch, create_pruning, gen_pruned_model, get_pruning_param,
+                     set_pruning_param)
+from .pipeline import PruneConfig, prune_static
+
+__all__ += ["PruneConfig", "prune_static", "PruningHandle", "create_pruning", "set_pruning_param",
+            "get_pruning_param", "add_pruning_batch", "gen_pruned_model"]

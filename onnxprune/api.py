@@ -169,7 +169,7 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
     ``percentage`` is HALCON's: the share of prunable kernels to remove
     (default 10). ``target_macs``/``target_params`` are kept fractions.
     ``scores`` maps layer name to one score per output kernel (as written
-    by ``onnxprune score``); a unit's score is the sum over its kernels.
+    by ``onnxprune score``); a unit's score is the mean over its kernels.
     """
     target = Target(percentage, target_macs, target_params)
     constraints = Constraints(max_layer_ratio, min_kernels, round_to)
@@ -187,24 +187,40 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
 
 
 def scores_from_kernels(p: Prepared, scores: dict[str, list[float]]) -> dict[int, float]:
-    """Unit scores from per-kernel scores keyed by layer name (sum over a unit's kernels)."""
+    """Unit scores from per-kernel scores keyed by layer name (mean over a unit's scored kernels).
+
+    A scores file written by ``onnxprune score`` repeats a coupled unit's
+    score on each of its kernels, so the mean gives it back unchanged.
+    """
     a = p.analysis
     out: dict[int, float] = {}
     for r in a.prunable_units:
-        total, seen = 0.0, False
+        total, seen = 0.0, 0
         for layer, ch in a.unit_kernels[r]:
             vals = scores.get(layer)
             if vals is not None:
                 if len(vals) != a.layers[layer].kernels:
                     raise InvalidArgumentError(f"scores for {layer!r} have {len(vals)} entries, the layer has "
                                                f"{a.layers[layer].kernels} kernels: scores from another model?")
+                if vals[ch] is None or not np.isfinite(vals[ch]):
+                    continue
                 total += float(vals[ch])
-                seen = True
+                seen += 1
         if seen:
-            out[r] = total
+            out[r] = total / seen
     if not out:
         raise InvalidArgumentError("the scores name none of the model's prunable layers")
     return out
+
+
+def kernel_scores(p: Prepared, unit_scores: dict[int, float]) -> dict[str, list[float]]:
+    """Per-layer, per-kernel view of unit scores (NaN for kernels of frozen units)."""
+    a = p.analysis
+    out = {name: [float("nan")] * layer.kernels for name, layer in a.layers.items()}
+    for r, s in unit_scores.items():
+        for layer, ch in a.unit_kernels[r]:
+            out[layer][ch] = float(s)
+    return {k: v for k, v in out.items() if any(np.isfinite(x) for x in v)}
 
 
 def apply_plan(model_input: ModelLike, plan: Union[PruningPlan, PathLike], model_output: Optional[PathLike] = None,

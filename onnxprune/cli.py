@@ -53,6 +53,66 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
 
 
+def _add_calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
+    g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
+    g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
+    g.add_argument("--scale", type=float, default=1 / 255, help="pixel scale (default 1/255)")
+    g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
+    g.add_argument("--nhwc", action="store_true", help="the model takes NHWC input")
+    g.add_argument("--grayscale", action="store_true")
+
+
+def _add_oracle_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("oracle")
+    g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
+                   help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
+                        "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
+    g.add_argument("--ranking", default="per_mac", choices=["per_mac", "raw", "flops_reg"],
+                   help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
+    g.add_argument("--flops-lambda", type=float, default=1.0)
+    g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
+
+
+def _preprocess(args):
+    from .calibration import Preprocess
+    floats = lambda s: tuple(float(v) for v in s.split(",")) if s else None  # noqa: E731
+    size = None
+    if args.size:
+        try:
+            h, w = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise InvalidArgumentError(f"--size {args.size!r}: expected HxW, e.g. 224x224") from None
+        size = (h, w)
+    kw = dict(size=size, resize=args.resize, scale=args.scale, channel_order="BGR" if args.bgr else "RGB",
+              layout="NHWC" if args.nhwc else "NCHW", grayscale=args.grayscale)
+    if args.mean:
+        kw["mean"] = floats(args.mean)
+    if args.std:
+        kw["std"] = floats(args.std)
+    return Preprocess(**kw)
+
+
+def _config(args, criterion: str):
+    from .pipeline import PruneConfig
+    return PruneConfig(
+        criterion=criterion, percentage=getattr(args, "percentage", None),
+        target_macs=getattr(args, "target_macs", None), target_params=getattr(args, "target_params", None),
+        nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", 1),
+        max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
+        ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
+        steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
+        gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
+        calibration_samples=args.calib_limit, batch_size=args.batch_size,
+        recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
+        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning of ONNX models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -66,14 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove the least important kernels and write a smaller model")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
-    p.add_argument("--criterion", default="magnitude", help="magnitude (l1), l2, random")
+    p.add_argument("--criterion", default=None,
+                   help="oracle (default with --calib), magnitude (default without), l2, random, bn_scale, "
+                        "activation_mean, activation_std")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
-    p.add_argument("--cost-aware", action="store_true", help="rank by score per MAC saved")
+    p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
+    _add_calib_args(p)
+    _add_oracle_args(p)
+    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
+                   help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
+    p.add_argument("--steps", type=int, default=1, help="iterative schedule: reach the target in N steps, re-scoring")
+    p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
+    p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")
     p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
     p.add_argument("--report", help="write the report as .json or .md")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="scores .json to write")
+    p.add_argument("--criterion", default="oracle")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    _add_calib_args(p)
+    _add_oracle_args(p)
 
     p = sub.add_parser("apply", help="apply a saved plan")
     _add_model_args(p)
@@ -131,20 +208,56 @@ def _write_report(report, path: Optional[str]) -> None:
         p.write_text(json.dumps(report.to_dict(), indent=2, default=str))
 
 
+def _cmd_score(args) -> int:
+    from .api import kernel_scores
+    from .pipeline import load_calibration, score_units, _input_shapes_from
+    from .prepare import prepare
+    from .graph.io import load_model
+    from .scores_io import save_scores
+    config = _config(args, args.criterion)
+    calibration = None
+    if args.calib:
+        calibration = load_calibration(args.calib, load_model(args.model), preprocess=_preprocess(args),
+                                       batch_size=args.batch_size, limit=args.calib_limit)
+    p = prepare(args.model, _input_shapes_from(calibration, config.input_shapes), args.exclude)
+    scores = score_units(p, config, calibration)
+    save_scores(args.output, kernel_scores(p, scores),
+                {"criterion": args.criterion, "samples": len(calibration) if calibration else 0,
+                 "oracle_cost": args.oracle_cost if args.criterion == "oracle" else None})
+    print(f"scored {len(scores)} prunable units of {len(p.analysis.prunable_layers)} layers"
+          + (f" on {len(calibration)} samples" if calibration else "") + f"; wrote {args.output}")
+    return 0
+
+
 def _cmd_prune(args) -> int:
+    criterion = args.criterion or ("oracle" if args.calib else "magnitude")
+    if args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random"):
+        from .pipeline import run_pruning
+        from .api import scores_from_kernels
+        config = _config(args, criterion)
+        scores = None
+        prepared = None
+        if args.scores:
+            from .prepare import prepare
+            from .scores_io import load_scores
+            prepared = prepare(args.model, config.input_shapes, config.nodes_to_exclude)
+            scores = scores_from_kernels(prepared, load_scores(args.scores))
+        res = run_pruning(args.model, args.output, args.calib, config,
+                          preprocess=_preprocess(args) if args.calib else None, scores=scores, prepared=prepared)
+        return _print_result(res, args)
     from .api import prune_model
-    scores = None
-    if args.scores:
-        from .scores_io import load_scores
-        scores = load_scores(args.scores)
-    res = prune_model(args.model, args.output, criterion=args.criterion, percentage=args.percentage,
+    res = prune_model(args.model, args.output, criterion=criterion, percentage=args.percentage,
                       target_macs=args.target_macs, target_params=args.target_params, exclude=args.exclude,
                       round_to=args.round_to, max_layer_ratio=args.max_layer_ratio, min_kernels=args.min_kernels,
-                      cost_aware=args.cost_aware, scores=scores, input_shapes=_input_shapes(args.input_shape),
+                      cost_aware=args.cost_aware, input_shapes=_input_shapes(args.input_shape),
                       verify=not args.no_verify, seed=args.seed)
-    if args.save_plan:
+    return _print_result(res, args)
+
+
+def _print_result(res, args) -> int:
+    if getattr(args, "save_plan", None):
         res.plan.save(args.save_plan)
-    _write_report(res.report, args.report)
+    _write_report(res.report, getattr(args, "report", None))
     print(res.report.table())
     print(f"wrote {res.output_path}")
     return 0
@@ -154,9 +267,7 @@ def _cmd_apply(args) -> int:
     from .api import apply_plan
     res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
                      verify=not args.no_verify)
-    print(res.report.table())
-    print(f"wrote {res.output_path}")
-    return 0
+    return _print_result(res, args)
 
 
 def _cmd_demo(args) -> int:
@@ -165,7 +276,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "apply": _cmd_apply, "demo": _cmd_demo}
+COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "score": _cmd_score, "apply": _cmd_apply, "demo": _cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,8 @@ FORMAT = "onnxprune-scores"
 
 
 def save_scores(path: Union[str, os.PathLike], scores: dict[str, list[float]], meta: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps({"format": FORMAT, "version": 1, "meta": meta, "scores": scores}) + "\n")
+    clean = {k: [None if x != x else x for x in v] for k, v in scores.items()}  # NaN -> null
+    Path(path).write_text(json.dumps({"format": FORMAT, "version": 1, "meta": meta, "scores": clean}) + "\n")
 
 
 def load_scores(path: Union[str, os.PathLike]) -> dict[str, list[float]]:
@@ -26,4 +27,7 @@ def load_scores(path: Union[str, os.PathLike]) -> dict[str, list[float]]:
         raise InvalidArgumentError(f"{p}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InvalidArgumentError(f"{p}: not an onnxprune scores file")
-    return {str(k): [float(x) for x in v] for k, v in data["scores"].items()}
+    try:
+        return {str(k): [float("nan") if x is None else float(x) for x in v] for k, v in data["scores"].items()}
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidArgumentError(f"{p}: scores must map layer names to lists of numbers") from None

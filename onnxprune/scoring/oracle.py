@@ -1,0 +1,351 @@
+"""The oracle criterion: the change of a cost when one unit is removed (Molchanov et al. 2017).
+
+Removal is emulated exactly as the surgery does it: the unit's channels are
+zeroed at every place they are consumed (the masked reference). Three things
+make this fast enough to run often:
+
+* **one session, mask inputs** — every consumed channel tensor is multiplied
+  by a per-sample mask input ``[N, C, 1, 1]``, so no session is rebuilt per
+  unit;
+* **suffix only** — the graph is cut just before the first masked node of a
+  unit; everything before the cut is computed once per batch (one run with
+  all masks at one) and fed to a *suffix session*;
+* **perturbations batched** — k units are evaluated in one run by tiling the
+  batch k times along the batch axis, each copy with its own mask.
+
+Costs (per sample, averaged over everything added): KL divergence of the
+outputs for logits/probabilities, normalised squared error otherwise
+(label-free, the default); the change of cross-entropy with labels
+(``loss`` signed, ``abs`` absolute); or any callable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from ..errors import CalibrationError, InvalidArgumentError
+from ..graph.analysis import Analysis
+from ..graph.normalize import to_proto
+from ..runtime import make_session
+
+logger = logging.getLogger(__name__)
+
+CostFn = Callable[[list, list, Optional[np.ndarray]], np.ndarray]
+COSTS = ("auto", "kl", "mse", "loss", "abs")
+
+
+@dataclass
+class _MaskInput:
+    name: str
+    tensor: str
+    shape_tail: tuple[int, ...]   # mask shape without the batch dim, e.g. (C, 1, 1)
+    axis: int                     # channel axis in the tensor (== axis in the mask)
+    roots: np.ndarray             # root id of every channel
+
+
+@dataclass
+class _Cut:
+    index: int
+    session: object = None
+    inputs: list[str] = field(default_factory=list)
+    masks: list[int] = field(default_factory=list)  # mask-input indices used in the suffix
+    units: list[int] = field(default_factory=list)
+    macs_fraction: float = 1.0
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _output_kind(y: np.ndarray) -> str:
+    if y.ndim >= 2 and y.shape[-1] > 1:
+        if y.min() >= 0 and np.allclose(y.sum(-1), 1.0, atol=1e-3):
+            return "prob"
+        if y.ndim == 2:
+            return "logits"
+    return "mse"
+
+
+def _per_sample(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+class OracleScorer:
+    """Accumulates oracle scores of every prunable unit over calibration batches.
+
+    ``add_batch`` is HALCON's add_dl_pruning_batch: scores accumulate, so
+    batches may arrive one at a time. ``scores()`` gives the mean cost per
+    unit over all samples seen.
+    """
+
+    def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
+                 rows_per_run: int = 256, max_bytes_per_run: int = 256 << 20, providers=None,
+                 progress: bool = False, suffix: bool = True) -> None:
+        if isinstance(cost, str) and cost not in COSTS:
+            raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
+        self.analysis = analysis
+        self.cost = cost
+        self.units = list(units) if units is not None else list(analysis.prunable_units)
+        self.rows_per_run = max(1, rows_per_run)
+        self.max_bytes_per_run = max_bytes_per_run
+        self.providers = providers
+        self.progress = progress
+        self.use_suffix = suffix
+        self._sum = {r: 0.0 for r in self.units}
+        self._count = 0
+        self.samples_seen = 0
+        self.perturbation_macs = 0.0
+        self.seconds = 0.0
+        self._build()
+
+    # ---------------------------------------------------------------- graph building
+    def _build(self) -> None:
+        a = self.analysis
+        graph = gs.import_onnx(a.proto)
+        tensors = graph.tensors()
+        nodes = {n.name: n for n in graph.nodes}
+        batch = gs.Variable("__batch__")
+        self.masks: list[_MaskInput] = []
+        edges_by_tensor: dict[str, list] = {}
+        for e in a.consumers:
+            edges_by_tensor.setdefault(e.tensor, []).append(e)
+        mul_names: dict[int, str] = {}
+        for tensor, edges in edges_by_tensor.items():
+            lab = a.labels[tensor]
+            rank = len(a.probe.shapes[tensor])
+            if lab.axis == 0:
+                continue
+            tail = [1] * (rank - 1)
+            tail[lab.axis - 1] = lab.size
+            idx = len(self.masks)
+            name = f"__oracle_mask_{idx}"
+            m = gs.Variable(name, dtype=np.float32, shape=["N"] + tail)
+            graph.inputs.append(m)
+            out = gs.Variable(f"{tensor}__oracle_masked", dtype=np.float32)
+            mul = gs.Node("Mul", f"__oracle_mul_{idx}", inputs=[tensors[tensor], m], outputs=[out])
+            graph.nodes.append(mul)
+            for e in edges:
+                nodes[e.node].inputs[e.input_index] = out
+            self.masks.append(_MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
+            mul_names[idx] = mul.name
+        del batch
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        self.model = to_proto(graph, a.proto)
+        order = {n.name: i for i, n in enumerate(self.model.graph.node)}
+        self.mask_pos = {i: order[name] for i, name in mul_names.items()}
+        # masks each unit touches, and where it starts
+        self.unit_masks: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, mk in enumerate(self.masks):
+            for r in np.unique(mk.roots).tolist():
+                self.unit_masks.setdefault(int(r), []).append((i, np.nonzero(mk.roots == r)[0]))
+        self.units = [r for r in self.units if r in self.unit_masks]
+        self._sum = {r: 0.0 for r in self.units}
+        cuts: dict[int, _Cut] = {}
+        for r in self.units:
+            start = min(self.mask_pos[i] for i, _ in self.unit_masks[r]) if self.use_suffix else 0
+            cuts.setdefault(start, _Cut(start)).units.append(r)
+        self.cuts = [cuts[k] for k in sorted(cuts)]
+        self.output_names = [o.name for o in self.model.graph.output]
+        self._layer_macs = self._node_macs()
+        total = sum(self._layer_macs.values()) or 1.0
+        frontier_names: set[str] = set()
+        for cut in self.cuts:
+            proto, inputs = self._suffix_model(cut.index)
+            cut.inputs = inputs
+            frontier_names.update(i for i in inputs if not i.startswith("__oracle_mask_"))
+            cut.masks = [int(i.rsplit("_", 1)[1]) for i in inputs if i.startswith("__oracle_mask_")]
+            cut.session = make_session(proto, self.providers) if cut.index > 0 else None
+            cut.macs_fraction = sum(v for k, v in self._layer_macs.items() if k >= cut.index) / total
+        self.graph_inputs = [i.name for i in self.model.graph.input if not i.name.startswith("__oracle_mask_")]
+        self.frontier = sorted(frontier_names - set(self.graph_inputs))
+        exposed = onnx.ModelProto()
+        exposed.CopyFrom(self.model)
+        types = {vi.name: vi for vi in exposed.graph.value_info}
+        for name in self.frontier:
+            vi = onnx.ValueInfoProto()
+            if name in types:
+                vi.CopyFrom(types[name])
+            else:
+                vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
+            exposed.graph.output.append(vi)
+        self.full_session = make_session(exposed, self.providers)
+        for cut in self.cuts:
+            if cut.session is None:
+                cut.session = self.full_session
+
+    def _node_macs(self) -> dict[int, float]:
+        macs: dict[int, float] = {}
+        layers = self.analysis.layers
+        for i, node in enumerate(self.model.graph.node):
+            if node.name in layers:
+                macs[i] = float(layers[node.name].macs)
+        return macs
+
+    def _suffix_model(self, start: int) -> tuple[onnx.ModelProto, list[str]]:
+        g = self.model.graph
+        nodes = list(g.node)[start:]
+        produced = {o for n in nodes for o in n.output}
+        inits = {t.name: t for t in g.initializer}
+        types = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+        needed: list[str] = []
+        for n in nodes:
+            for i in n.input:
+                if i and i not in produced and i not in inits and i not in needed:
+                    needed.append(i)
+        inputs = []
+        for name in needed:
+            if name in types:
+                vi = onnx.ValueInfoProto()
+                vi.CopyFrom(types[name])
+            else:
+                vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
+            inputs.append(vi)
+        used_inits = [inits[i] for n in nodes for i in n.input if i in inits]
+        seen: set[str] = set()
+        uniq = [t for t in used_inits if not (t.name in seen or seen.add(t.name))]
+        graph = helper.make_graph(nodes, "suffix", inputs, list(g.output), uniq)
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version
+        return model, needed
+
+    # ---------------------------------------------------------------- scoring
+    def _ones(self, i: int, rows: int) -> np.ndarray:
+        return np.ones((rows,) + self.masks[i].shape_tail, dtype=np.float32)
+
+    def _cost(self, base: list[np.ndarray], pert: list[np.ndarray], labels: Optional[np.ndarray]) -> np.ndarray:
+        if callable(self.cost):
+            return np.asarray(self.cost(base, pert, labels), dtype=np.float64).reshape(-1)
+        mode = self.cost
+        if mode in ("loss", "abs"):
+            if labels is None:
+                raise CalibrationError(f"oracle cost {mode!r} needs labels; give labels or use the label-free default")
+            y, yb = pert[0], base[0]
+            p = y if _output_kind(yb) == "prob" else _softmax(y)
+            pb = yb if _output_kind(yb) == "prob" else _softmax(yb)
+            idx = np.arange(len(labels))
+            d = -np.log(np.clip(p[idx, labels], 1e-12, None)) + np.log(np.clip(pb[idx, labels], 1e-12, None))
+            return np.abs(d) if mode == "abs" else d
+        total = np.zeros(base[0].shape[0], dtype=np.float64)
+        for b, q in zip(base, pert):
+            if not np.issubdtype(b.dtype, np.floating):
+                continue
+            kind = _output_kind(b) if mode == "auto" else ("logits" if mode == "kl" else "mse")
+            if kind == "logits" and b.ndim != 2:
+                kind = "prob" if _output_kind(b) == "prob" else "mse"
+            if kind in ("logits", "prob"):
+                pb = _softmax(b.astype(np.float64)) if kind == "logits" else np.clip(b.astype(np.float64), 1e-12, None)
+                pq = _softmax(q.astype(np.float64)) if kind == "logits" else np.clip(q.astype(np.float64), 1e-12, None)
+                kl = pb * (np.log(pb) - np.log(pq))
+                total += _per_sample(kl) / max(1, int(np.prod(b.shape[1:-1])))
+            else:
+                num = _per_sample((q.astype(np.float64) - b) ** 2)
+                den = _per_sample(b.astype(np.float64) ** 2)
+                total += num / np.maximum(den, 1e-12)
+        return total
+
+    def add_batch(self, feeds: dict[str, np.ndarray], labels: Optional[np.ndarray] = None, bar=None) -> None:
+        """Score every unit on one batch of inputs (and optional labels) and accumulate."""
+        t0 = time.perf_counter()
+        n = next(iter(feeds.values())).shape[0]
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1).astype(np.int64)
+            if len(labels) != n:
+                raise CalibrationError(f"{len(labels)} labels for a batch of {n} samples")
+        full_feed = dict(feeds)
+        for i, mk in enumerate(self.masks):
+            full_feed[mk.name] = self._ones(i, n)
+        outs = self.full_session.run(self.output_names + self.frontier, full_feed)
+        base = outs[:len(self.output_names)]
+        cache = dict(zip(self.frontier, outs[len(self.output_names):]))
+        cache.update(feeds)
+        per_sample_bytes = sum(v.nbytes for v in cache.values()) / n
+        for cut in self.cuts:
+            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(per_sample_bytes * n, 1))))
+            for start in range(0, len(cut.units), k_max):
+                chunk = cut.units[start:start + k_max]
+                k = len(chunk)
+                feed = {}
+                for name in cut.inputs:
+                    if name.startswith("__oracle_mask_"):
+                        continue
+                    v = cache[name]
+                    feed[name] = np.concatenate([v] * k, axis=0) if k > 1 else v
+                for i in cut.masks:
+                    m = self._ones(i, n * k)
+                    feed[self.masks[i].name] = m
+                for j, r in enumerate(chunk):
+                    for i, pos in self.unit_masks[r]:
+                        if self.masks[i].name in feed:
+                            m = feed[self.masks[i].name]
+                            idx = [slice(j * n, (j + 1) * n)] + [slice(None)] * (m.ndim - 1)
+                            idx[self.masks[i].axis] = pos
+                            m[tuple(idx)] = 0.0
+                pert = cut.session.run(self.output_names, feed)
+                for j, r in enumerate(chunk):
+                    sl = slice(j * n, (j + 1) * n)
+                    c = self._cost(base, [p[sl] for p in pert], labels)
+                    self._sum[r] += float(c.sum())
+                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * n * k
+                if bar is not None:
+                    bar.update(k)
+        self._count += n
+        self.samples_seen += n
+        self.seconds += time.perf_counter() - t0
+
+    def _dense_macs(self) -> float:
+        return float(sum(self._layer_macs.values()))
+
+    def scores(self) -> dict[int, float]:
+        if self._count == 0:
+            raise CalibrationError("no calibration batch was added before asking for oracle scores")
+        return {r: s / self._count for r, s in self._sum.items()}
+
+    def score_all(self, batches: Iterable[tuple[dict[str, np.ndarray], Optional[np.ndarray]]],
+                  total_batches: Optional[int] = None) -> dict[int, float]:
+        """Add every batch (with a progress bar and ETA when ``progress``) and return the scores."""
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            total = len(self.units) * total_batches if total_batches else None
+            bar = tqdm(total=total, desc="oracle", unit="unit", dynamic_ncols=True)
+        try:
+            for feeds, labels in batches:
+                self.add_batch(feeds, labels, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.scores()
+
+
+def naive_oracle(analysis: Analysis, batches: list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]],
+                 units: Sequence[int], cost: str = "auto", providers=None) -> dict[int, float]:
+    """Reference implementation: one zero-masked model and session per unit, full network each time.
+
+    Used by the benchmark and tests to check the fast oracle; never by the tool itself.
+    """
+    from ..passes.prune_channels import masked_reference
+    helper_scorer = OracleScorer.__new__(OracleScorer)
+    helper_scorer.cost = cost
+    base_sess = make_session(analysis.proto, providers)
+    names = [o.name for o in analysis.proto.graph.output]
+    bases = [base_sess.run(names, f) for f, _ in batches]
+    out: dict[int, float] = {}
+    for r in units:
+        sess = make_session(masked_reference(analysis, [r]), providers)
+        total, count = 0.0, 0
+        for (feeds, labels), base in zip(batches, bases):
+            pert = sess.run(names, feeds)
+            total += float(OracleScorer._cost(helper_scorer, base, pert, labels).sum())
+            count += next(iter(feeds.values())).shape[0]
+        out[r] = total / count
+    return out

@@ -1,0 +1,130 @@
+"""Oracle scoring: the fast scorer (mask inputs, suffix sessions, batched perturbations) equals the naive one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnxprune
+from onnxprune.errors import CalibrationError
+from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
+from onnxprune.prepare import prepare
+from onnxprune.runtime import make_session
+from onnxprune.scoring.oracle import OracleScorer, naive_oracle
+
+from builders import inverted_residual, option_a_shortcut, se_block, transpose_reshape_gemm_prelu
+
+
+def batches(p, n=6, k=2, seed=0, labels=False):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        feeds = {name: rng.uniform(-1, 1, (n,) + tuple(s[1:])).astype(np.float32) for name, s in p.input_shapes.items()}
+        out.append((feeds, rng.integers(0, 4, n) if labels else None))
+    return out
+
+
+@pytest.mark.parametrize("builder", [option_a_shortcut, se_block, inverted_residual, transpose_reshape_gemm_prelu])
+@pytest.mark.parametrize("cost", ["auto", "mse"])
+def test_fast_equals_naive(builder, cost):
+    p = prepare(builder())
+    data = batches(p)
+    fast = OracleScorer(p.analysis, cost, rows_per_run=8)  # forces several perturbations per run
+    for feeds, labels in data:
+        fast.add_batch(feeds, labels)
+    got = fast.scores()
+    want = naive_oracle(p.analysis, data, list(got), cost)
+    a = np.array([got[r] for r in want])
+    b = np.array([want[r] for r in want])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9 * max(1.0, np.abs(b).max()))
+    assert len(got) == len(p.analysis.prunable_units)
+    assert (b > 0).any()
+
+
+def test_loss_modes_need_labels_and_match_naive():
+    p = prepare(option_a_shortcut())
+    data = batches(p, labels=True)
+    for mode in ("loss", "abs"):
+        s = OracleScorer(p.analysis, mode)
+        got = s.score_all(data)
+        want = naive_oracle(p.analysis, data, list(got), mode)
+        np.testing.assert_allclose([got[r] for r in want], [want[r] for r in want], rtol=1e-4, atol=1e-7)
+    assert min(got.values()) >= 0  # abs
+    with pytest.raises(CalibrationError, match="needs labels"):
+        OracleScorer(p.analysis, "loss").add_batch(batches(p)[0][0])
+
+
+def test_scores_accumulate_over_batches():
+    p = prepare(se_block())
+    data = batches(p, n=4, k=2)
+    one = OracleScorer(p.analysis)
+    for feeds, _ in data:
+        one.add_batch(feeds)
+    both = OracleScorer(p.analysis)
+    both.add_batch({k: np.concatenate([d[0][k] for d in data]) for k in data[0][0]})
+    a, b = one.scores(), both.scores()
+    np.testing.assert_allclose([a[r] for r in a], [b[r] for r in a], rtol=1e-5)
+
+
+def test_custom_cost_callable():
+    p = prepare(se_block())
+    s = OracleScorer(p.analysis, lambda base, pert, labels: np.abs(pert[0] - base[0]).reshape(len(pert[0]), -1).max(1))
+    scores = s.score_all(batches(p))
+    assert all(v >= 0 for v in scores.values()) and max(scores.values()) > 0
+
+
+def test_prune_static_with_ort_style_reader(tmp_path):
+    model = option_a_shortcut()
+    p = prepare(model)
+
+    class Reader:  # the onnxruntime quantization protocol: get_next() -> dict | None
+        def __init__(self):
+            self.items = [f for f, _ in batches(p, n=8, k=3)]
+
+        def get_next(self):
+            return self.items.pop(0) if self.items else None
+
+    out = tmp_path / "o.onnx"
+    res = onnxprune.prune_static(model, out, Reader(), onnxprune.PruneConfig(target_macs=0.6))
+    assert out.exists() and res.report.after.macs <= 0.6 * res.report.before.macs
+    assert "exactness" in res.report.verification and "least-squares" in res.report.verification
+
+
+def test_iterative_schedule_meets_target_and_is_exact():
+    model = inverted_residual()
+    p = prepare(model)
+    cal = load_calibration(iter([f for f, _ in batches(p, n=8, k=2)]), model)
+    for cfg in (PruneConfig(target_macs=0.5, steps=3, recover="none"),
+                PruneConfig(percentage=40, gradual_start=0.1, gradual_gamma=0.15, recover="none")):
+        res = run_pruning(model, None, None, cfg, calibration=cal)
+        assert res.verification is not None
+        if cfg.target_macs:
+            assert res.report.after.macs <= 0.5 * res.report.before.macs * 1.0001
+        else:
+            assert res.report.removed_kernels >= 0.4 * res.report.prunable_kernels
+        assert res.plan.meta["steps"] == 3  # 0.1, 0.25, 0.40 in gradual mode
+
+
+def test_halcon_handle():
+    model = option_a_shortcut()
+    h = onnxprune.create_pruning(model, mode="oracle")
+    assert onnxprune.get_pruning_param(h, "prunable_conv_num") == 5
+    assert onnxprune.get_pruning_param(h, "prunable_kernel_num") == 56
+    onnxprune.set_pruning_param(h, "percentage", 30)
+    with pytest.raises(CalibrationError):
+        onnxprune.gen_pruned_model(h)
+    for feeds, _ in batches(h.prepared, n=4, k=2):
+        onnxprune.add_pruning_batch(h, feeds)
+    pruned = onnxprune.gen_pruned_model(h)
+    assert onnxprune.get_pruning_param(h, "pruned_kernel_num") >= 0.3 * 56
+    assert 30 <= onnxprune.get_pruning_param(h, "pruned_percentage") < 60
+    make_session(pruned)
+
+
+def test_other_criteria_run():
+    model = se_block()
+    p = prepare(model)
+    cal = load_calibration(iter([f for f, _ in batches(p, n=8, k=1)]), model)
+    for crit in ("activation_mean", "activation_std", "bn_scale", "l2", "random"):
+        s = score_units(p, PruneConfig(criterion=crit), cal)
+        assert set(s) == set(p.analysis.prunable_units)
