@@ -34,8 +34,9 @@ from .verify import VerificationResult, uniform_inputs, verify_equivalent
 
 logger = logging.getLogger(__name__)
 
-DATA_CRITERIA = ("oracle", "activation_mean", "activation_std")
-ALL_CRITERIA = ("oracle", "magnitude", "l1", "l2", "random", "bn_scale", "activation_mean", "activation_std")
+DATA_CRITERIA = ("oracle", "energy", "activation_mean", "activation_std")
+ALL_CRITERIA = ("oracle", "energy", "magnitude", "l1", "l2", "random", "bn_scale", "activation_mean",
+                "activation_std")
 RANKINGS = ("per_mac", "raw", "flops_reg")
 
 
@@ -47,7 +48,9 @@ class PruneConfig:
     order), ``flops_reg`` (Molchanov's score - ``flops_lambda`` x normalised
     MACs saved). ``layer_norm`` divides each layer's scores by their L2 norm
     (the paper's normalisation). ``steps`` > 1, or ``gradual_start`` with
-    ``gradual_gamma`` (N2D2's Gradual mode), make the schedule iterative.
+    ``gradual_gamma`` (N2D2's Gradual mode), make the schedule iterative;
+    with ``refit_between_steps`` the survivors are scored after the
+    recovery re-fit of the previous step (recovery in the loop).
     """
 
     criterion: str = "oracle"
@@ -69,6 +72,7 @@ class PruneConfig:
     batch_size: int = 32
     cache_bytes: int = 2 << 30
     recover: str = "auto"
+    refit_between_steps: bool = False
     input_shapes: Optional[dict[str, tuple[int, ...]]] = None
     verify: bool = True
     seed: int = 0
@@ -152,8 +156,9 @@ def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrat
         return bn_scale_scores(p.analysis)
     if calibration is None:
         raise CalibrationError(f"criterion {crit!r} needs calibration data (--calib)")
-    if crit in ("activation_mean", "activation_std"):
-        return activation_scores(p.analysis, (f for f, _ in calibration.batches()), crit.split("_")[1])
+    if crit in ("activation_mean", "activation_std", "energy"):
+        kind = "energy" if crit == "energy" else crit.split("_")[1]
+        return activation_scores(p.analysis, (f for f, _ in calibration.batches()), kind)
     scorer = OracleScorer(p.analysis, config.oracle_cost, progress=config.progress)
     scores = scorer.score_all(calibration.batches(), total_batches=math.ceil(len(calibration) / calibration.batch_size))
     if scorer_out is not None:
@@ -257,8 +262,13 @@ def _step_target(original: Prepared, current: Prepared, removed_orig: list[int],
 
 
 def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
-               scores: Optional[dict[int, float]] = None) -> list[int]:
-    """Roots (of the original model ``p``) to remove, one-shot or iterative."""
+               scores: Optional[dict[int, float]] = None, *, iterate_from: Optional[dict[int, float]] = None) -> list[int]:
+    """Roots (of the original model ``p``) to remove, one-shot or iterative.
+
+    ``scores`` fixes the scores (one-shot); ``iterate_from`` gives the first
+    step's scores of an iterative run (they are those of the original model),
+    so a caller that already scored the model does not score it twice.
+    """
     if not p.analysis.prunable_units:
         raise NothingToPruneError("no prunable layer: every channel group is frozen (see `onnxprune inspect`)")
     schedule = _schedule(config)
@@ -272,7 +282,10 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         removed_orig = tracker.original_units()
         step_target = _step_target(p, current, removed_orig, target)
         logger.info("step %d/%d: %s", i + 1, len(schedule), target.describe())
-        unit_scores = score_units(current, config, calibration)
+        if i == 0 and iterate_from is not None:
+            unit_scores = iterate_from
+        else:
+            unit_scores = score_units(current, config, calibration)
         keys, cost_aware = rank_scores(current, unit_scores, config)
         chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost)
         if not chosen:
@@ -280,6 +293,9 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         tracker.remove(current, chosen)
         if i + 1 < len(schedule):
             pruned = prune_channels(current.analysis, chosen)
+            if config.refit_between_steps and config.recover != "none" and calibration is not None:
+                from .passes.recover import recover
+                pruned, _ = recover(current, chosen, pruned, calibration, config.recover)
             current = prepare(pruned, current.input_shapes)
     return tracker.original_units()
 

@@ -85,3 +85,40 @@ def test_demo_runs(capsys, tmp_path):
     assert main(["demo", "-o", str(tmp_path / "demo.onnx")]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and (tmp_path / "demo.onnx").exists()
+
+
+def test_score_then_prune_with_scores_cli(tmp_path, capsys):
+    """`score` writes per-kernel oracle scores once; `prune --scores` reuses them for any budget."""
+    model = tmp_path / "m.onnx"
+    onnx.save(option_a_shortcut(), str(model))
+    data = np.random.default_rng(0).uniform(0, 255, (24, 8, 8, 3)).astype(np.uint8)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, images=data, labels=np.arange(24) % 4)
+    scores = tmp_path / "scores.json"
+    assert main(["score", str(model), "--calib", str(calib), "-o", str(scores), "--calib-limit", "16"]) == 0
+    saved = json.loads(scores.read_text())
+    assert saved["format"] == "onnxprune-scores" and saved["meta"]["samples"] == 16
+    for budget in ("0.8", "0.6"):
+        out = tmp_path / f"o{budget}.onnx"
+        assert main(["prune", str(model), "-o", str(out), "--scores", str(scores), "--target-macs", budget]) == 0
+        assert out.exists()
+    out = tmp_path / "oracle.onnx"
+    assert main(["prune", str(model), "-o", str(out), "--calib", str(calib), "--calib-limit", "16",
+                 "--target-macs", "0.7", "--steps", "2", "--report", str(tmp_path / "r.md")]) == 0
+    text = capsys.readouterr().out
+    assert "least-squares" in text and (tmp_path / "r.md").read_text().startswith("| |")
+
+
+def test_calibration_errors_are_clear(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    onnx.save(option_a_shortcut(), str(model))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((4, 8, 8, 5), np.uint8))
+    code = main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--calib", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.npz" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--calib", str(empty)])
+    err = capsys.readouterr().err
+    assert code == 2 and "empty" in err

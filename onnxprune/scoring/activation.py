@@ -5,6 +5,10 @@
 * ``activation_mean`` / ``activation_std`` — mean and standard deviation of
   a unit's channels where they are consumed, over calibration samples and
   spatial positions, summed over the places the unit is consumed.
+* ``energy`` — E[x_j^2] x ||W[:, j]||^2 at every consumer: the expected
+  squared change of the consumer's output when channel j is zeroed,
+  ignoring spatial correlation. A local, one-pass stand-in for the oracle on
+  models too large to run the oracle often (thousands of units).
 """
 
 from __future__ import annotations
@@ -60,13 +64,45 @@ class ActivationStats:
             self.s2[t] = self.s2[t] + (v ** 2).sum(1)
             self.n[t] += v.shape[1]
 
+    def _column_energy(self, t: str) -> np.ndarray:
+        """Sum over the consumers of ``t`` of the squared norm of each input channel's weights."""
+        a = self.analysis
+        nodes = {n.name: n for n in a.graph.nodes}
+        size = a.labels[t].size
+        total = np.zeros(size)
+        for e in a.consumers:
+            if e.tensor != t:
+                continue
+            node = nodes[e.node]
+            W = np.asarray(node.inputs[1].values, dtype=np.float64)
+            if node.op == "Conv":
+                g = int(node.attrs.get("group", 1))
+                if g == 1:
+                    total += (W ** 2).sum(axis=(0, 2, 3)) if W.ndim == 4 else (W ** 2).reshape(W.shape[0], W.shape[1], -1).sum((0, 2))
+                else:  # grouped: input channel c feeds the out-channels of its group only
+                    per = (W ** 2).reshape(W.shape[0], W.shape[1], -1).sum(2)  # [C_out, C_in/g]
+                    cout_g = W.shape[0] // g
+                    total += np.concatenate([per[k * cout_g:(k + 1) * cout_g].sum(0) for k in range(g)])
+            elif node.op == "ConvTranspose":
+                total += (W ** 2).reshape(W.shape[0], -1).sum(1)
+            elif node.op == "Gemm":
+                total += (W ** 2).sum(0 if int(node.attrs.get("transB", 0)) else 1)
+            else:  # MatMul [K, N]
+                total += (W ** 2).sum(1)
+        return total
+
     def scores(self, kind: str = "mean") -> dict[int, float]:
         a = self.analysis
         out = {r: 0.0 for r in a.prunable_units}
         for t in self.tensors:
             mean = self.s1[t] / max(self.n[t], 1)
-            var = np.maximum(self.s2[t] / max(self.n[t], 1) - mean ** 2, 0.0)
-            val = np.abs(mean) if kind == "mean" else np.sqrt(var)
+            sq = self.s2[t] / max(self.n[t], 1)
+            if kind == "mean":
+                val = np.abs(mean)
+            elif kind == "std":
+                val = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
+            else:
+                val = sq * self._column_energy(t)
             roots = a.root_of[a.labels[t].units]
             for r, x in zip(roots.tolist(), val.tolist()):
                 if r in out:

@@ -89,7 +89,7 @@ class OracleScorer:
     """
 
     def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
-                 rows_per_run: int = 256, max_bytes_per_run: int = 256 << 20, providers=None,
+                 rows_per_run: int = 256, max_bytes_per_run: int = 512 << 20, providers=None,
                  progress: bool = False, suffix: bool = True) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
@@ -156,6 +156,7 @@ class OracleScorer:
             cuts.setdefault(start, _Cut(start)).units.append(r)
         self.cuts = [cuts[k] for k in sorted(cuts)]
         self.output_names = [o.name for o in self.model.graph.output]
+        self.graph_input_names = {i.name for i in self.model.graph.input}
         self._layer_macs = self._node_macs()
         total = sum(self._layer_macs.values()) or 1.0
         frontier_names: set[str] = set()
@@ -191,11 +192,39 @@ class OracleScorer:
                 macs[i] = float(layers[node.name].macs)
         return macs
 
+    def _is_batched(self, name: str) -> bool:
+        """A float activation whose first axis is the batch: safe to tile along the batch axis."""
+        from ..graph.probe import PROBE_BATCH
+        shape = self.analysis.probe.shapes.get(name)
+        dtype = self.analysis.probe.dtypes.get(name)
+        if name.startswith("__oracle_mask_") or name in self.graph_input_names:
+            return True
+        return bool(shape) and shape[0] == PROBE_BATCH and dtype in (onnx.TensorProto.FLOAT, 0, None)
+
     def _suffix_model(self, start: int) -> tuple[onnx.ModelProto, list[str]]:
+        """Nodes from ``start`` on, plus the prefix nodes that compute non-batch inputs (shape tensors).
+
+        Shape tensors may encode the batch size; recomputing them inside the
+        suffix from (tiled) activations keeps them consistent with the tiled batch.
+        """
         g = self.model.graph
-        nodes = list(g.node)[start:]
-        produced = {o for n in nodes for o in n.output}
+        all_nodes = list(g.node)
         inits = {t.name: t for t in g.initializer}
+        producer = {o: i for i, n in enumerate(all_nodes) for o in n.output}
+        chosen = set(range(start, len(all_nodes)))
+        while True:
+            produced = {o for i in chosen for o in all_nodes[i].output}
+            extra = set()
+            for i in chosen:
+                for name in all_nodes[i].input:
+                    if name and name not in produced and name not in inits and not self._is_batched(name):
+                        if name in producer:
+                            extra.add(producer[name])
+            if not extra - chosen:
+                break
+            chosen |= extra
+        nodes = [all_nodes[i] for i in sorted(chosen)]
+        produced = {o for n in nodes for o in n.output}
         types = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
         needed: list[str] = []
         for n in nodes:
@@ -268,9 +297,10 @@ class OracleScorer:
         base = outs[:len(self.output_names)]
         cache = dict(zip(self.frontier, outs[len(self.output_names):]))
         cache.update(feeds)
-        per_sample_bytes = sum(v.nbytes for v in cache.values()) / n
         for cut in self.cuts:
-            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(per_sample_bytes * n, 1))))
+            # the tiled copies of this cut's inputs bound how many perturbations fit in one run
+            cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
+            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1))))
             for start in range(0, len(cut.units), k_max):
                 chunk = cut.units[start:start + k_max]
                 k = len(chunk)

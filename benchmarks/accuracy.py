@@ -1,0 +1,164 @@
+"""Accuracy without fine-tuning after pruning, at several MAC budgets (issues 3 and 4).
+
+ResNet-56 (CIFAR-10): oracle scores on 128 calibration images (KL of the
+logits, label-free), least squares on 256; top-1 on all 5,000 dev images.
+EfficientNet-Lite0 (ImageNet sample): calibrate on the first 250 files of
+labels.tsv, measure on the other 250.
+
+Rows: criterion (random, magnitude, oracle one-shot, oracle iterative in 3
+steps; EfficientNet: energy instead of the oracle, which is too slow there on
+2 CPU cores) x recovery (none, bias, lsq), scope "internal" (first conv of
+each block only, as in MEASURED.md) and "whole" (residual streams pruned
+too, through the channel Pad of the shortcuts).
+
+Run: python benchmarks/accuracy.py [--model resnet56|efficientnet|both]
+Writes benchmarks/RESULTS.md sections and benchmarks/accuracy_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common import SHARED, REPO, Timer, accuracy, cifar, header, imagenet_images, imagenet_split, table, write_section
+from onnxprune.passes.prune_channels import prune_channels
+from onnxprune.passes.recover import recover
+from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
+from onnxprune.prepare import prepare
+
+RECOVERIES = ("none", "bias", "lsq")
+
+
+def evaluate_plan(p, removed, cal_fit, x, y, recoveries=RECOVERIES):
+    pruned = prune_channels(p.analysis, removed)
+    out = {}
+    for rec in recoveries:
+        with Timer() as t:
+            model = pruned if rec == "none" else recover(p, removed, pruned, cal_fit, rec)[0]
+        out[rec] = (accuracy(model, x, y), t.seconds)
+    macs, _ = p.cost.evaluate(np.array(removed, dtype=np.int64))
+    return out, macs / p.cost.dense_macs
+
+
+def sweep(name, p, scores, score_times, cal_score, cal_fit, x, y, budgets, iterative_budgets, rows, max_ratio=0.9):
+    for budget in budgets:
+        for crit, sc in scores.items():
+            with Timer() as t:
+                removed = plan_units(p, PruneConfig(criterion=crit, target_macs=budget, max_layer_ratio=max_ratio),
+                                     None, scores=sc)
+            res, kept = evaluate_plan(p, removed, cal_fit, x, y)
+            for rec, (acc, t_rec) in res.items():
+                rows.append({"scope": name, "method": f"{crit}, one-shot", "recovery": rec,
+                             "MACs kept": f"{kept:.1%}", "top-1": f"{acc:.1%}",
+                             "wall time (s)": f"{score_times[crit] + t.seconds + t_rec:.0f}"})
+                print(rows[-1], flush=True)
+        if budget in iterative_budgets and "oracle" in scores:
+            with Timer() as t:
+                cfg = PruneConfig(criterion="oracle", target_macs=budget, steps=3, max_layer_ratio=max_ratio)
+                removed = plan_units(p, cfg, cal_score, iterate_from=scores["oracle"])
+            res, kept = evaluate_plan(p, removed, cal_fit, x, y)
+            for rec, (acc, t_rec) in res.items():
+                rows.append({"scope": name, "method": "oracle, iterative (3 steps)", "recovery": rec,
+                             "MACs kept": f"{kept:.1%}", "top-1": f"{acc:.1%}",
+                             "wall time (s)": f"{score_times['oracle'] + t.seconds + t_rec:.0f}"})
+                print(rows[-1], flush=True)
+
+
+def plot(rows, dense, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict = {}
+    for r in rows:
+        key = f"{r['scope']}: {r['method']} + {r['recovery']}"
+        series.setdefault(key, []).append((float(r["MACs kept"].rstrip("%")), float(r["top-1"].rstrip("%"))))
+    for key, pts in sorted(series.items()):
+        if len(pts) < 2:
+            continue
+        pts.sort()
+        style = "-" if "lsq" in key else (":" if "none" in key else "--")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=key)
+    ax.axhline(dense * 100, color="k", lw=0.8, label="dense")
+    ax.set_xlabel("MACs kept (%)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def resnet56(args):
+    xc_all, yc_all = cifar("calib")
+    perm = np.random.default_rng(0).permutation(len(xc_all))
+    xs, xf = xc_all[perm[:128]], xc_all[perm[:256]]
+    xd, yd = cifar("dev")
+    model = SHARED / "models" / "resnet56_cifar10.onnx"
+    rows: list = []
+    dense = None
+    for scope, exclude in (("whole", ()), ("internal", ("*conv2*", "/conv1/Conv"))):
+        p = prepare(model, exclude=exclude)
+        dense = accuracy(p.model, xd, yd)
+        cal_score = load_calibration({"input": xs}, p.original, batch_size=64)
+        cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
+        scores, times = {}, {}
+        for crit in ("random", "magnitude", "oracle"):
+            with Timer() as t:
+                scores[crit] = score_units(p, PruneConfig(criterion=crit), cal_score)
+            times[crit] = t.seconds
+        print(scope, "scoring times", times, flush=True)
+        sweep(scope, p, scores, times, cal_score, cal_fit, xd, yd, args.budgets, args.iterative, rows)
+    text = header("Accuracy without fine-tuning: ResNet-56, CIFAR-10 dev (5,000 images)")
+    text += (f"\nDense top-1: {dense:.1%}. Oracle: KL of the logits on 128 calibration images (label-free), "
+             "ranking by score per MAC saved; recovery on 256 calibration images. Wall time: scoring + "
+             "selection + surgery + recovery.\n\n")
+    text += table(rows, list(rows[0]))
+    text += "\n![accuracy vs MACs](accuracy_resnet56.png)\n"
+    write_section("accuracy-resnet56", text)
+    plot(rows, dense, REPO / "benchmarks" / "accuracy_resnet56.png", "ResNet-56, no fine-tuning")
+
+
+def efficientnet(args):
+    cf, cl, ef, el = imagenet_split()
+    xc, xe = imagenet_images(cf), imagenet_images(ef)
+    p = prepare(SHARED / "models" / "efficientnet_lite0.onnx")
+    dense = accuracy(p.model, xe, el)
+    cal = load_calibration({"input": xc}, p.original, batch_size=25)
+    scores, times = {}, {}
+    for crit in ("random", "magnitude", "energy"):
+        with Timer() as t:
+            scores[crit] = score_units(p, PruneConfig(criterion=crit), cal)
+        times[crit] = t.seconds
+    rows: list = []
+    sweep("whole", p, scores, times, cal, cal, xe, el, args.budgets_eff, (), rows)
+    text = header("Accuracy without fine-tuning: EfficientNet-Lite0, ImageNet sample (250 held-out images)")
+    text += (f"\nDense top-1 on the 250 evaluation images: {dense:.1%}. Calibration: the first 250 files. "
+             "The oracle is not run here (about 11,000 units x 250 images at 224 px is hours on 2 CPU cores); "
+             "`energy` is its one-pass local stand-in.\n\n")
+    text += table(rows, list(rows[0]))
+    text += "\n![accuracy vs MACs](accuracy_efficientnet.png)\n"
+    write_section("accuracy-efficientnet", text)
+    plot(rows, dense, REPO / "benchmarks" / "accuracy_efficientnet.png", "EfficientNet-Lite0, no fine-tuning")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="both", choices=["resnet56", "efficientnet", "both"])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.85, 0.70, 0.55, 0.50, 0.40])
+    ap.add_argument("--iterative", type=float, nargs="*", default=[0.70, 0.50])
+    ap.add_argument("--budgets-eff", type=float, nargs="+", default=[0.85, 0.70, 0.55, 0.40])
+    args = ap.parse_args()
+    if args.model in ("resnet56", "both"):
+        resnet56(args)
+    if args.model in ("efficientnet", "both"):
+        efficientnet(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Oracle speed on ResNet-56: naive vs onnxprune's fast oracle, same units, same images.
+
+Naive = what the oracle costs done plainly: for every unit a model with that
+unit zeroed where it is consumed, a fresh onnxruntime session, and the whole
+network over all calibration images. Fast = onnxprune's OracleScorer (mask
+inputs in one graph, prefix computed once per batch, suffix sessions,
+perturbations tiled along the batch axis).
+
+The naive oracle over all units takes too long to run in full here; it is
+timed on every ``--naive-every``-th unit and extrapolated per unit, and the
+scores of those units are compared with the fast oracle's.
+
+Run: python benchmarks/oracle_speed.py [--images 256] [--naive-every 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common import SHARED, Timer, cifar, header, table, write_section
+from onnxprune.prepare import prepare
+from onnxprune.runtime import make_session
+from onnxprune.scoring.oracle import OracleScorer, naive_oracle
+
+
+def plain_rate(p, x: np.ndarray, reps: int = 3) -> float:
+    """MACs per second of plain onnxruntime inference of the dense model on the same images."""
+    sess = make_session(p.model)
+    sess.run(None, {"input": x[:64]})
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for i in range(0, len(x), 256):
+            sess.run(None, {"input": x[i:i + 256]})
+    dt = (time.perf_counter() - t0) / reps
+    return p.cost.dense_macs * len(x) / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--naive-every", type=int, default=12)
+    args = ap.parse_args()
+    x, y = cifar("calib", None)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))[:args.images]
+    x, y = x[idx], y[idx]
+    p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
+    a = p.analysis
+    scopes = {
+        "internal (conv1 of each block)": [r for r in a.prunable_units
+                                           if all(l.endswith("conv1/Conv") and l != "/conv1/Conv"
+                                                  for l, _ in a.unit_kernels[r])],
+        "whole network": list(a.prunable_units),
+    }
+    batches = [({"input": x[i:i + args.batch]}, None) for i in range(0, len(x), args.batch)]
+    rate = plain_rate(p, x)
+    rows = []
+    for scope, units in scopes.items():
+        scorer = OracleScorer(a, units=units)
+        with Timer() as t_fast:
+            fast = scorer.score_all(batches)
+        sample = units[::args.naive_every]
+        with Timer() as t_naive:
+            naive = naive_oracle(a, batches, sample)
+        naive_total = t_naive.seconds / len(sample) * len(units)
+        f = np.array([fast[r] for r in sample])
+        n = np.array([naive[r] for r in sample])
+        rel = float(np.abs(f - n).max() / np.abs(n).max())
+        achieved = scorer.perturbation_macs / t_fast.seconds
+        rows.append({
+            "units": scope + f": {len(units)}",
+            "images": args.images,
+            "naive (s)": f"{naive_total:.0f} (timed on {len(sample)} units, extrapolated)",
+            "fast (s)": f"{t_fast.seconds:.0f}",
+            "speed-up": f"{naive_total / t_fast.seconds:.1f}x",
+            "max score diff (rel.)": f"{rel:.1e}",
+            "fast MAC rate": f"{achieved / 1e9:.1f} GMAC/s = {achieved / rate:.0%} of plain ORT",
+        })
+        print(rows[-1], flush=True)
+    text = header("Oracle speed, ResNet-56 (issue 3)")
+    text += (f"\nPlain onnxruntime inference of the dense model on the same images: {rate / 1e9:.1f} GMAC/s. "
+             "The fast oracle's MAC rate counts the MACs of the suffix it actually runs.\n\n")
+    text += table(rows, list(rows[0]))
+    print(text)
+    write_section("oracle-speed", text)
+
+
+if __name__ == "__main__":
+    main()
