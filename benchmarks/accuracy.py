@@ -113,7 +113,8 @@ def resnet56(args):
                 scores[crit] = score_units(p, PruneConfig(criterion=crit), cal_score)
             times[crit] = t.seconds
         print(scope, "scoring times", times, flush=True)
-        sweep(scope, p, scores, times, cal_score, cal_fit, xd, yd, args.budgets, args.iterative, rows)
+        iterative = args.iterative if scope == "whole" else args.iterative[:1]
+        sweep(scope, p, scores, times, cal_score, cal_fit, xd, yd, args.budgets, iterative, rows)
     text = header("Accuracy without fine-tuning: ResNet-56, CIFAR-10 dev (5,000 images)")
     text += (f"\nDense top-1: {dense:.1%}. Oracle: KL of the logits on 128 calibration images (label-free), "
              "ranking by score per MAC saved; recovery on 256 calibration images. Wall time: scoring + "

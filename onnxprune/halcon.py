@@ -81,7 +81,12 @@ class PruningHandle:
         raise InvalidArgumentError(f"unknown pruning parameter {name!r}")
 
     def add_batch(self, batch: dict[str, np.ndarray], labels: Optional[np.ndarray] = None) -> None:
-        """Accumulate oracle scores over one batch (HALCON's add_dl_pruning_batch)."""
+        """Accumulate oracle scores over one batch (HALCON's add_dl_pruning_batch).
+
+        The first 8 batches are also kept for the recovery re-fit when the
+        'recover' parameter is set to 'lsq' or 'bias' (HALCON has no recovery;
+        the default here is 'none', as in HALCON).
+        """
         if not isinstance(batch, dict) or not batch:
             raise CalibrationError("a pruning batch is a dict {input name: array}")
         batch = {k: np.asarray(v, dtype=np.float32) for k, v in batch.items()}

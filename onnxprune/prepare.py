@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-import numpy as np
 import onnx
 
 from .cost import CostModel
@@ -47,10 +46,3 @@ def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] =
     analysis.exclude(exclude)
     return Prepared(original, normal, pr, analysis, CostModel(analysis), source)
 
-
-def serialized_size(model: onnx.ModelProto) -> int:
-    return int(model.ByteSize())
-
-
-def as_array(values) -> np.ndarray:
-    return np.asarray(values)

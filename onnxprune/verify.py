@@ -27,16 +27,15 @@ ATOL = 1e-5
 
 @dataclass
 class VerificationResult:
-    """What was checked and the largest deviation seen (relative to the reference's peak)."""
+    """What was checked and the largest deviation seen (relative to the reference's peak).
+
+    A result exists only for a model that passed: every failure raises VerificationError.
+    """
 
     checks: list[str] = field(default_factory=list)
     max_abs_error: float = 0.0
     max_rel_error: float = 0.0
     batches: int = 0
-
-    @property
-    def passed(self) -> bool:
-        return True
 
     def summary(self) -> str:
         return (f"verified: {', '.join(self.checks)}; max |diff| {self.max_abs_error:.2e} "

@@ -122,3 +122,15 @@ def test_calibration_errors_are_clear(tmp_path, capsys):
     code = main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--calib", str(empty)])
     err = capsys.readouterr().err
     assert code == 2 and "empty" in err
+
+
+def test_external_data_model(tmp_path):
+    """Weights stored beside the model (external data) load; the written model is self-contained."""
+    src = tmp_path / "ext"
+    src.mkdir()
+    onnx.save_model(option_a_shortcut(), str(src / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    assert (src / "m.onnx.data").exists()
+    res = onnxprune.prune_model(str(src / "m.onnx"), tmp_path / "o.onnx", percentage=20)
+    assert res.output_path.exists() and res.report.after.params < res.report.before.params
+    make_session(onnx.load(str(res.output_path)))

@@ -66,6 +66,28 @@ def _expose(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
+def _prefix(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Only the nodes ``name`` depends on (onnxruntime runs every node of a graph, needed or not)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    need, stack = set(), [name]
+    while stack:
+        t = stack.pop()
+        node = producer.get(t)
+        if node is None or id(node) in need:
+            continue
+        need.add(id(node))
+        stack.extend(i for i in node.input if i)
+    nodes = [n for n in g.node if id(n) in need]
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(nodes, "prefix", [i for i in g.input if i.name in used],
+                              [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
+                              [t for t in g.initializer if t.name in used])
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out
+
+
 def _run(model: onnx.ModelProto, names: list[str], batches) -> list[np.ndarray]:
     sess = make_session(_expose(model, names))
     outs = [sess.run(names, feeds) for feeds in batches]
@@ -236,7 +258,7 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
             _set_weights(model, node, W, b0 + contrib.astype(np.float32))
             fitted += 1
             continue
-        x = _run(model, [s.input], batches)[0]
+        x = _run(_prefix(model, s.input), [s.input], batches)[0]
         if s.op == "Conv":
             rows = _conv_rows(x, node, W.shape, s.positions)
             per_img = s.positions[0].shape[1]

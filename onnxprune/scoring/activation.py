@@ -5,9 +5,9 @@
 * ``activation_mean`` / ``activation_std`` — mean and standard deviation of
   a unit's channels where they are consumed, over calibration samples and
   spatial positions, summed over the places the unit is consumed.
-* ``energy`` — E[x_j^2] x ||W[:, j]||^2 at every consumer: the expected
-  squared change of the consumer's output when channel j is zeroed,
-  ignoring spatial correlation. A local, one-pass stand-in for the oracle on
+* ``energy`` — E[x_j^2] x ||W[:, j]||^2 x positions, at every consumer: the
+  expected squared change of the consumer's output over one sample when
+  channel j is zeroed, ignoring spatial correlation. A local, one-pass stand-in for the oracle on
   models too large to run the oracle often (thousands of units).
 """
 
@@ -54,6 +54,7 @@ class ActivationStats:
         self.s1 = {t: 0.0 for t in self.tensors}
         self.s2 = {t: 0.0 for t in self.tensors}
         self.n = {t: 0 for t in self.tensors}
+        self.samples = 0
 
     def add_batch(self, feeds: dict[str, np.ndarray]) -> None:
         outs = self.session.run(self.tensors, feeds)
@@ -63,6 +64,7 @@ class ActivationStats:
             self.s1[t] = self.s1[t] + v.sum(1)
             self.s2[t] = self.s2[t] + (v ** 2).sum(1)
             self.n[t] += v.shape[1]
+        self.samples += next(iter(feeds.values())).shape[0]
 
     def _column_energy(self, t: str) -> np.ndarray:
         """Sum over the consumers of ``t`` of the squared norm of each input channel's weights."""
@@ -101,8 +103,8 @@ class ActivationStats:
                 val = np.abs(mean)
             elif kind == "std":
                 val = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
-            else:
-                val = sq * self._column_energy(t)
+            else:  # total over the positions of one sample: comparable across layers of any size
+                val = sq * self._column_energy(t) * (self.n[t] / max(self.samples, 1))
             roots = a.root_of[a.labels[t].units]
             for r, x in zip(roots.tolist(), val.tolist()):
                 if r in out:
