@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--naive-every", type=int, default=12)
+    ap.add_argument("--scopes", nargs="+", default=["internal"], choices=["internal", "whole"])
     args = ap.parse_args()
     x, y = cifar("calib", None)
     rng = np.random.default_rng(0)
@@ -60,6 +61,8 @@ def main() -> None:
     rate = plain_rate(p, x)
     rows = []
     for scope, units in scopes.items():
+        if scope.split()[0] not in args.scopes:
+            continue
         scorer = OracleScorer(a, units=units)
         with Timer() as t_fast:
             fast = scorer.score_all(batches)
