@@ -29,7 +29,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     demo_model, _ = demo_files()
-    xc, _ = cifar("calib", 128)
+    xc, _ = cifar("calib")  # the file is sorted by class: take a random mix
+    xc = xc[np.random.default_rng(0).permutation(len(xc))[:128]]
     cases = {"demo digits CNN": (demo_model, {"input": demo_data()["calib"][:128]}),
              "ResNet-20": (SHARED / "models" / "resnet20_cifar10.onnx", {"input": xc})}
     rows = []

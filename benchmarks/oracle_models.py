@@ -44,7 +44,8 @@ def imagenet_crops(files, n, size=24, seed=0):
 
 def datasets(n):
     cf, _, ef, _ = imagenet_split()
-    xc, _ = cifar("calib", 2 * n)
+    xc, _ = cifar("calib")  # the file is sorted by class: take a random mix
+    xc = xc[np.random.default_rng(0).permutation(len(xc))[:2 * n]]
     eff_pre = Preprocess(size=(224, 224), resize=256, scale=1 / 255, mean=(0.498,), std=(0.502,))
     lines = render_text_lines(2 * n, 48, 320, seed=1)
     cls_lines = render_text_lines(2 * n, 48, 192, seed=2)

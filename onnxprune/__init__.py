@@ -21,3 +21,7 @@ from .pipeline import PruneConfig, prune_static
 
 __all__ += ["PruneConfig", "prune_static", "PruningHandle", "create_pruning", "set_pruning_param",
             "get_pruning_param", "add_pruning_batch", "gen_pruned_model"]
+
+from .sparsity import SparsifyConfig, sparsify, sparsity_info
+
+__all__ += ["sparsify", "sparsity_info", "SparsifyConfig"]

@@ -1,0 +1,31 @@
+"""Unstructured sparsity: N2D2- and torch.nn.utils.prune-style weight pruning of ONNX models.
+
+``sparsify`` zeros a fraction of the Conv / Gemm / MatMul weights (fillers
+random, iternonstruct, l1, ln; per layer or global; static or gradual with a
+least-squares re-fit), composes with earlier passes, stores ONNX sparse
+tensors where that makes the file smaller and onnxruntime agrees, and
+records the history in the model's metadata for ``sparsity_info``.
+"""
+
+from __future__ import annotations
+
+from .api import (LayerInfo, LayerStats, SparsifyResult, SparsityInfo, StorageDecision, VerificationReport,
+                  save_masks, sparsify, sparsity_info)
+from .config import FILLERS, MODES, SCOPES, SUPPORTED_OP_TYPES, SparsifyConfig
+
+__all__ = [
+    "FILLERS",
+    "MODES",
+    "SCOPES",
+    "SUPPORTED_OP_TYPES",
+    "LayerInfo",
+    "LayerStats",
+    "SparsifyConfig",
+    "SparsifyResult",
+    "SparsityInfo",
+    "StorageDecision",
+    "VerificationReport",
+    "save_masks",
+    "sparsify",
+    "sparsity_info",
+]

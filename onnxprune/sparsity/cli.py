@@ -1,0 +1,177 @@
+"""``onnxprune sparsify``: the command line of unstructured sparsity.
+
+Only this module prints. Errors onnxprune raises on purpose become one line
+on stderr and a non-zero exit code (2 for a bad argument, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import Any
+
+from ..errors import InvalidArgumentError, OnnxPruneError
+from ..graph.io import check_output_path
+from .api import SparsifyResult, SparsityInfo, save_masks, sparsify, sparsity_info
+from .config import DEFAULT_OP_TYPES, FILLERS, MODES, SCOPES, SparsifyConfig
+
+logger = logging.getLogger(__name__)
+
+_NAME_WIDTH = 36
+
+
+def _norm_order(text: str) -> float:
+    if text.lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--n must be a number or 'inf', got {text!r}") from None
+
+
+def add_sparsify_parser(subparsers: Any) -> None:
+    """Register ``sparsify`` on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "sparsify", help="set a fraction of the Conv/Gemm/MatMul weights to zero (unstructured sparsity)",
+        description="Zero a fraction of the weights (N2D2 / torch.nn.utils.prune style), verify the result in "
+                    "onnxruntime and store ONNX sparse tensors where that makes the file smaller.",
+    )
+    p.add_argument("model", help="input .onnx model (never modified)")
+    p.add_argument("-o", "--output", help="output .onnx model")
+    p.add_argument("--info", action="store_true", help="print per-layer sparsity and the history of MODEL, then exit")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="fraction of weights (ln: of slices) zero afterwards, in [0, 1); default 0.5")
+    p.add_argument("--filler", choices=FILLERS, default="l1", help="how to pick the zeros (default l1)")
+    p.add_argument("--scope", choices=SCOPES, default="layer",
+                   help="threshold per layer or over all layers (torch's global_unstructured)")
+    p.add_argument("--mode", choices=MODES, default="static", help="all at once, or start..threshold by gamma")
+    p.add_argument("--start", type=float, default=0.1, help="first threshold of gradual mode (default 0.1)")
+    p.add_argument("--gamma", type=float, default=0.05, help="threshold increment of gradual mode (default 0.05)")
+    p.add_argument("--delta", type=float, default=0.001, help="iternonstruct step: zero |w| <= k*delta")
+    p.add_argument("--n", type=_norm_order, default=2.0, help="norm order of the ln filler (number or inf)")
+    p.add_argument("--dim", type=int, default=0, help="axis whose slices the ln filler removes (default 0)")
+    p.add_argument("--relative", action="store_true",
+                   help="threshold is a fraction of the weights still non-zero (torch's PruningContainer)")
+    p.add_argument("--op-types", default=",".join(DEFAULT_OP_TYPES),
+                   help="comma-separated op types whose weights are pruned (Conv,ConvTranspose,Gemm,MatMul)")
+    p.add_argument("--exclude", action="append", default=None, metavar="NAME",
+                   help="node or weight name (glob allowed) to leave dense; repeat or separate by commas")
+    p.add_argument("--importance", metavar="NPZ", help="importance scores per weight name (torch's importance_scores)")
+    p.add_argument("--masks", metavar="NPZ", help="explicit masks per weight name, 1 = keep (custom_from_mask)")
+    p.add_argument("--save-masks", metavar="NPZ", help="write the resulting masks per weight name")
+    p.add_argument("--calibration", metavar="NPZ",
+                   help="preprocessed samples keyed by model input name; turns on the least-squares re-fit")
+    p.add_argument("--samples", type=int, default=256, help="calibration samples used by the re-fit (default 256)")
+    p.add_argument("--no-refit", action="store_true", help="do not re-fit even with --calibration")
+    p.add_argument("--dense", action="store_true",
+                   help="store ordinary dense initializers (masks made permanent, torch's remove)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random filler and of the re-fit sampling")
+    p.set_defaults(handler=run_sparsify)
+
+
+def run_sparsify(args: argparse.Namespace) -> int:
+    """Run ``sparsify`` (or ``--info``) from parsed arguments; returns the exit code."""
+    try:
+        if args.info:
+            print(format_info(sparsity_info(args.model)))
+            return 0
+        if not args.output:
+            raise InvalidArgumentError("give the output file with -o OUT (or use --info to inspect MODEL)")
+        if args.masks and args.threshold is not None:
+            raise InvalidArgumentError("--masks gives the masks explicitly; drop --threshold (or drop --masks)")
+        exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
+        config = SparsifyConfig(
+            threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
+            mode=args.mode, start=args.start, gamma=args.gamma, delta=args.delta, n=args.n, dim=args.dim,
+            relative=args.relative, op_types=args.op_types, exclude=exclude, seed=args.seed, dense=args.dense,
+            refit=not args.no_refit, refit_samples=args.samples,
+        )
+        if args.save_masks:
+            check_output_path(args.save_masks, args.model, args.output)
+        result = sparsify(args.model, args.output, config, calibration_data=args.calibration, masks=args.masks,
+                          importance_scores=args.importance)
+        print(format_result(result))
+        if args.save_masks:
+            path = save_masks(result.masks, args.save_masks)
+            print(f"masks: {len(result.masks)} written to {path}")
+        return 0
+    except OnnxPruneError as exc:
+        print(f"onnxprune sparsify: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_WIDTH else "…" + name[-(_NAME_WIDTH - 1):]
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:5.1f}%"
+
+
+def format_result(result: SparsifyResult) -> str:
+    """The per-layer table, totals, storage choice and verification of one run."""
+    lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'before':>7} {'after':>7} "
+             f"{'zero ch':>9} {'storage':<7} re-fit"]
+    for layer in result.layers:
+        lines.append(
+            f"{_short(layer.name):<{_NAME_WIDTH}} {layer.op_types[0]:<8} {'x'.join(map(str, layer.shape)):<18} "
+            f"{_pct(layer.sparsity_before):>7} {_pct(layer.sparsity_after):>7} "
+            f"{f'{layer.zero_channels}/{layer.channels}':>9} {layer.storage:<7} {layer.refit}"
+        )
+    before = sum(layer.zeros_before for layer in result.layers)
+    lines.append(f"total: {len(result.layers)} weights, {result.total_size} values, "
+                 f"sparsity {_pct(before / result.total_size).strip()} -> {_pct(result.sparsity).strip()}"
+                 + (f" (steps {', '.join(f'{s:g}' for s in result.steps)})" if len(result.steps) > 1 else ""))
+    storage = result.storage
+    lines.append(f"storage: {storage.format} ({storage.reason})")
+    size_line = f"size: dense {storage.dense_bytes} bytes"
+    if storage.sparse_bytes is not None:
+        size_line += f", sparse {storage.sparse_bytes} bytes"
+    lines.append(size_line)
+    verification = result.verification
+    lines.append(f"verification: {'ok' if verification.ok else 'FAILED'} on {verification.inputs}: "
+                 f"{verification.message}; outputs moved {verification.output_change:.3g} (relative L2) "
+                 "from the input model")
+    for note in result.notes:
+        lines.append(f"note: {note}")
+    if result.output_path is not None:
+        lines.append(f"wrote {result.output_path}")
+    return "\n".join(lines)
+
+
+def format_info(info: SparsityInfo) -> str:
+    """Per-layer sparsity, structured zeros and the recorded passes of a model."""
+    lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'sparsity':>8} {'zero ch':>9} {'storage':<7} "
+             "history"]
+    for layer in info.layers:
+        history = " -> ".join("-" if s is None else _pct(s).strip() for s in layer.history)
+        lines.append(
+            f"{_short(layer.name):<{_NAME_WIDTH}} {layer.op_types[0]:<8} {'x'.join(map(str, layer.shape)):<18} "
+            f"{_pct(layer.sparsity):>8} {f'{layer.zero_channels}/{layer.channels}':>9} {layer.storage:<7} "
+            f"{history}"
+        )
+    zero_ch = sum(layer.zero_channels for layer in info.layers)
+    channels = sum(layer.channels for layer in info.layers)
+    lines.append(f"total: {len(info.layers)} weights, {info.total_size} values, sparsity "
+                 f"{_pct(info.sparsity).strip()}; structured: {zero_ch}/{channels} output channels all zero")
+    if not info.history:
+        lines.append("history: none recorded (never sparsified by onnxprune)")
+    for i, record in enumerate(info.history, start=1):
+        layers = record.get("layers", {})
+        size = sum(v[2] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
+        after = sum(v[1] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
+        what = record.get("filler", "?")
+        if "threshold" in record:
+            what += f" threshold {record['threshold']:g}"
+        lines.append(
+            f"pass {i}: {what}, {record.get('scope', '?')}, {record.get('mode', '?')}"
+            + (" (relative)" if record.get("relative") else "")
+            + (", importance scores" if record.get("importance_scores") else "")
+            + (", re-fit" if record.get("refit") else "")
+            + (f" -> {_pct(after / size).strip()} of {size} values in {len(layers)} weights" if size else "")
+        )
+    for key, value in info.other_metadata.items():
+        lines.append(f"{key}: {value if len(value) <= 200 else value[:200] + '…'}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Settings of unstructured sparsification, validated once when built.
+
+Every field is checked in ``__post_init__`` so that a bad value fails before
+any model is loaded, with a message that names the flag to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence
+
+from ..errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+FILLERS = ("random", "iternonstruct", "l1", "ln")
+SCOPES = ("layer", "global")
+MODES = ("static", "gradual")
+SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """How to choose the weights to zero, and how to store the result.
+
+    threshold: fraction of the weights (``ln``: of the slices) that are zero
+        after the pass, per layer or over all layers (``scope="global"``);
+        zeros already in the weights count, like N2D2's masks.
+    relative: read ``threshold`` as a fraction of the weights still non-zero
+        (torch's PruningContainer) instead of a fraction of all weights.
+    mode: ``static`` prunes to ``threshold`` at once; ``gradual`` goes
+        ``start, start+gamma, ...`` up to ``threshold``, re-fitting the
+        survivors between steps when calibration data is given.
+    delta: iternonstruct zeroes every |w| <= k*delta for the smallest k
+        reaching the threshold (N2D2's Delta).
+    n, dim: norm order and axis of the ``ln`` filler (torch's ln_structured).
+    op_types, exclude: which nodes' weights are pruned; ``exclude`` takes node
+        or weight names, glob patterns allowed.
+    dense: store ordinary dense initializers even where sparse tensors
+        would be smaller (torch's ``prune.remove``).
+    refit: least-squares re-fit of the surviving weights after each step,
+        when calibration data is given (ignored otherwise); it uses
+        ``refit_samples`` samples, at most ``refit_rows`` sampled output
+        positions per layer, a ridge of ``refit_ridge`` (relative to the mean
+        Gram diagonal) toward the original weights, and rejects a layer's fit
+        that is worse on the ``refit_holdout`` fraction of samples held back.
+    """
+
+    threshold: float = 0.5
+    filler: str = "l1"
+    scope: str = "layer"
+    mode: str = "static"
+    start: float = 0.1
+    gamma: float = 0.05
+    delta: float = 0.001
+    n: float = 2.0
+    dim: int = 0
+    relative: bool = False
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    dense: bool = False
+    refit: bool = True
+    refit_samples: int = 256
+    refit_rows: int = 8192
+    refit_ridge: float = 1e-3
+    refit_holdout: float = 0.2
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers but keep the dataclass hashable and immutable.
+        object.__setattr__(self, "op_types", _as_tuple(self.op_types, "op_types"))
+        object.__setattr__(self, "exclude", _as_tuple(self.exclude, "exclude"))
+        if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold < 1.0:
+            raise InvalidArgumentError(
+                f"threshold must be in [0, 1) (the fraction of weights set to zero), got {self.threshold!r}"
+            )
+        if self.filler not in FILLERS:
+            raise InvalidArgumentError(f"unknown filler {self.filler!r}; choose one of {', '.join(FILLERS)}")
+        if self.scope not in SCOPES:
+            raise InvalidArgumentError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.filler == "ln" and self.scope == "global":
+            raise InvalidArgumentError(
+                "the ln filler prunes whole slices of one tensor and has no global form "
+                "(as in torch); use --scope layer"
+            )
+        if not 0.0 <= self.start < 1.0:
+            raise InvalidArgumentError(f"start must be in [0, 1), got {self.start!r}")
+        if self.mode == "gradual" and not self.gamma > 0.0:
+            raise InvalidArgumentError(f"gamma must be > 0 in gradual mode, got {self.gamma!r}")
+        if not self.delta > 0.0:
+            raise InvalidArgumentError(f"delta must be > 0 (the step of iternonstruct), got {self.delta!r}")
+        if not (self.n > 0.0 or math.isinf(self.n)):
+            raise InvalidArgumentError(f"n (the norm order of the ln filler) must be > 0 or inf, got {self.n!r}")
+        unknown = [t for t in self.op_types if t not in SUPPORTED_OP_TYPES]
+        if unknown or not self.op_types:
+            raise InvalidArgumentError(
+                f"op_types {list(self.op_types)!r} not supported; choose among {', '.join(SUPPORTED_OP_TYPES)}"
+            )
+        if self.refit_samples < 1 or self.refit_rows < 16:
+            raise InvalidArgumentError("refit_samples must be >= 1 and refit_rows >= 16")
+        if self.refit_ridge < 0.0:
+            raise InvalidArgumentError(f"refit_ridge must be >= 0, got {self.refit_ridge!r}")
+        if not 0.0 <= self.refit_holdout < 0.9:
+            raise InvalidArgumentError(f"refit_holdout must be in [0, 0.9), got {self.refit_holdout!r}")
+
+    def schedule(self) -> tuple[float, ...]:
+        """The thresholds of the steps: one in static mode, start..threshold by gamma in gradual mode."""
+        if self.mode == "static" or self.start >= self.threshold:
+            return (float(self.threshold),)
+        steps: list[float] = []
+        k = 0
+        while True:
+            s = round(self.start + k * self.gamma, 10)
+            if s >= self.threshold - 1e-12:
+                break
+            steps.append(s)
+            k += 1
+        steps.append(float(self.threshold))
+        return tuple(steps)
+
+
+def ceil_fraction(fraction: float, count: int) -> int:
+    """ceil(fraction * count) computed on the decimal the user wrote (0.7 * 10 is 7, not 8)."""
+    return math.ceil(Fraction(repr(float(fraction))) * count)
+
+
+def _as_tuple(value: Sequence[str] | str | None, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    items = tuple(str(v).strip() for v in value)
+    if any(not v for v in items):
+        raise InvalidArgumentError(f"{name} contains an empty name")
+    return items
