@@ -80,9 +80,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--percentage", type=float, default=30)
+    ap.add_argument("--models", nargs="*", help="subset of model file names (default: all)")
     args = ap.parse_args()
     rows = []
     for model, (inp, x, kind) in datasets(args.images).items():
+        if args.models and model not in args.models:
+            continue
         x = np.ascontiguousarray(x.astype(np.float32))
         half = len(x) // 2
         calib, held = x[:half], x[half:]

@@ -73,6 +73,7 @@ class PruneConfig:
     cache_bytes: int = 2 << 30
     recover: str = "auto"
     refit_between_steps: bool = False
+    measure: bool = True
     input_shapes: Optional[dict[str, tuple[int, ...]]] = None
     verify: bool = True
     seed: int = 0
@@ -302,6 +303,31 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
 
 # ------------------------------------------------------------------ top level
 
+def _fidelity(model: onnx.ModelProto, reference_outputs: list[np.ndarray], feeds: dict) -> dict:
+    """Relative L2 distance of the first output to the original's, and arg-max agreement when it is a score."""
+    from .runtime import make_session
+    out = make_session(model).run(None, feeds)[0].astype(np.float64)
+    ref = reference_outputs[0].astype(np.float64)
+    fid = {"rel_l2": float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))}
+    if ref.ndim >= 2 and ref.shape[-1] > 1:
+        fid["argmax_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).mean())
+    return fid
+
+
+def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed) -> None:
+    """Latency (median, same provider) before/after, and fidelity to the original on calibration data."""
+    from .report import measure_latency
+    from .runtime import make_session
+    one = {k: v[:1] for k, v in random_feed.items()}
+    report.before.latency_ms = measure_latency(p.model, one)
+    report.after.latency_ms = measure_latency(final, one)
+    feeds = calibration.batches()[-1][0] if calibration is not None else random_feed
+    ref = make_session(p.model).run(None, feeds)
+    report.after.fidelity = _fidelity(final, ref, feeds)
+    if final is not pruned:
+        report.extra["fidelity_before_recovery"] = _fidelity(pruned, ref, feeds)
+
+
 def _input_shapes_from(calibration: Optional[Calibration], given) -> Optional[dict]:
     if given:
         return {k: tuple(v) for k, v in given.items()}
@@ -346,6 +372,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike], calibr
         from .passes.recover import recover
         recovered, recovery_note = recover(p, removed, pruned, calibration, config.recover)
     report = make_report(p, recovered, removed, ver)
+    if config.measure:
+        _measure(p, pruned, recovered, report, calibration, feeds[0])
     if recovery_note:
         report.extra["recovery"] = recovery_note
         report.verification += f"\nrecovery: {recovery_note}"

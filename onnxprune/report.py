@@ -61,6 +61,12 @@ class Report:
                          f"{b.latency_ms / max(a.latency_ms, 1e-9):.2f}x faster"))
         if b.accuracy is not None and a.accuracy is not None:
             rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
+        if a.fidelity:
+            fid = ", ".join(f"{k} {v:.4g}" for k, v in a.fidelity.items())
+            before = self.extra.get("fidelity_before_recovery")
+            rows.append(("fidelity to original", "", fid, ""))
+            if before:
+                rows.append(("  before recovery", "", ", ".join(f"{k} {v:.4g}" for k, v in before.items()), ""))
         out = [_fmt(rows)]
         out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
                    f"({self.pruned_percentage:.1f}%)")
