@@ -89,7 +89,8 @@ class OracleScorer:
     """
 
     def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
-                 rows_per_run: int = 256, max_bytes_per_run: int = 512 << 20, providers=None,
+                 rows_per_run: int = 256, max_bytes_per_run: int = 512 << 20,
+                 max_activation_bytes: int = 4 << 30, providers=None,
                  progress: bool = False, suffix: bool = True) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
@@ -98,6 +99,7 @@ class OracleScorer:
         self.units = list(units) if units is not None else list(analysis.prunable_units)
         self.rows_per_run = max(1, rows_per_run)
         self.max_bytes_per_run = max_bytes_per_run
+        self.max_activation_bytes = max_activation_bytes
         self.providers = providers
         self.progress = progress
         self.use_suffix = suffix
@@ -156,6 +158,10 @@ class OracleScorer:
             cuts.setdefault(start, _Cut(start)).units.append(r)
         self.cuts = [cuts[k] for k in sorted(cuts)]
         self.output_names = [o.name for o in self.model.graph.output]
+        # all float activations of one sample: an upper bound of what a run keeps alive per row
+        from ..graph.probe import PROBE_BATCH
+        self.sample_bytes = sum(4 * int(np.prod(sh)) // PROBE_BATCH for name, sh in a.probe.shapes.items()
+                                if sh and sh[0] == PROBE_BATCH and a.probe.dtypes.get(name) == onnx.TensorProto.FLOAT)
         self.graph_input_names = {i.name for i in self.model.graph.input}
         self._layer_macs = self._node_macs()
         total = sum(self._layer_macs.values()) or 1.0
@@ -300,7 +306,8 @@ class OracleScorer:
         for cut in self.cuts:
             # the tiled copies of this cut's inputs bound how many perturbations fit in one run
             cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
-            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1))))
+            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1)),
+                               int(self.max_activation_bytes // max(self.sample_bytes * n, 1))))
             for start in range(0, len(cut.units), k_max):
                 chunk = cut.units[start:start + k_max]
                 k = len(chunk)
