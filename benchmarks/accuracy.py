@@ -18,7 +18,6 @@ Writes benchmarks/RESULTS.md sections and benchmarks/accuracy_*.png.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 

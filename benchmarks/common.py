@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from onnxprune.calibration import Preprocess
 from onnxprune.runtime import make_session
 
 REPO = Path(__file__).resolve().parent.parent

@@ -47,7 +47,6 @@ def accuracy(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, bat
 
 def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
     """Prune the demo model and return the printed report."""
-    from .api import prune_model
     from .report import measure_latency
 
     model_path, _ = demo_files()

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
 from .api import PathLike, PruneResult, _check_keeps_one, data_free_scores, make_report
 from .calibration import CachedDataset, Preprocess, model_input_shapes, open_calibration
-from .cost import CostModel
 from .errors import CalibrationError, InvalidArgumentError, NothingToPruneError
 from .graph.io import ModelLike, check_output_path, save_model_atomic
 from .passes.prune_channels import masked_reference, prune_channels

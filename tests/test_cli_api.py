@@ -62,7 +62,6 @@ def test_round_to_and_max_ratio():
     res = onnxprune.prune_model(option_a_shortcut(), percentage=50, round_to=4, max_layer_ratio=0.5)
     for lc in res.report.layers:
         assert lc.after >= lc.before * 0.5
-    p = onnxprune.prepare.prepare(option_a_shortcut()) if hasattr(onnxprune, "prepare") else None
     from onnxprune.prepare import prepare
     a = prepare(option_a_shortcut()).analysis
     removed = res.plan.to_units(a)

@@ -9,7 +9,6 @@ global ranking.
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from ..graph.analysis import Analysis
 

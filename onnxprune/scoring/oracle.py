@@ -116,7 +116,6 @@ class OracleScorer:
         graph = gs.import_onnx(a.proto)
         tensors = graph.tensors()
         nodes = {n.name: n for n in graph.nodes}
-        batch = gs.Variable("__batch__")
         self.masks: list[_MaskInput] = []
         edges_by_tensor: dict[str, list] = {}
         for e in a.consumers:
@@ -140,7 +139,6 @@ class OracleScorer:
                 nodes[e.node].inputs[e.input_index] = out
             self.masks.append(_MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
             mul_names[idx] = mul.name
-        del batch
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.model = to_proto(graph, a.proto)
         order = {n.name: i for i, n in enumerate(self.model.graph.node)}
