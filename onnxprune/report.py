@@ -58,7 +58,7 @@ class Report:
                 ("file size", _mb(b.size_bytes), _mb(a.size_bytes), _pct(a.size_bytes, b.size_bytes))]
         if b.latency_ms is not None and a.latency_ms is not None:
             rows.append(("latency (median)", f"{b.latency_ms:.2f} ms", f"{a.latency_ms:.2f} ms",
-                         f"{b.latency_ms / max(a.latency_ms, 1e-9):.2f}x faster"))
+                         f"speed-up {b.latency_ms / max(a.latency_ms, 1e-9):.2f}x"))
         if b.accuracy is not None and a.accuracy is not None:
             rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
         if a.fidelity:
