@@ -4,8 +4,11 @@ Units are taken in ascending score order (or score per MAC saved when
 ``cost_aware``); a unit is skipped when it would leave any tensor with fewer
 channels than its minimum (at least one, HALCON's rule, and at least
 ``1 - max_layer_ratio`` of each layer). Percentage targets count kernels as
-HALCON does; MAC and parameter budgets are met exactly by a binary search on
-the prefix of accepted units, costed by :class:`CostModel`.
+HALCON does; MAC and parameter budgets are met by a binary search on the
+prefix of accepted units, costed by :class:`CostModel`. With ``round_to``
+the units are taken in blocks that keep each group's width a multiple of it
+(onnxruntime's blocked CPU kernels want multiples of 8), so the search
+stays monotone and the budget is still met.
 """
 
 from __future__ import annotations
@@ -127,22 +130,32 @@ def ordered_candidates(analysis: Analysis, scores: dict[int, float], constraints
     return [r for r in order if budget.take(r)]
 
 
-def _round_groups(analysis: Analysis, removed: list[int], round_to: int, order_pos: dict[int, int]) -> list[int]:
-    """Drop the last-chosen units of each group until its kept count is a multiple of ``round_to``."""
+def removal_blocks(analysis: Analysis, order: list[int], round_to: int) -> list[list[int]]:
+    """Group the ordered units into blocks whose removal keeps every group's width a multiple of ``round_to``.
+
+    A group's units are taken in their order; a block is committed when its
+    last unit arrives (the first block of a group of n channels holds
+    n mod round_to units, the next ones round_to). Each block only removes
+    channels, so MACs and parameters fall with every block taken, and a
+    budget can be met by a search over how many blocks to take. Units of a
+    block that never completes are not removed.
+    """
     if round_to <= 1:
-        return removed
-    by_group: dict[int, list[int]] = {}
-    for r in removed:
-        by_group.setdefault(analysis.group_of[r], []).append(r)
-    keep: list[int] = []
-    for gid, rs in by_group.items():
+        return [[r] for r in order]
+    pending: dict[int, list[int]] = {}
+    done: dict[int, int] = {}
+    blocks: list[list[int]] = []
+    for r in order:
+        gid = analysis.group_of[r]
         n = len(analysis.groups[gid].units)
-        k = len(rs)
-        while k > 0 and (n - k) % round_to:
-            k -= 1
-        rs.sort(key=lambda r: order_pos[r])
-        keep.extend(rs[:k])
-    return keep
+        rs = pending.setdefault(gid, [])
+        rs.append(r)
+        size = (n % round_to or round_to) if done.get(gid, 0) == 0 else round_to
+        if len(rs) == size:
+            blocks.append(list(rs))
+            rs.clear()
+            done[gid] = done.get(gid, 0) + size
+    return blocks
 
 
 def select(analysis: Analysis, scores: dict[int, float], target: Target,
@@ -151,37 +164,38 @@ def select(analysis: Analysis, scores: dict[int, float], target: Target,
     """Roots of the units to remove."""
     target = target.effective
     order = ordered_candidates(analysis, scores, constraints, cost_aware, cost)
-    pos = {r: i for i, r in enumerate(order)}
+    blocks = removal_blocks(analysis, order, constraints.round_to)
+
+    def take(k: int) -> list[int]:
+        return [r for b in blocks[:k] for r in b]
+
     if target.percentage is not None:
         total = sum(len(analysis.unit_kernels[r]) for r in analysis.prunable_units)
         want = total * target.percentage / 100.0
         chosen, count = [], 0
-        for r in order:
+        for b in blocks:
             if count >= want - 1e-9:
                 break
-            chosen.append(r)
-            count += len(analysis.unit_kernels[r])
-        return _round_groups(analysis, chosen, constraints.round_to, pos)
+            chosen.extend(b)
+            count += sum(len(analysis.unit_kernels[r]) for r in b)
+        return chosen
     cost = cost or CostModel(analysis)
     is_macs = target.macs is not None
     limit = (target.macs if is_macs else target.params) * (cost.dense_macs if is_macs else cost.dense_params)
 
-    def measure(k: int) -> tuple[int, list[int]]:
-        chosen = _round_groups(analysis, order[:k], constraints.round_to, pos)
-        m, p = cost.evaluate(np.array(chosen, dtype=np.int64))
-        return (m if is_macs else p), chosen
+    def measure(k: int) -> float:
+        m, p = cost.evaluate(np.array(take(k), dtype=np.int64))
+        return m if is_macs else p
 
-    lo, hi = 0, len(order)
-    value, best = measure(hi)
-    if value > limit:
+    lo, hi = 0, len(blocks)
+    if measure(hi) > limit:
         logger.warning("target %s cannot be reached within the per-layer limits; removing every admissible unit",
                        target.describe())
-        return best
-    while lo < hi:
+        return take(hi)
+    while lo < hi:  # every block removes channels only, so the measure falls with k
         mid = (lo + hi) // 2
-        value, _ = measure(mid)
-        if value <= limit:
+        if measure(mid) <= limit:
             hi = mid
         else:
             lo = mid + 1
-    return measure(lo)[1]
+    return take(lo)

@@ -41,6 +41,21 @@ def test_fast_equals_naive(builder, cost):
     assert (b > 0).any()
 
 
+@pytest.mark.parametrize("builder", [option_a_shortcut, inverted_residual])
+def test_io_binding_path_equals_plain_runs(builder):
+    """The bound path (used on CUDA) gives the same scores; forced here on the CPU provider."""
+    p = prepare(builder())
+    data = batches(p)
+    plain = OracleScorer(p.analysis, rows_per_run=8, io_binding=False)
+    bound = OracleScorer(p.analysis, rows_per_run=8, io_binding=True)
+    for feeds, labels in data:
+        plain.add_batch(feeds, labels)
+        bound.add_batch(feeds, labels)
+    a, b = plain.scores(), bound.scores()
+    assert all(c.runner.binding for c in bound.cuts)
+    np.testing.assert_allclose([b[r] for r in a], [a[r] for r in a], rtol=1e-5, atol=1e-12)
+
+
 def test_loss_modes_need_labels_and_match_naive():
     p = prepare(option_a_shortcut())
     data = batches(p, labels=True)
@@ -128,3 +143,26 @@ def test_other_criteria_run():
     for crit in ("activation_mean", "activation_std", "bn_scale", "l2", "random"):
         s = score_units(p, PruneConfig(criterion=crit), cal)
         assert set(s) == set(p.analysis.prunable_units)
+
+
+def test_energy_counts_only_where_the_removal_leaves_the_unit():
+    """A hidden channel of an inverted residual: the depthwise conv consumes it but is removed with it,
+    so its energy is E[h^2] x ||W_project[:, j]||^2 at the project conv alone."""
+    from onnxprune.scoring.activation import ActivationStats
+    model = inverted_residual()
+    p = prepare(model)
+    a = p.analysis
+    feeds = batches(p, n=8, k=1)[0][0]
+    stats = ActivationStats(a)
+    stats.add_batch(feeds)
+    got = stats.scores("energy")
+    dw = next(n for n in a.graph.nodes if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1)
+    proj = next(n for n in a.graph.nodes if n.op == "Conv" and n.inputs[0].inputs and n.inputs[0].inputs[0].op == "Clip"
+                and n.inputs[0].inputs[0].inputs[0].name == dw.outputs[0].name)
+    t = proj.inputs[0].name
+    sq = stats.s2[t] / stats.n[t]
+    w = (np.asarray(proj.inputs[1].values, dtype=np.float64) ** 2).sum(axis=(0, 2, 3))
+    roots = a.root_of[a.labels[t].units]
+    for j, r in enumerate(roots.tolist()):
+        if r in got:
+            assert got[r] == pytest.approx(sq[j] * w[j], rel=1e-9)

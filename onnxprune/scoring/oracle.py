@@ -34,7 +34,7 @@ from onnx import helper
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..runtime import make_session
+from ..runtime import DeviceRunner, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class _Cut:
     masks: list[int] = field(default_factory=list)  # mask-input indices used in the suffix
     units: list[int] = field(default_factory=list)
     macs_fraction: float = 1.0
+    runner: object = None
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ class OracleScorer:
     def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
                  rows_per_run: int = 256, max_bytes_per_run: int = 512 << 20,
                  max_activation_bytes: int = 4 << 30, providers=None,
-                 progress: bool = False, suffix: bool = True) -> None:
+                 progress: bool = False, suffix: bool = True, io_binding: Optional[bool] = None) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
         self.analysis = analysis
@@ -103,6 +104,7 @@ class OracleScorer:
         self.providers = providers
         self.progress = progress
         self.use_suffix = suffix
+        self.io_binding = io_binding  # None: bind on CUDA only
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
         self.samples_seen = 0
@@ -187,6 +189,7 @@ class OracleScorer:
         for cut in self.cuts:
             if cut.session is None:
                 cut.session = self.full_session
+            cut.runner = DeviceRunner(cut.session, self.io_binding)
 
     def _node_macs(self) -> dict[int, float]:
         macs: dict[int, float] = {}
@@ -306,15 +309,16 @@ class OracleScorer:
             cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
             k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1)),
                                int(self.max_activation_bytes // max(self.sample_bytes * n, 1))))
+            tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
             for start in range(0, len(cut.units), k_max):
                 chunk = cut.units[start:start + k_max]
                 k = len(chunk)
-                feed = {}
-                for name in cut.inputs:
-                    if name.startswith("__oracle_mask_"):
-                        continue
-                    v = cache[name]
-                    feed[name] = np.concatenate([v] * k, axis=0) if k > 1 else v
+                if k not in tiled:
+                    tiled.clear()
+                    tiled[k] = {name: cut.runner.upload(np.concatenate([cache[name]] * k, axis=0) if k > 1
+                                                        else cache[name])
+                                for name in cut.inputs if not name.startswith("__oracle_mask_")}
+                feed = dict(tiled[k])
                 for i in cut.masks:
                     m = self._ones(i, n * k)
                     feed[self.masks[i].name] = m
@@ -325,7 +329,7 @@ class OracleScorer:
                             idx = [slice(j * n, (j + 1) * n)] + [slice(None)] * (m.ndim - 1)
                             idx[self.masks[i].axis] = pos
                             m[tuple(idx)] = 0.0
-                pert = cut.session.run(self.output_names, feed)
+                pert = cut.runner.run(self.output_names, feed)
                 for j, r in enumerate(chunk):
                     sl = slice(j * n, (j + 1) * n)
                     c = self._cost(base, [p[sl] for p in pert], labels)
