@@ -184,8 +184,7 @@ def select(analysis: Analysis, scores: dict[int, float], target: Target,
     limit = (target.macs if is_macs else target.params) * (cost.dense_macs if is_macs else cost.dense_params)
 
     def measure(k: int) -> float:
-        m, p = cost.evaluate(np.array(take(k), dtype=np.int64))
-        return m if is_macs else p
+        return _measure_units(cost, take(k), is_macs)
 
     lo, hi = 0, len(blocks)
     if measure(hi) > limit:
@@ -198,4 +197,39 @@ def select(analysis: Analysis, scores: dict[int, float], target: Target,
             hi = mid
         else:
             lo = mid + 1
-    return take(lo)
+    return _cheapest_last_block(analysis, blocks, lo, scores, lambda units: _measure_units(cost, units, is_macs) <= limit)
+
+
+def _measure_units(cost: CostModel, units: list[int], is_macs: bool) -> float:
+    m, p = cost.evaluate(np.array(units, dtype=np.int64))
+    return m if is_macs else p
+
+
+def _cheapest_last_block(analysis: Analysis, blocks: list[list[int]], k: int, scores: dict[int, float],
+                         fits, scan: int = 512) -> list[int]:
+    """The first k-1 blocks plus, of the blocks that would meet the budget after them, the lowest-scored one.
+
+    The k-th block in per-MAC order can overshoot the budget by a lot when
+    blocks are coarse (round-to 8 on a 32-channel layer); a later block with
+    a lower score often meets it too. Only a group's next block qualifies, so
+    widths stay multiples of round-to.
+    """
+    if k == 0:
+        return []
+    base = [r for b in blocks[:k - 1] for r in b]
+    taken: dict[int, int] = {}
+    for b in blocks[:k - 1]:
+        g = analysis.group_of[b[0]]
+        taken[g] = taken.get(g, 0) + 1
+    seen: dict[int, int] = dict(taken)
+    best, best_score = blocks[k - 1], sum(scores[r] for r in blocks[k - 1])
+    for b in blocks[k - 1:k - 1 + scan]:
+        g = analysis.group_of[b[0]]
+        nth = seen.get(g, 0)
+        seen[g] = nth + 1
+        if nth != taken.get(g, 0):  # an earlier block of this group is not taken
+            continue
+        sc = sum(scores[r] for r in b)
+        if sc < best_score and fits(base + b):
+            best, best_score = b, sc
+    return base + best
