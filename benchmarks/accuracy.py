@@ -44,13 +44,17 @@ def evaluate_plan(p, removed, cal_fit, x, y, recoveries=RECOVERIES):
     return out, macs / p.cost.dense_macs
 
 
+ROUND_TO = "auto"  # set from --round-to
+
+
 def sweep(name, p, scores, score_times, cal_score, cal_fit, x, y, budgets, iterative_budgets, rows, max_ratio=0.9,
           recovery_for=None):
     recovery_for = RECOVERY_FOR if recovery_for is None else recovery_for
     for budget in budgets:
         for crit, sc in scores.items():
             with Timer() as t:
-                removed = plan_units(p, PruneConfig(criterion=crit, target_macs=budget, max_layer_ratio=max_ratio),
+                removed = plan_units(p, PruneConfig(criterion=crit, target_macs=budget, max_layer_ratio=max_ratio,
+                                                        round_to=ROUND_TO),
                                      None, scores=sc)
             res, kept = evaluate_plan(p, removed, cal_fit, x, y, recovery_for.get(crit, RECOVERIES))
             for rec, (acc, t_rec) in res.items():
@@ -60,7 +64,8 @@ def sweep(name, p, scores, score_times, cal_score, cal_fit, x, y, budgets, itera
                 print(rows[-1], flush=True)
         if budget in iterative_budgets and "oracle" in scores:
             with Timer() as t:
-                cfg = PruneConfig(criterion="oracle", target_macs=budget, steps=3, max_layer_ratio=max_ratio)
+                cfg = PruneConfig(criterion="oracle", target_macs=budget, steps=3, max_layer_ratio=max_ratio,
+                                  round_to=ROUND_TO)
                 removed = plan_units(p, cfg, cal_score, iterate_from=scores["oracle"])
             res, kept = evaluate_plan(p, removed, cal_fit, x, y, ("none", "lsq"))
             for rec, (acc, t_rec) in res.items():
@@ -114,7 +119,7 @@ def resnet56(args):
         cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
         if whole_scores is None:
             whole_scores = {}
-            for crit in ("random", "magnitude", "oracle"):
+            for crit in args.criteria:
                 with Timer() as t:
                     whole_scores[crit] = score_units(p, PruneConfig(criterion=crit), cal_score)
                 times[crit] = t.seconds
@@ -125,19 +130,24 @@ def resnet56(args):
         budgets = args.budgets if scope == "whole" else args.budgets_internal
         iterative = args.iterative if scope == "whole" else ()
         sweep(scope, p, scores, times, cal_score, cal_fit, xd, yd, budgets, iterative, rows)
-        write_section("accuracy-resnet56", _resnet_text(rows, dense))
-    write_section("accuracy-resnet56", _resnet_text(rows, dense))
-    plot(rows, dense, REPO / "benchmarks" / "accuracy_resnet56.png", "ResNet-56, no fine-tuning")
+        write_section(f"accuracy-resnet56{_variant()}", _resnet_text(rows, dense))
+    write_section(f"accuracy-resnet56{_variant()}", _resnet_text(rows, dense))
+    plot(rows, dense, REPO / "benchmarks" / f"accuracy_resnet56{_variant()}.png", "ResNet-56, no fine-tuning")
+
+
+def _variant() -> str:
+    """Tables with the old default (round-to 1) keep their names; other settings get their own section."""
+    return "" if ROUND_TO == 1 else f"-round-to-{ROUND_TO}"
 
 
 def _resnet_text(rows, dense):
-    text = header("Accuracy without fine-tuning: ResNet-56, CIFAR-10 dev (5,000 images)")
+    text = header(f"Accuracy without fine-tuning: ResNet-56, CIFAR-10 dev (5,000 images), round-to {ROUND_TO}")
     text += (f"\nDense top-1: {dense:.1%}. Oracle: KL of the logits on 128 calibration images (label-free), "
              "ranking by score per MAC saved; recovery on 256 calibration images. Wall time: scoring + "
              "selection + surgery + recovery, on a machine shared with other jobs (2 cores). 'internal' "
              "reuses the whole-network oracle scores of the same units.\n\n")
     text += table(rows, list(rows[0]))
-    text += "\n![accuracy vs MACs](accuracy_resnet56.png)\n"
+    text += f"\n![accuracy vs MACs](accuracy_resnet56{_variant()}.png)\n"
     return text
 
 
@@ -171,9 +181,13 @@ def main():
     ap.add_argument("--model", default="both", choices=["resnet56", "efficientnet", "both"])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.85, 0.70, 0.55, 0.50, 0.40])
     ap.add_argument("--iterative", type=float, nargs="*", default=[0.70, 0.50])
-    ap.add_argument("--budgets-internal", type=float, nargs="+", default=[0.70, 0.50])
+    ap.add_argument("--budgets-internal", type=float, nargs="*", default=[0.70, 0.50])
     ap.add_argument("--budgets-eff", type=float, nargs="+", default=[0.85, 0.70, 0.55, 0.40])
+    ap.add_argument("--criteria", nargs="+", default=["random", "magnitude", "oracle"], help="ResNet-56 criteria")
+    ap.add_argument("--round-to", default="1", help="width multiple, or auto (the tables below used 1 unless said)")
     args = ap.parse_args()
+    global ROUND_TO
+    ROUND_TO = args.round_to if args.round_to == "auto" else int(args.round_to)
     if args.model in ("resnet56", "both"):
         resnet56(args)
     if args.model in ("efficientnet", "both"):

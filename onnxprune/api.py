@@ -159,7 +159,7 @@ def _finish(p: Prepared, removed: list[int], plan: PruningPlan, output: Optional
 def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None, *,
                 criterion: str = "magnitude", percentage: Optional[float] = None,
                 target_macs: Optional[float] = None, target_params: Optional[float] = None,
-                exclude: Iterable[str] = (), round_to: int = 1, max_layer_ratio: float = 0.9,
+                exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
                 min_kernels: int = 1, cost_aware: bool = False,
                 scores: Optional[dict[str, list[float]]] = None,
                 input_shapes: Optional[dict[str, Sequence[int]]] = None,

@@ -57,7 +57,7 @@ class PruneConfig:
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
     nodes_to_exclude: tuple[str, ...] = ()
-    round_to: int = 1
+    round_to: int | str = "auto"
     max_layer_ratio: float = 0.9
     min_kernels: int = 1
     ranking: str = "per_mac"

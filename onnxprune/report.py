@@ -62,11 +62,10 @@ class Report:
         if b.accuracy is not None and a.accuracy is not None:
             rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
         if a.fidelity:
-            fid = ", ".join(f"{k} {v:.4g}" for k, v in a.fidelity.items())
             before = self.extra.get("fidelity_before_recovery")
-            rows.append(("fidelity to original", "", fid, ""))
+            rows.append(("fidelity to original", "", _fidelity_text(a.fidelity), ""))
             if before:
-                rows.append(("  before recovery", "", ", ".join(f"{k} {v:.4g}" for k, v in before.items()), ""))
+                rows.append(("  before recovery", "", _fidelity_text(before), ""))
         out = [_fmt(rows)]
         out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
                    f"({self.pruned_percentage:.1f}%)")
@@ -128,6 +127,13 @@ def count_params(model: onnx.ModelProto) -> int:
                 if attr.name == "value" and attr.t.data_type in floats:
                     total += int(np.prod(attr.t.dims))
     return total
+
+
+def _fidelity_text(fid: dict) -> str:
+    """'rel. L2 0.149, arg-max agreement 100.0%' (keys stay machine-friendly in the JSON report)."""
+    names = {"rel_l2": "rel. L2", "argmax_agreement": "arg-max agreement"}
+    return ", ".join(f"{names.get(k, k)} {v:.1%}" if k == "argmax_agreement" else f"{names.get(k, k)} {v:.4g}"
+                     for k, v in fid.items())
 
 
 def measure_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats: int = 20,

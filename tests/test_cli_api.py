@@ -104,6 +104,16 @@ def test_round_to_meets_mac_budget_with_whole_blocks(round_to):
     assert all(len({a.group_of[r] for r in b}) == 1 for b in blocks)
 
 
+def test_auto_round_to_widths():
+    """auto: multiples of 8 from 64 channels, of 4 from 16, free below; the default everywhere."""
+    from onnxprune.selection import Constraints, group_round_to
+    assert [group_round_to("auto", w) for w in (8, 15, 16, 48, 63, 64, 1280)] == [1, 1, 4, 4, 4, 8, 8]
+    assert group_round_to(3, 64) == 3
+    assert Constraints().round_to == "auto" and onnxprune.PruneConfig().round_to == "auto"
+    with pytest.raises(onnxprune.OnnxPruneError):
+        Constraints(round_to="fast")
+
+
 def test_plan_json_roundtrip():
     plan = onnxprune.PruningPlan({"conv1": [0, 3]}, {"criterion": "magnitude"})
     again = onnxprune.PruningPlan.from_json(plan.to_json())

@@ -15,7 +15,10 @@ from builders import chain_flatten_gemm, unknown_op
 
 
 def run(argv, capsys):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse rejects malformed options itself, with a usage line
+        code = e.code
     err = capsys.readouterr().err
     return code, err
 
@@ -86,6 +89,8 @@ def test_fp16_refused(tmp_path, capsys):
     (["--percentage", "-5"], "percentage must be in [0, 100)"),
     (["--target-macs", "1.5"], "must be in (0, 1]"),
     (["--target-params", "0"], "must be in (0, 1]"),
+    (["--round-to", "0"], "positive integer or 'auto'"),
+    (["--round-to", "eight"], "positive integer or 'auto'"),
 ])
 def test_out_of_range(model_file, tmp_path, capsys, args, msg):
     before = digest(model_file)

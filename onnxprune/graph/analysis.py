@@ -227,6 +227,28 @@ class Analysis:
         lab = self.labels[self.layers[layer].output]
         return int(self.root_of[lab.units[channel]])
 
+    def stays_in_unit(self, edge: ConsumerEdge) -> np.ndarray:
+        """Per input channel of a consumer edge: True where everything it feeds is removed with it.
+
+        A depthwise (or grouped) conv whose output channels belong to the
+        same unit as their inputs: zeroing the input there changes nothing
+        that survives the removal, so such an edge adds nothing to a unit's
+        cost (energy) and needs no mask (oracle).
+        """
+        size = self.labels[edge.tensor].size
+        node = next((n for n in self.graph.nodes if n.name == edge.node), None)
+        if node is None or node.op != "Conv" or int(node.attrs.get("group", 1)) == 1 or edge.input_index != 0:
+            return np.zeros(size, dtype=bool)
+        out = node.outputs[0].name
+        if out not in self.labels:
+            return np.zeros(size, dtype=bool)
+        groups = int(node.attrs["group"])
+        r_in = self.root_of[self.labels[edge.tensor].units]
+        r_out = self.root_of[self.labels[out].units]
+        cin_g, cout_g = len(r_in) // groups, len(r_out) // groups
+        return np.array([bool(np.all(r_out[(c // cin_g) * cout_g:(c // cin_g + 1) * cout_g] == r_in[c]))
+                         for c in range(len(r_in))])
+
     def keep_mask(self, tensor: str, removed: np.ndarray) -> Optional[np.ndarray]:
         lab = self.labels.get(tensor)
         if lab is None:

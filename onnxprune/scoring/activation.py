@@ -90,7 +90,7 @@ class ActivationStats:
                     per = (W ** 2).reshape(W.shape[0], W.shape[1], -1).sum(2)  # [C_out, C_in/g]
                     cout_g = W.shape[0] // g
                     col = np.concatenate([per[k * cout_g:(k + 1) * cout_g].sum(0) for k in range(g)])
-                    total += col * self._leaves_unit(t, node, g)
+                    total += col * ~a.stays_in_unit(e)
             elif node.op == "ConvTranspose":
                 total += (W ** 2).reshape(W.shape[0], -1).sum(1)
             elif node.op == "Gemm":
@@ -98,24 +98,6 @@ class ActivationStats:
             else:  # MatMul [K, N]
                 total += (W ** 2).sum(1)
         return total
-
-    def _leaves_unit(self, t: str, node, groups: int) -> np.ndarray:
-        """1 where input channel c of a grouped conv feeds outputs of another unit, 0 where they are c's own.
-
-        A depthwise conv's output channel c is removed together with its input
-        channel c, so zeroing the input there changes nothing that survives:
-        the energy of such an edge is not part of the unit's cost.
-        """
-        a = self.analysis
-        out = node.outputs[0].name
-        if out not in a.labels:
-            return np.ones(a.labels[t].size)
-        r_in = a.root_of[a.labels[t].units]
-        r_out = a.root_of[a.labels[out].units]
-        cin_g, cout_g = len(r_in) // groups, len(r_out) // groups
-        own = np.array([np.all(r_out[(c // cin_g) * cout_g:(c // cin_g + 1) * cout_g] == r_in[c])
-                        for c in range(len(r_in))])
-        return (~own).astype(np.float64)
 
     def scores(self, kind: str = "mean") -> dict[int, float]:
         a = self.analysis

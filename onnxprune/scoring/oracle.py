@@ -105,6 +105,7 @@ class OracleScorer:
         self.progress = progress
         self.use_suffix = suffix
         self.io_binding = io_binding  # None: bind on CUDA only
+        self.skip_internal = suffix  # the plain (whole-network) mode keeps every mask, as the naive oracle does
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
         self.samples_seen = 0
@@ -121,6 +122,10 @@ class OracleScorer:
         self.masks: list[_MaskInput] = []
         edges_by_tensor: dict[str, list] = {}
         for e in a.consumers:
+            # an edge whose channels are all removed together with what they feed needs no mask:
+            # the unit's masks further on already zero everything it could change (and the cut moves later)
+            if self.skip_internal and a.labels[e.tensor].axis != 0 and a.stays_in_unit(e).all():
+                continue
             edges_by_tensor.setdefault(e.tensor, []).append(e)
         mul_names: dict[int, str] = {}
         for tensor, edges in edges_by_tensor.items():
