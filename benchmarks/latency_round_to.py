@@ -27,7 +27,7 @@ def main() -> None:
         dense = load_model(path)
         x1, x32 = {"input": a1}, {"input": a32}
         d1, d32 = measure_latency(dense, x1, repeats=50), measure_latency(dense, x32, repeats=10)
-        for rt in (1, 4, 8, 16, "auto"):
+        for rt in (1, 2, 4, 8, 16, "auto"):
             res = onnxprune.prune_model(dense, target_macs=0.5, round_to=rt)
             m = res.model
             b1, b32 = measure_latency(m, x1, repeats=50), measure_latency(m, x32, repeats=10)
@@ -38,8 +38,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     text = header("Latency vs --round-to (onnxruntime CPU)")
     text += ("\nMagnitude pruning to 50% of the MACs; median of repeated runs, CPUExecutionProvider, 2 threads, "
-             "dense and pruned measured back to back. auto (the default): multiples of 8 for groups of 64+ channels, "
-             "of 4 from 16, free below. widths: kept kernels per layer.\n\n")
+             "dense and pruned measured back to back. auto (the default): multiples of 8 for groups of 128+ channels, "
+             "4 from 64, 2 from 16, free below. widths: kept kernels per layer.\n\n")
     text += table(rows, list(rows[0]))
     write_section("latency-round-to", text)
 

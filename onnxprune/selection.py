@@ -66,7 +66,7 @@ class Constraints:
 
     ``round_to="auto"`` (the default) picks per group what onnxruntime's CPU
     kernels run fast without costing much accuracy: multiples of 8 for groups
-    of 64 channels or more, of 4 from 16, free below (see :func:`group_round_to`).
+    of 128 channels or more, 4 from 64, 2 from 16, free below (see :func:`group_round_to`).
     """
 
     max_layer_ratio: float = 0.9
@@ -138,15 +138,18 @@ def ordered_candidates(analysis: Analysis, scores: dict[int, float], constraints
 def group_round_to(round_to: Union[int, str], width: int) -> int:
     """The width multiple for one group of ``width`` channels.
 
-    "auto": odd widths (13, 21, 25 ...) fall off onnxruntime's vectorised CPU
-    paths; pruned models can run slower than the dense one (demo CNN, batch
-    64: dense 4.9 ms, free widths 7.3 ms, multiples of 4: 3.0 ms;
-    benchmarks/RESULTS.md). Multiples of 8 match the AVX2 blocked layout,
-    but on narrow layers a block of 8 is too coarse for the budget.
+    "auto": odd widths (7, 13, 25 ...) fall off onnxruntime's vectorised CPU
+    paths, and pruned models can even run slower than the dense one (demo
+    CNN, batch 64: dense 4.9 ms, free widths 7.3 ms, multiples of 4: 3.0 ms).
+    Multiples of 8 match the AVX2 blocked layout but are too coarse for
+    narrow layers: on ResNet-56 (16-64 channels) at 50% of the MACs,
+    multiples of 4/8 cost 2.4 points of top-1 after least squares, this rule
+    about 1 (benchmarks/RESULTS.md). So the multiple grows with the width,
+    keeping each step at most 1/8 of the group.
     """
     if round_to != "auto":
         return int(round_to)
-    return 8 if width >= 64 else 4 if width >= 16 else 1
+    return 8 if width >= 128 else 4 if width >= 64 else 2 if width >= 16 else 1
 
 
 def removal_blocks(analysis: Analysis, order: list[int], round_to: Union[int, str]) -> list[list[int]]:
