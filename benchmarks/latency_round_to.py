@@ -39,7 +39,7 @@ def main() -> None:
     text = header("Latency vs --round-to (onnxruntime CPU)")
     text += ("\nMagnitude pruning to 50% of the MACs; median of repeated runs, CPUExecutionProvider, 2 threads, "
              "dense and pruned measured back to back. auto (the default): multiples of 8 for groups of 128+ channels, "
-             "4 from 64, 2 from 16, free below. widths: kept kernels per layer.\n\n")
+             "4 from 16, free below. widths: kept kernels per layer.\n\n")
     text += table(rows, list(rows[0]))
     write_section("latency-round-to", text)
 

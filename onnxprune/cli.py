@@ -61,7 +61,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
                    help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
                    help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
-                        "channels, 4 from 64, 2 from 16, free below (fast widths for onnxruntime's CPU kernels)")
+                        "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
     p.add_argument("--max-layer-ratio", type=float, default=0.9,
                    help="never remove more than this fraction of one layer's kernels (default 0.9)")
     p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")

@@ -66,7 +66,7 @@ def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
     rep.after.latency_ms = measure_latency(pruned, feed)
     lines = [f"onnxprune demo: digits CNN ({model_path.name}), {len(data['test'])} held-back MNIST digits",
              f"method: {result.plan.meta.get('criterion')} scores, {result.plan.meta.get('ranking')} ranking, "
-             f"target {result.plan.meta.get('target')}", "",
+             f"target {result.plan.meta.get('target')}, widths rounded: {result.plan.meta.get('round_to')}", "",
              rep.table(), "", f"wrote {output}"]
     return "\n".join(lines)
 

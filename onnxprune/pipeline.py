@@ -356,7 +356,7 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike], calibr
     removed = plan_units(p, config, calibration, scores)
     _check_keeps_one(p, removed)
     plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion,
-                                  target=config.target.describe(), ranking=config.ranking,
+                                  target=config.target.describe(), ranking=config.ranking, round_to=config.round_to,
                                   steps=len(_schedule(config)))
     pruned = prune_channels(p.analysis, removed)
     ver: Optional[VerificationResult] = None

@@ -66,7 +66,7 @@ class Constraints:
 
     ``round_to="auto"`` (the default) picks per group what onnxruntime's CPU
     kernels run fast without costing much accuracy: multiples of 8 for groups
-    of 128 channels or more, 4 from 64, 2 from 16, free below (see :func:`group_round_to`).
+    of 128 channels or more, 4 from 16, free below (see :func:`group_round_to`).
     """
 
     max_layer_ratio: float = 0.9
@@ -138,46 +138,48 @@ def ordered_candidates(analysis: Analysis, scores: dict[int, float], constraints
 def group_round_to(round_to: Union[int, str], width: int) -> int:
     """The width multiple for one group of ``width`` channels.
 
-    "auto": odd widths (7, 13, 25 ...) fall off onnxruntime's vectorised CPU
-    paths, and pruned models can even run slower than the dense one (demo
-    CNN, batch 64: dense 4.9 ms, free widths 7.3 ms, multiples of 4: 3.0 ms).
-    Multiples of 8 match the AVX2 blocked layout but are too coarse for
-    narrow layers: on ResNet-56 (16-64 channels) at 50% of the MACs,
-    multiples of 4/8 cost 2.4 points of top-1 after least squares, this rule
-    about 1 (benchmarks/RESULTS.md). So the multiple grows with the width,
-    keeping each step at most 1/8 of the group.
+    "auto": widths that are not multiples of 4 fall off onnxruntime's
+    vectorised CPU paths, and a pruned model can run slower than the dense
+    one (demo CNN at half the MACs, batch 64: dense 21-24 ms, free widths
+    24-28 ms, even widths 25-35 ms, multiples of 4 13-14 ms, of 8 11-12 ms;
+    measured back to back on a busy machine). Multiples of 8 match the AVX2
+    blocked layout but are coarse on narrow layers, so 8 is kept for groups
+    of 128 channels or more. Cost on ResNet-56 (16-64 channels) after least
+    squares: none at 70% of the MACs, about 1.5 points of top-1 at 50%
+    (benchmarks/RESULTS.md); use round_to=1 when only accuracy counts.
     """
     if round_to != "auto":
         return int(round_to)
-    return 8 if width >= 128 else 4 if width >= 64 else 2 if width >= 16 else 1
+    return 8 if width >= 128 else 4 if width >= 16 else 1
 
 
 def removal_blocks(analysis: Analysis, order: list[int], round_to: Union[int, str]) -> list[list[int]]:
     """Group the ordered units into blocks whose removal keeps every group's width a multiple of ``round_to``.
 
-    A group's units are taken in their order; a block is committed when its
-    last unit arrives (the first block of a group of n channels holds
-    n mod round_to units, the next ones round_to). Each block only removes
-    channels, so MACs and parameters fall with every block taken, and a
-    budget can be met by a search over how many blocks to take. Units of a
-    block that never completes are not removed.
+    A group's units are cut, in their order, into blocks (the first of a
+    group of n channels holds n mod round_to units, the next ones round_to);
+    blocks are then ordered by the mean rank of their units, a greedy
+    knapsack over blocks. Each block only removes channels, so MACs and
+    parameters fall with every block taken, and a budget can be met by a
+    search over how many blocks to take. Trailing units that do not fill a
+    block are not removed.
     """
     if round_to != "auto" and int(round_to) <= 1:
         return [[r] for r in order]
-    pending: dict[int, list[int]] = {}
-    done: dict[int, int] = {}
-    blocks: list[list[int]] = []
+    rank = {r: i for i, r in enumerate(order)}
+    by_group: dict[int, list[int]] = {}
     for r in order:
-        gid = analysis.group_of[r]
+        by_group.setdefault(analysis.group_of[r], []).append(r)
+    blocks: list[list[int]] = []
+    for gid, units in by_group.items():
         n = len(analysis.groups[gid].units)
         rt = group_round_to(round_to, n)
-        rs = pending.setdefault(gid, [])
-        rs.append(r)
-        size = (n % rt or rt) if done.get(gid, 0) == 0 else rt
-        if len(rs) == size:
-            blocks.append(list(rs))
-            rs.clear()
-            done[gid] = done.get(gid, 0) + size
+        start, size = 0, (n % rt or rt)
+        while start + size <= len(units):
+            blocks.append(units[start:start + size])
+            start, size = start + size, rt
+    # a block goes where its units sit on average: cheap units are not held back by one dearer neighbour
+    blocks.sort(key=lambda b: (sum(rank[r] for r in b) / len(b), rank[b[0]]))
     return blocks
 
 

@@ -105,9 +105,9 @@ def test_round_to_meets_mac_budget_with_whole_blocks(round_to):
 
 
 def test_auto_round_to_widths():
-    """auto: multiples of 8 from 128 channels, 4 from 64, 2 from 16, free below; the default everywhere."""
+    """auto: multiples of 8 from 128 channels, 4 from 16, free below; the default everywhere."""
     from onnxprune.selection import Constraints, group_round_to
-    assert [group_round_to("auto", w) for w in (8, 15, 16, 63, 64, 127, 128, 1280)] == [1, 1, 2, 2, 4, 4, 8, 8]
+    assert [group_round_to("auto", w) for w in (8, 15, 16, 63, 64, 127, 128, 1280)] == [1, 1, 4, 4, 4, 4, 8, 8]
     assert group_round_to(3, 64) == 3
     assert Constraints().round_to == "auto" and onnxprune.PruneConfig().round_to == "auto"
     with pytest.raises(onnxprune.OnnxPruneError):
