@@ -6,13 +6,40 @@ lose much of the MAC saving. Run: python benchmarks/latency_round_to.py
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from common import SHARED, header, table, write_section
 import onnxprune
 from onnxprune.demo import demo_data, demo_files
 from onnxprune.graph.io import load_model
-from onnxprune.report import measure_latency
+from onnxprune.runtime import make_session
+
+ROUND_TOS = (1, 2, 4, 8, 16, "auto")
+
+
+def interleaved_latency(models: dict, feed: dict, rounds: int, runs: int) -> dict:
+    """Milliseconds per run of every model: the median over rounds of the best of ``runs`` runs.
+
+    All sessions are timed in turn within each round, so a slow spell of a
+    shared machine hits every model alike instead of one row of the table
+    (back-to-back medians varied by 30% between identical models here).
+    """
+    sessions = {k: make_session(m) for k, m in models.items()}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    times: dict = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            best = float("inf")
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                best = min(best, time.perf_counter() - t0)
+            times[k].append(best * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> None:
@@ -26,19 +53,21 @@ def main() -> None:
     for name, (path, a1, a32) in cases.items():
         dense = load_model(path)
         x1, x32 = {"input": a1}, {"input": a32}
-        d1, d32 = measure_latency(dense, x1, repeats=50), measure_latency(dense, x32, repeats=10)
-        for rt in (1, 2, 4, 8, 16, "auto"):
-            res = onnxprune.prune_model(dense, target_macs=0.5, round_to=rt)
-            m = res.model
-            b1, b32 = measure_latency(m, x1, repeats=50), measure_latency(m, x32, repeats=10)
+        results = {rt: onnxprune.prune_model(dense, target_macs=0.5, round_to=rt) for rt in ROUND_TOS}
+        models = {"dense": dense, **{rt: r.model for rt, r in results.items()}}
+        t1 = interleaved_latency(models, x1, rounds=20, runs=10)
+        t32 = interleaved_latency(models, x32, rounds=10, runs=3)
+        for rt, res in results.items():
+            d1, d32, b1, b32 = t1["dense"], t32["dense"], t1[rt], t32[rt]
             rows.append({"model": name, "round-to": rt, "MACs kept": f"{res.report.after.macs / res.report.before.macs:.1%}",
                          "batch 1 (ms) dense -> pruned": f"{d1:.2f} -> {b1:.2f} ({d1 / b1:.2f}x)",
                          "batch 32 (ms) dense -> pruned": f"{d32:.1f} -> {b32:.1f} ({d32 / b32:.2f}x)",
                          "widths": " ".join(str(lc.after) for lc in res.report.layers)})
             print(rows[-1], flush=True)
     text = header("Latency vs --round-to (onnxruntime CPU)")
-    text += ("\nMagnitude pruning to 50% of the MACs; median of repeated runs, CPUExecutionProvider, 2 threads, "
-             "dense and pruned measured back to back. auto (the default): multiples of 8 for groups of 128+ channels, "
+    text += ("\nMagnitude pruning to 50% of the MACs; CPUExecutionProvider, 2 threads. Dense and every variant "
+             "timed in turn, round after round (batch 1: 20 rounds of 10 runs; batch 32: 10 rounds of 3); each figure "
+             "is the median over rounds of the best run in a round. auto (the default): multiples of 8 for groups of 128+ channels, "
              "4 from 16, free below. widths: kept kernels per layer.\n\n")
     text += table(rows, list(rows[0]))
     write_section("latency-round-to", text)

@@ -25,11 +25,13 @@ def batches(p, n=6, k=2, seed=0, labels=False):
 
 
 @pytest.mark.parametrize("builder", [option_a_shortcut, se_block, inverted_residual, transpose_reshape_gemm_prelu])
-@pytest.mark.parametrize("cost", ["auto", "mse"])
-def test_fast_equals_naive(builder, cost):
+@pytest.mark.parametrize("cost,workers", [("auto", 1), ("mse", 1), ("auto", 3)])
+def test_fast_equals_naive(builder, cost, workers):
     p = prepare(builder())
     data = batches(p)
-    fast = OracleScorer(p.analysis, cost, rows_per_run=8)  # forces several perturbations per run
+    fast = OracleScorer(p.analysis, cost, rows_per_run=8, workers=workers)  # several perturbations per run
+    # a suffix session carries only the masks of its own units (the others would multiply by one)
+    assert all(set(c.masks) <= {i for r in c.units for i, _ in fast.unit_masks[r]} for c in fast.cuts)
     for feeds, labels in data:
         fast.add_batch(feeds, labels)
     got = fast.scores()

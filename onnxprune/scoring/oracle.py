@@ -11,7 +11,11 @@ make this fast enough to run often:
   unit; everything before the cut is computed once per batch (one run with
   all masks at one) and fed to a *suffix session*;
 * **perturbations batched** — k units are evaluated in one run by tiling the
-  batch k times along the batch axis, each copy with its own mask.
+  batch k times along the batch axis, each copy with its own mask;
+* **cuts in parallel on the CPU** — small convolutions do not keep several
+  intra-op threads busy, so on the CPU provider the cuts are shared among a
+  few workers, each session with its share of the cores (about 10% more
+  throughput on 2 cores than one session with 2 threads).
 
 Costs (per sample, averaged over everything added): KL divergence of the
 outputs for logits/probabilities, normalised squared error otherwise
@@ -22,7 +26,10 @@ outputs for logits/probabilities, normalised squared error otherwise
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -34,7 +41,7 @@ from onnx import helper
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..runtime import DeviceRunner, make_session
+from ..runtime import DeviceRunner, default_providers, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +97,15 @@ class OracleScorer:
     """
 
     def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
-                 rows_per_run: int = 256, max_bytes_per_run: int = 512 << 20,
+                 rows_per_run: Optional[int] = None, max_bytes_per_run: int = 512 << 20,
                  max_activation_bytes: int = 4 << 30, providers=None,
-                 progress: bool = False, suffix: bool = True, io_binding: Optional[bool] = None) -> None:
+                 progress: bool = False, suffix: bool = True, io_binding: Optional[bool] = None,
+                 workers: Optional[int] = None) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
         self.analysis = analysis
         self.cost = cost
         self.units = list(units) if units is not None else list(analysis.prunable_units)
-        self.rows_per_run = max(1, rows_per_run)
         self.max_bytes_per_run = max_bytes_per_run
         self.max_activation_bytes = max_activation_bytes
         self.providers = providers
@@ -106,6 +113,12 @@ class OracleScorer:
         self.use_suffix = suffix
         self.io_binding = io_binding  # None: bind on CUDA only
         self.skip_internal = suffix  # the plain (whole-network) mode keeps every mask, as the naive oracle does
+        self.workers, self.threads = _worker_split(providers, workers)
+        # rows of one run (perturbations x batch): smaller runs stay in the CPU caches (ResNet-56: 128 rows
+        # 8% faster than 256); accelerators want bigger ones
+        on_cpu = list(providers or default_providers())[0] == "CPUExecutionProvider"
+        self.rows_per_run = max(1, rows_per_run or (128 if on_cpu else 512))
+        self._lock = threading.Lock()
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
         self.samples_seen = 0
@@ -172,11 +185,12 @@ class OracleScorer:
         total = sum(self._layer_macs.values()) or 1.0
         frontier_names: set[str] = set()
         for cut in self.cuts:
-            proto, inputs = self._suffix_model(cut.index)
+            keep = {i for r in cut.units for i, _ in self.unit_masks[r]}
+            proto, inputs = self._suffix_model(cut.index, keep)
             cut.inputs = inputs
             frontier_names.update(i for i in inputs if not i.startswith("__oracle_mask_"))
             cut.masks = [int(i.rsplit("_", 1)[1]) for i in inputs if i.startswith("__oracle_mask_")]
-            cut.session = make_session(proto, self.providers) if cut.index > 0 else None
+            cut.session = make_session(proto, self.providers, threads=self.threads)
             cut.macs_fraction = sum(v for k, v in self._layer_macs.items() if k >= cut.index) / total
         self.graph_inputs = [i.name for i in self.model.graph.input if not i.name.startswith("__oracle_mask_")]
         self.frontier = sorted(frontier_names - set(self.graph_inputs))
@@ -192,8 +206,6 @@ class OracleScorer:
             exposed.graph.output.append(vi)
         self.full_session = make_session(exposed, self.providers)
         for cut in self.cuts:
-            if cut.session is None:
-                cut.session = self.full_session
             cut.runner = DeviceRunner(cut.session, self.io_binding)
 
     def _node_macs(self) -> dict[int, float]:
@@ -213,14 +225,38 @@ class OracleScorer:
             return True
         return bool(shape) and shape[0] == PROBE_BATCH and dtype in (onnx.TensorProto.FLOAT, 0, None)
 
-    def _suffix_model(self, start: int) -> tuple[onnx.ModelProto, list[str]]:
+    def _suffix_model(self, start: int, keep_masks: Optional[set[int]] = None) -> tuple[onnx.ModelProto, list[str]]:
         """Nodes from ``start`` on, plus the prefix nodes that compute non-batch inputs (shape tensors).
 
         Shape tensors may encode the batch size; recomputing them inside the
         suffix from (tiled) activations keeps them consistent with the tiled batch.
+        Mask multiplications of units outside ``keep_masks`` are left out: in
+        this suffix they would only multiply by one, and every Mul is a full
+        pass over a tiled activation that also splits onnxruntime's fused
+        (blocked-layout) conv chains.
         """
         g = self.model.graph
         all_nodes = list(g.node)
+        if keep_masks is not None:
+            bypass: dict[str, str] = {}
+            kept = []
+            for i, n in enumerate(all_nodes):
+                if n.op_type == "Mul" and n.name.startswith("__oracle_mul_") and i >= start \
+                        and int(n.name.rsplit("_", 1)[1]) not in keep_masks:
+                    bypass[n.output[0]] = n.input[0]
+                    continue
+                kept.append(n)
+            if bypass:  # only nodes from ``start`` on were dropped, so ``start`` still indexes the same node
+                renamed = []
+                for n in kept:
+                    if any(x in bypass for x in n.input):
+                        m = onnx.NodeProto()
+                        m.CopyFrom(n)
+                        for j, x in enumerate(m.input):
+                            m.input[j] = bypass.get(x, x)
+                        n = m
+                    renamed.append(n)
+                all_nodes = renamed
         inits = {t.name: t for t in g.initializer}
         producer = {o: i for i, n in enumerate(all_nodes) for o in n.output}
         chosen = set(range(start, len(all_nodes)))
@@ -309,42 +345,54 @@ class OracleScorer:
         base = outs[:len(self.output_names)]
         cache = dict(zip(self.frontier, outs[len(self.output_names):]))
         cache.update(feeds)
-        for cut in self.cuts:
-            # the tiled copies of this cut's inputs bound how many perturbations fit in one run
-            cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
-            k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1)),
-                               int(self.max_activation_bytes // max(self.sample_bytes * n, 1))))
-            tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
-            for start in range(0, len(cut.units), k_max):
-                chunk = cut.units[start:start + k_max]
-                k = len(chunk)
-                if k not in tiled:
-                    tiled.clear()
-                    tiled[k] = {name: cut.runner.upload(np.concatenate([cache[name]] * k, axis=0) if k > 1
-                                                        else cache[name])
-                                for name in cut.inputs if not name.startswith("__oracle_mask_")}
-                feed = dict(tiled[k])
-                for i in cut.masks:
-                    m = self._ones(i, n * k)
-                    feed[self.masks[i].name] = m
-                for j, r in enumerate(chunk):
-                    for i, pos in self.unit_masks[r]:
-                        if self.masks[i].name in feed:
-                            m = feed[self.masks[i].name]
-                            idx = [slice(j * n, (j + 1) * n)] + [slice(None)] * (m.ndim - 1)
-                            idx[self.masks[i].axis] = pos
-                            m[tuple(idx)] = 0.0
-                pert = cut.runner.run(self.output_names, feed)
-                for j, r in enumerate(chunk):
-                    sl = slice(j * n, (j + 1) * n)
-                    c = self._cost(base, [p[sl] for p in pert], labels)
-                    self._sum[r] += float(c.sum())
-                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * n * k
-                if bar is not None:
-                    bar.update(k)
+        # the costliest cuts first, so the workers finish together
+        order = sorted(self.cuts, key=lambda c: -len(c.units) * c.macs_fraction)
+        if self.workers > 1 and len(order) > 1:
+            with ThreadPoolExecutor(self.workers) as pool:
+                for f in [pool.submit(self._score_cut, c, cache, base, labels, n, bar) for c in order]:
+                    f.result()
+        else:
+            for cut in order:
+                self._score_cut(cut, cache, base, labels, n, bar)
         self._count += n
         self.samples_seen += n
         self.seconds += time.perf_counter() - t0
+
+    def _score_cut(self, cut: _Cut, cache: dict, base: list, labels: Optional[np.ndarray], n: int, bar) -> None:
+        """Every unit of one cut on one batch; cuts touch disjoint units, so workers may run them at once."""
+        # the tiled copies of this cut's inputs bound how many perturbations fit in one run
+        cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
+        k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1)),
+                           int(self.max_activation_bytes // max(self.sample_bytes * n, 1))))
+        tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
+        for start in range(0, len(cut.units), k_max):
+            chunk = cut.units[start:start + k_max]
+            k = len(chunk)
+            if k not in tiled:
+                tiled.clear()
+                tiled[k] = {name: cut.runner.upload(np.concatenate([cache[name]] * k, axis=0) if k > 1
+                                                    else cache[name])
+                            for name in cut.inputs if not name.startswith("__oracle_mask_")}
+            feed = dict(tiled[k])
+            for i in cut.masks:
+                m = self._ones(i, n * k)
+                feed[self.masks[i].name] = m
+            for j, r in enumerate(chunk):
+                for i, pos in self.unit_masks[r]:
+                    if self.masks[i].name in feed:
+                        m = feed[self.masks[i].name]
+                        idx = [slice(j * n, (j + 1) * n)] + [slice(None)] * (m.ndim - 1)
+                        idx[self.masks[i].axis] = pos
+                        m[tuple(idx)] = 0.0
+            pert = cut.runner.run(self.output_names, feed)
+            for j, r in enumerate(chunk):
+                sl = slice(j * n, (j + 1) * n)
+                c = self._cost(base, [p[sl] for p in pert], labels)
+                self._sum[r] += float(c.sum())
+            with self._lock:
+                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * n * k
+                if bar is not None:
+                    bar.update(k)
 
     def _dense_macs(self) -> float:
         return float(sum(self._layer_macs.values()))
@@ -369,6 +417,19 @@ class OracleScorer:
             if bar is not None:
                 bar.close()
         return self.scores()
+
+
+def _worker_split(providers, workers: Optional[int]) -> tuple[int, int]:
+    """(workers, intra-op threads per session): one worker on accelerators, a few on the CPU."""
+    first = list(providers or default_providers())[0]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if workers is None:
+        workers = 1 if first != "CPUExecutionProvider" or cores < 2 else max(2, cores // 4)
+    workers = max(1, int(workers))
+    return workers, (max(1, cores // workers) if workers > 1 else 0)
 
 
 def naive_oracle(analysis: Analysis, batches: list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]],
