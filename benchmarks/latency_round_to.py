@@ -67,7 +67,8 @@ def main() -> None:
     text = header("Latency vs --round-to (onnxruntime CPU)")
     text += ("\nMagnitude pruning to 50% of the MACs; CPUExecutionProvider, 2 threads. Dense and every variant "
              "timed in turn, round after round (batch 1: 20 rounds of 10 runs; batch 32: 10 rounds of 3); each figure "
-             "is the median over rounds of the best run in a round. auto (the default): multiples of 8 for groups of 128+ channels, "
+             "is the median over rounds of the best run in a round. Rows with the same widths are the same model timed "
+             "twice: their spread is the noise left on this shared machine. auto (the default): multiples of 8 for groups of 128+ channels, "
              "4 from 16, free below. widths: kept kernels per layer.\n\n")
     text += table(rows, list(rows[0]))
     write_section("latency-round-to", text)

@@ -46,3 +46,22 @@ def test_resnet56_has_55_prunable_convs():
     assert rep.macs == 125_485_696
     frozen = [g for g in rep.groups if g.frozen_reason]
     assert len(frozen) == 1 and "graph output" in frozen[0].frozen_reason
+
+
+def test_oracle_on_resnet20_equals_naive():
+    """The fast oracle (suffix sessions, tiled perturbations, CPU workers) on a real model, streams included."""
+    from onnxprune.prepare import prepare
+    from onnxprune.scoring.oracle import OracleScorer, naive_oracle
+
+    data = np.load(shared_path("data", "cifar10_calib.npz"))
+    x = data["images"][:6].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    x = (x - np.array([0.49, 0.48, 0.45], np.float32)[:, None, None]) / np.float32(0.25)
+    p = prepare(shared_path("models", "resnet20_cifar10.onnx"))
+    batches = [({"input": x[:4]}, None), ({"input": x[4:]}, None)]
+    fast = OracleScorer(p.analysis, rows_per_run=16, workers=2)
+    got = fast.score_all(batches)
+    assert len(got) == len(p.analysis.prunable_units)
+    sample = sorted(got)[::25]
+    want = naive_oracle(p.analysis, batches, sample)
+    np.testing.assert_allclose([got[r] for r in sample], [want[r] for r in sample], rtol=1e-3,
+                               atol=1e-6 * max(want.values()))

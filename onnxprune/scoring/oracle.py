@@ -362,8 +362,10 @@ class OracleScorer:
         """Every unit of one cut on one batch; cuts touch disjoint units, so workers may run them at once."""
         # the tiled copies of this cut's inputs bound how many perturbations fit in one run
         cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
-        k_max = max(1, min(self.rows_per_run // n, int(self.max_bytes_per_run // max(cut_bytes, 1)),
-                           int(self.max_activation_bytes // max(self.sample_bytes * n, 1))))
+        # (memory budgets are shared by the workers running at the same time)
+        k_max = max(1, min(self.rows_per_run // n,
+                           int(self.max_bytes_per_run // self.workers // max(cut_bytes, 1)),
+                           int(self.max_activation_bytes // self.workers // max(self.sample_bytes * n, 1))))
         tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
         for start in range(0, len(cut.units), k_max):
             chunk = cut.units[start:start + k_max]
