@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--criterion", default=None,
-                   help="oracle (default with --calib), magnitude (default without), l2, random, bn_scale, "
-                        "activation_mean, activation_std")
+                   help="oracle (default with --calib), magnitude (default without), energy, energy_rel, l2, "
+                        "random, bn_scale, activation_mean, activation_std")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
     p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)

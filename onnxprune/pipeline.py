@@ -33,8 +33,8 @@ from .verify import VerificationResult, uniform_inputs, verify_equivalent
 
 logger = logging.getLogger(__name__)
 
-DATA_CRITERIA = ("oracle", "energy", "activation_mean", "activation_std")
-ALL_CRITERIA = ("oracle", "energy", "magnitude", "l1", "l2", "random", "bn_scale", "activation_mean",
+DATA_CRITERIA = ("oracle", "energy", "energy_rel", "activation_mean", "activation_std")
+ALL_CRITERIA = ("oracle", "energy", "energy_rel", "magnitude", "l1", "l2", "random", "bn_scale", "activation_mean",
                 "activation_std")
 RANKINGS = ("per_mac", "raw", "flops_reg")
 
@@ -156,8 +156,8 @@ def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrat
         return bn_scale_scores(p.analysis)
     if calibration is None:
         raise CalibrationError(f"criterion {crit!r} needs calibration data (--calib)")
-    if crit in ("activation_mean", "activation_std", "energy"):
-        kind = "energy" if crit == "energy" else crit.split("_")[1]
+    if crit in ("activation_mean", "activation_std", "energy", "energy_rel"):
+        kind = crit if crit.startswith("energy") else crit.split("_")[1]
         return activation_scores(p.analysis, (f for f, _ in calibration.batches()), kind)
     scorer = OracleScorer(p.analysis, config.oracle_cost, progress=config.progress)
     scores = scorer.score_all(calibration.batches(), total_batches=math.ceil(len(calibration) / calibration.batch_size))

@@ -155,7 +155,7 @@ def test_energy_counts_only_where_the_removal_leaves_the_unit():
     p = prepare(model)
     a = p.analysis
     feeds = batches(p, n=8, k=1)[0][0]
-    stats = ActivationStats(a)
+    stats = ActivationStats(a, landing=True)
     stats.add_batch(feeds)
     got = stats.scores("energy")
     dw = next(n for n in a.graph.nodes if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1)
@@ -164,7 +164,49 @@ def test_energy_counts_only_where_the_removal_leaves_the_unit():
     t = proj.inputs[0].name
     sq = stats.s2[t] / stats.n[t]
     w = (np.asarray(proj.inputs[1].values, dtype=np.float64) ** 2).sum(axis=(0, 2, 3))
+    # relative to the per-position energy of the block output (the residual sum the project conv joins)
+    land = stats.landing[proj.name]
+    assert proj.outputs[0].outputs[0].op == "Add" and land == proj.outputs[0].outputs[0].outputs[0].name
+    y = make_session(_expose(p.model, land)).run([land], feeds)[0].astype(np.float64)
+    energy = (y ** 2).sum(1).mean()
     roots = a.root_of[a.labels[t].units]
     for j, r in enumerate(roots.tolist()):
         if r in got:
-            assert got[r] == pytest.approx(sq[j] * w[j], rel=1e-9)
+            assert got[r] == pytest.approx(sq[j] * w[j] / energy, rel=1e-6)
+
+
+def _expose(model, name):
+    import onnx
+    from onnx import helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def test_landing_tensor_follows_affine_ops_into_the_residual_sum():
+    import onnx
+    import onnx_graphsurgeon as gs
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.scoring.activation import landing_tensor
+
+    c = 4
+    w = numpy_helper.from_array(np.ones((c, c, 1, 1), np.float32), "w")
+    bn = [numpy_helper.from_array(np.full(c, v, np.float32), n) for n, v in
+          (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))]
+    k = numpy_helper.from_array(np.full((1, c, 1, 1), 2.0, np.float32), "k")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c1"], name="conv_res"),
+        helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["n1"], name="bn"),
+        helper.make_node("Mul", ["n1", "k"], ["s1"], name="scale"),
+        helper.make_node("Add", ["s1", "x"], ["sum"], name="join"),
+        helper.make_node("Conv", ["sum", "w"], ["c2"], name="conv_plain"),
+        helper.make_node("Relu", ["c2"], ["y"], name="relu"),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 2, 2]) for n in ("x", "y")]
+    g = gs.import_onnx(helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], [w, k] + bn)))
+    by = {n.name: n for n in g.nodes}
+    assert landing_tensor(g, by["conv_res"]) == "sum"
+    assert landing_tensor(g, by["conv_plain"]) == "c2"
+    onnx.checker.check_model(gs.export_onnx(g))
