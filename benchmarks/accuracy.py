@@ -22,7 +22,8 @@ import argparse
 
 import numpy as np
 
-from common import SHARED, REPO, Timer, accuracy, cifar, header, imagenet_images, imagenet_split, table, write_section
+from common import (SHARED, REPO, Timer, accuracy, cifar, header, imagenet_images, imagenet_split, table,
+                    with_mirrors, write_section)
 from onnxprune.passes.prune_channels import prune_channels
 from onnxprune.passes.recover import recover
 from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
@@ -172,8 +173,7 @@ def efficientnet(args):
         print("scored", crit, f"{t.seconds:.0f} s", flush=True)
     rows: list = []
     # recovery sees the calibration images and their mirror images (more data against over-fitting)
-    cal_fit = load_calibration({"input": np.concatenate([xc, xc[..., ::-1]])}, whole.original, batch_size=25,
-                               limit=2 * len(xc))
+    cal_fit = load_calibration({"input": with_mirrors(xc)}, whole.original, batch_size=25, limit=2 * len(xc))
     for scope, exclude, lsq_for in (("hidden", HIDDEN_ONLY, ("energy",)), ("whole", (), ("oracle",))):
         p = whole if not exclude else prepare(SHARED / "models" / "efficientnet_lite0.onnx", exclude=exclude)
         prunable = set(p.analysis.prunable_units)

@@ -48,6 +48,12 @@ def imagenet_images(files: list[str], pre: Preprocess = EFFNET_PRE) -> np.ndarra
     return normalize(arr, pre)
 
 
+def with_mirrors(x: np.ndarray) -> np.ndarray:
+    """Each NCHW image followed by its mirror image, so that the recovery's held-back fifth
+    (the last images) never holds the mirror of an image it fitted on."""
+    return np.stack([x, x[..., ::-1]], 1).reshape(-1, *x.shape[1:])
+
+
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, batch: int = 250) -> float:
     sess = make_session(model)
     name = sess.get_inputs()[0].name

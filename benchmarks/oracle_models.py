@@ -122,9 +122,7 @@ def main():
              "samples used (runs: `--images 8` for the CIFAR models, the classifier and MTCNN, `--images 4` for the "
              "orientation classifier and the detector, `--images 2` for the recognizer, `--images 16` for "
              "EfficientNet-Lite0). With so few samples the re-fit over-fits: most rows show that the pipeline runs "
-             "end to end with a progress bar, not accuracy (benchmarks/accuracy.py measures that). The detector's "
-             "'max rel. err' is relative to the peak of a sigmoid map that is near zero on the random-input "
-             "batch; verification compares against an absolute floor (1e-5 + 1e-4 x peak) and passed.\n\n")
+             "end to end with a progress bar, not accuracy (benchmarks/accuracy.py measures that).\n\n")
     order = [m for m in datasets_order() if m in rows]
     text += table([rows[m] for m in order], list(rows[order[0]]))
     write_section("oracle-models", text)

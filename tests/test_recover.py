@@ -39,3 +39,41 @@ def test_lsq_and_bias_reduce_distortion():
         assert "least-squares" in note
         assert distortion(lsq, p.model, test) < d0
         assert distortion(bias, p.model, test) < d0
+
+
+def _ridge_problem(noise: float, n: int, seed: int = 0):
+    """Rows, targets and starting weights of a linear fit, plus fresh rows to judge it on."""
+    rng = np.random.default_rng(seed)
+    f, c = 40, 6
+    w_true = rng.normal(size=(c, f))
+    w0 = w_true + rng.normal(scale=0.3, size=(c, f))  # the plain sliced weights: close, not exact
+    b0 = np.zeros(c)
+    x, x_new = rng.normal(size=(n, f)), rng.normal(size=(2000, f))
+    y = x @ w_true.T + rng.normal(scale=noise, size=(n, c))
+    return x, y, w0, b0, x_new, x_new @ w_true.T
+
+
+def _fresh_error(res, x_new, y_new) -> float:
+    w, b = res[0], res[1]
+    return float(((x_new @ w.T + b - y_new) ** 2).mean())
+
+
+def test_ridge_chosen_on_held_back_rows_guards_against_over_fitting():
+    """Few noisy rows: the weakest ridge over-fits; the held-out choice does better on fresh rows."""
+    from onnxprune.passes.recover import RIDGES, _fit
+
+    x, y, w0, b0, x_new, y_new = _ridge_problem(noise=3.0, n=60)
+    auto = _fresh_error(_fit(x, y, w0, b0, 48), x_new, y_new)
+    weakest = _fresh_error(_fit(x, y, w0, b0, 48, ridge=RIDGES[0]), x_new, y_new)
+    assert auto < 0.7 * weakest
+
+
+def test_ridge_chosen_on_held_back_rows_fits_clean_data_closely():
+    """Plenty of clean rows: the choice goes weak and recovers the true weights, which the strongest ridge cannot."""
+    from onnxprune.passes.recover import RIDGES, _fit
+
+    x, y, w0, b0, x_new, y_new = _ridge_problem(noise=0.0, n=400)
+    res = _fit(x, y, w0, b0, 320)
+    strongest = _fresh_error(_fit(x, y, w0, b0, 320, ridge=RIDGES[-1]), x_new, y_new)
+    assert _fresh_error(res, x_new, y_new) < 0.01 * strongest
+    assert res[2] < res[3]  # held-out error of the fit beats the plain weights

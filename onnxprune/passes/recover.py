@@ -10,8 +10,9 @@ After (``lsq``): L's remaining weights and bias are re-fitted by ridge least
         activations, matches the *original* model's output at that point
         (He et al., ICCV 2017). Layers are processed front to back, so each
         fit sees the errors of the layers before it. The ridge term pulls
-        towards the plain sliced weights, and a fit is kept only when it
-        beats them on a held-back fifth of the calibration samples.
+        towards the plain sliced weights; its strength is chosen per layer
+        on a held-back fifth of the calibration samples, and a fit is kept
+        only when it beats the plain weights there.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..runtime import make_session
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 20000
-RIDGE = 1e-3
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1)  # candidate strengths, relative to the mean diagonal of A'A
 
 
 @dataclass
@@ -111,24 +112,51 @@ def _conv_rows(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple, pos) -> np.n
 
 
 def _fit(rows: np.ndarray, target: np.ndarray, w0: np.ndarray, b0: np.ndarray, n_train: int,
-         ridge: float = RIDGE) -> Optional[tuple[np.ndarray, np.ndarray, float, float]]:
-    """Ridge LSQ toward (w0, b0); returns new (W, b) and held-out errors (fit, plain) or None."""
+         ridge: float | None = None) -> Optional[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Ridge LSQ toward (w0, b0); returns new (W, b) and held-out errors (fit, plain) or None.
+
+    ``ridge=None`` picks the strength from RIDGES by the error on the held-back
+    rows (one eigendecomposition serves every candidate), then refits on all
+    rows with it: too weak over-fits a few hundred images, too strong forgets
+    the removed channels, and the right point differs from layer to layer.
+    """
     A = np.concatenate([rows, np.ones((rows.shape[0], 1), rows.dtype)], axis=1).astype(np.float64)
     Y = target.astype(np.float64)
     W0 = np.concatenate([w0, b0[:, None]], axis=1).astype(np.float64)  # [C_out, F+1]
+    held = n_train < A.shape[0]
     At, Yt = A[:n_train], Y[:n_train]
-    G = At.T @ At
-    lam = ridge * np.trace(G) / G.shape[0] + 1e-12
+    Av, Yv = (A[n_train:], Y[n_train:]) if held else (At, Yt)
+    candidates = (RIDGES if held else (1e-3,)) if ridge is None else (ridge,)
     try:
-        sol = np.linalg.solve(G + lam * np.eye(G.shape[0]), At.T @ Yt + lam * W0.T)
+        best = _ridge_path(At.T @ At, At.T @ Yt, W0, candidates, Av, Yv)
+        if best is None:
+            return None
+        sol, err_fit, lam_rel = best
+        if held and ridge is None:  # the chosen strength, refitted on every row
+            refit = _ridge_path(A.T @ A, A.T @ Y, W0, (lam_rel,), Av, Yv)
+            if refit is None:
+                return None
+            sol = refit[0]
     except np.linalg.LinAlgError:
         return None
-    if not np.isfinite(sol).all():
-        return None
-    Av, Yv = (A[n_train:], Y[n_train:]) if n_train < A.shape[0] else (At, Yt)
-    err_fit = float(((Av @ sol - Yv) ** 2).mean())
     err_plain = float(((Av @ W0.T - Yv) ** 2).mean())
     return sol[:-1].T.astype(np.float32), sol[-1].astype(np.float32), err_fit, err_plain
+
+
+def _ridge_path(G: np.ndarray, AtY: np.ndarray, W0: np.ndarray, ridges, Av: np.ndarray, Yv: np.ndarray):
+    """Solutions of (G + lam I) X = AtY + lam W0' for each relative ridge; the best on (Av, Yv)."""
+    evals, Q = np.linalg.eigh(G)
+    scale = float(np.trace(G)) / G.shape[0]
+    best = None
+    for r in ridges:
+        lam = r * scale + 1e-12
+        sol = Q @ ((Q.T @ (AtY + lam * W0.T)) / (evals + lam)[:, None])
+        if not np.isfinite(sol).all():
+            continue
+        err = float(((Av @ sol - Yv) ** 2).mean())
+        if best is None or err < best[1]:
+            best = (sol, err, r)
+    return best
 
 
 def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, scope: str) -> list[_Site]:
@@ -205,7 +233,7 @@ def _from_matrix(op: str, node: onnx.NodeProto, M: np.ndarray, shape: tuple) -> 
 
 
 def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq", *,
-            scope: str = "pruned", max_rows: int = MAX_ROWS, ridge: float = RIDGE, seed: int = 0):
+            scope: str = "pruned", max_rows: int = MAX_ROWS, ridge: float | None = None, seed: int = 0):
     """Return (recovered model, one-line summary). ``p`` is the Prepared original."""
     if mode == "auto":
         mode = "lsq"
