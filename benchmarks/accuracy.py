@@ -50,6 +50,14 @@ ROUND_TO = "auto"  # set from --round-to
 INTERNAL_EXCLUDE = ("*conv2*", "/conv1/Conv")  # ResNet-56: leave the residual streams alone
 
 
+def _add_rows(rows: list, scope: str, method: str, res: dict, kept: float, seconds: float) -> None:
+    """One table row per recovery of one plan; ``seconds``: scoring and selection before the recovery."""
+    for rec, (acc, t_rec) in res.items():
+        rows.append({"scope": scope, "method": method, "recovery": rec, "MACs kept": f"{kept:.1%}",
+                     "top-1": f"{acc:.1%}", "wall time (s)": f"{seconds + t_rec:.0f}"})
+        print(rows[-1], flush=True)
+
+
 def sweep(name, p, scores, score_times, cal_score, cal_fit, x, y, budgets, iterative_budgets, rows, max_ratio=0.9,
           recovery_for=None, raw_order=False, streams=None, stream_counts=None):
     """``streams``: units outside the block-internal scope; how many of them each one-shot oracle plan removes
@@ -64,32 +72,20 @@ def sweep(name, p, scores, score_times, cal_score, cal_fit, x, y, budgets, itera
             if crit == "oracle" and streams is not None and stream_counts is not None:
                 stream_counts[budget] = (len(removed), sum(1 for u in removed if u in streams))
             res, kept = evaluate_plan(p, removed, cal_fit, x, y, recovery_for.get(crit, RECOVERIES))
-            for rec, (acc, t_rec) in res.items():
-                rows.append({"scope": name, "method": f"{crit}, one-shot", "recovery": rec,
-                             "MACs kept": f"{kept:.1%}", "top-1": f"{acc:.1%}",
-                             "wall time (s)": f"{score_times[crit] + t.seconds + t_rec:.0f}"})
-                print(rows[-1], flush=True)
+            _add_rows(rows, name, f"{crit}, one-shot", res, kept, score_times[crit] + t.seconds)
             if crit == "oracle" and raw_order:  # the issue's control: the same scores ranked without the MAC cost
                 with Timer() as t:
                     removed = plan_units(p, PruneConfig(criterion=crit, target_macs=budget, max_layer_ratio=max_ratio,
                                                         round_to=ROUND_TO, ranking="raw"), None, scores=sc)
                 res, kept = evaluate_plan(p, removed, cal_fit, x, y, ("none", "lsq"))
-                for rec, (acc, t_rec) in res.items():
-                    rows.append({"scope": name, "method": "oracle, raw score order, one-shot", "recovery": rec,
-                                 "MACs kept": f"{kept:.1%}", "top-1": f"{acc:.1%}",
-                                 "wall time (s)": f"{score_times[crit] + t.seconds + t_rec:.0f}"})
-                    print(rows[-1], flush=True)
+                _add_rows(rows, name, "oracle, raw score order, one-shot", res, kept, score_times[crit] + t.seconds)
         if budget in iterative_budgets and "oracle" in scores:
             with Timer() as t:
                 cfg = PruneConfig(criterion="oracle", target_macs=budget, steps=3, max_layer_ratio=max_ratio,
                                   round_to=ROUND_TO)
                 removed = plan_units(p, cfg, cal_score, iterate_from=scores["oracle"])
             res, kept = evaluate_plan(p, removed, cal_fit, x, y, ("none", "lsq"))
-            for rec, (acc, t_rec) in res.items():
-                rows.append({"scope": name, "method": "oracle, iterative (3 steps)", "recovery": rec,
-                             "MACs kept": f"{kept:.1%}", "top-1": f"{acc:.1%}",
-                             "wall time (s)": f"{score_times['oracle'] + t.seconds + t_rec:.0f}"})
-                print(rows[-1], flush=True)
+            _add_rows(rows, name, "oracle, iterative (3 steps)", res, kept, score_times["oracle"] + t.seconds)
 
 
 def plot(rows, dense, path, title):

@@ -83,6 +83,50 @@ def test_scores_accumulate_over_batches():
     np.testing.assert_allclose([a[r] for r in a], [b[r] for r in a], rtol=1e-5)
 
 
+def _with_silent_channels():
+    """option_a_shortcut with channels that a ReLU silences: always (a large negative bias) or only
+    on the low-amplitude samples (a moderate one); one of them feeds the residual stream."""
+    from onnx import numpy_helper
+    model = option_a_shortcut()
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv, edits in ((convs[0], {2: -100.0}), (convs[1], {0: -100.0, 1: -1.0})):
+        b = numpy_helper.to_array(inits[conv.input[2]]).copy()
+        for c, v in edits.items():
+            b[c] = v
+        inits[conv.input[2]].CopyFrom(numpy_helper.from_array(b, conv.input[2]))
+    return model
+
+
+def test_silent_units_are_skipped_exactly():
+    """(unit, sample) pairs whose channels are zero wherever consumed need no run and change nothing."""
+    p = prepare(_with_silent_channels())
+    data = batches(p, n=8)
+    for feeds, _ in data:
+        feeds["x"][::2] *= 0.05
+    def energy(base, pert, labels):  # not zero for an unchanged sample: the skipped rows must still count
+        return (pert[0].astype(np.float64) ** 2).sum(1)
+    for cost in ("auto", energy):
+        fast = OracleScorer(p.analysis, cost, rows_per_run=12)
+        slow = OracleScorer(p.analysis, cost, rows_per_run=12, skip_silent=False)
+        for feeds, labels in data:
+            fast.add_batch(feeds, labels)
+            slow.add_batch(feeds, labels)
+        a, b = fast.scores(), slow.scores()
+        np.testing.assert_allclose([a[r] for r in b], [b[r] for r in b], rtol=1e-5, atol=1e-9)
+        assert 0 < fast.pairs_skipped < fast.pairs_total and slow.pairs_skipped == 0
+        assert fast.perturbation_macs < slow.perturbation_macs
+        if cost == "auto":
+            kl = a
+    want = naive_oracle(p.analysis, data, list(a), energy)
+    np.testing.assert_allclose([a[r] for r in want], [want[r] for r in want], rtol=1e-4)
+    convs = [n.name for n in p.analysis.proto.graph.node if n.op_type == "Conv"]
+    unit_of = {k: r for r in kl for k in p.analysis.unit_kernels[r]}
+    assert kl[unit_of[(convs[1], 0)]] == 0.0  # dead everywhere: never run
+    # silenced at its first consumers but alive after the residual sum: run, and it matters
+    assert kl[unit_of[(convs[0], 2)]] > 0
+
+
 def test_custom_cost_callable():
     p = prepare(se_block())
     s = OracleScorer(p.analysis, lambda base, pert, labels: np.abs(pert[0] - base[0]).reshape(len(pert[0]), -1).max(1))

@@ -12,6 +12,11 @@ make this fast enough to run often:
   all masks at one) and fed to a *suffix session*;
 * **perturbations batched** — k units are evaluated in one run by tiling the
   batch k times along the batch axis, each copy with its own mask;
+* **silent units skipped** — a unit whose channels are zero on a sample
+  wherever they are consumed (a ReLU that never fires there, a dead
+  channel) cannot change that sample's outputs: the full run reports, per
+  sample, which channels are non-zero, and only the (unit, sample) pairs
+  that can change anything are run; the others get the cost of no change;
 * **cuts in parallel on the CPU** — small convolutions do not keep several
   intra-op threads busy, so on the CPU provider the cuts are shared among a
   few workers, each session with its share of the cores (about 10% more
@@ -20,7 +25,9 @@ make this fast enough to run often:
 Costs (per sample, averaged over everything added): KL divergence of the
 outputs for logits/probabilities, normalised squared error otherwise
 (label-free, the default); the change of cross-entropy with labels
-(``loss`` signed, ``abs`` absolute); or any callable.
+(``loss`` signed, ``abs`` absolute); or any callable
+``cost(base_outputs, perturbed_outputs, labels) -> per-sample costs`` (one
+value per row of the arrays it is given).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx import helper
 
@@ -100,7 +108,7 @@ class OracleScorer:
                  rows_per_run: Optional[int] = None, max_bytes_per_run: int = 512 << 20,
                  max_activation_bytes: int = 4 << 30, providers=None,
                  progress: bool = False, suffix: bool = True, io_binding: Optional[bool] = None,
-                 workers: Optional[int] = None) -> None:
+                 workers: Optional[int] = None, skip_silent: bool = True) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
         self.analysis = analysis
@@ -113,6 +121,7 @@ class OracleScorer:
         self.use_suffix = suffix
         self.io_binding = io_binding  # None: bind on CUDA only
         self.skip_internal = suffix  # the plain (whole-network) mode keeps every mask, as the naive oracle does
+        self.skip_silent = skip_silent
         self.workers, self.threads = _worker_split(providers, workers)
         # rows of one run (perturbations x batch): smaller runs stay in the CPU caches (ResNet-56: 128 rows
         # 8% faster than 256); accelerators want bigger ones
@@ -123,6 +132,8 @@ class OracleScorer:
         self._count = 0
         self.samples_seen = 0
         self.perturbation_macs = 0.0
+        self.pairs_total = 0    # (unit, sample) pairs scored
+        self.pairs_skipped = 0  # ... of which silent: no run needed
         self.seconds = 0.0
         self._build()
 
@@ -204,6 +215,7 @@ class OracleScorer:
             else:
                 vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
             exposed.graph.output.append(vi)
+        self.activity_names = _add_activity_outputs(exposed, self.masks) if self.skip_silent else []
         self.full_session = make_session(exposed, self.providers)
         for cut in self.cuts:
             cut.runner = DeviceRunner(cut.session, self.io_binding)
@@ -341,58 +353,109 @@ class OracleScorer:
         full_feed = dict(feeds)
         for i, mk in enumerate(self.masks):
             full_feed[mk.name] = self._ones(i, n)
-        outs = self.full_session.run(self.output_names + self.frontier, full_feed)
+        names = self.output_names + self.frontier
+        outs = self.full_session.run(names + self.activity_names, full_feed)
         base = outs[:len(self.output_names)]
-        cache = dict(zip(self.frontier, outs[len(self.output_names):]))
+        cache = dict(zip(self.frontier, outs[len(self.output_names):len(names)]))
         cache.update(feeds)
+        # per mask, [n, C]: which channels are non-zero on each sample (NaN counts as non-zero)
+        activity = [a != 0 for a in outs[len(names):]] if self.skip_silent else None
+        unchanged = self._cost(base, base, labels)  # the cost of a sample the unit cannot change
         # the costliest cuts first, so the workers finish together
         order = sorted(self.cuts, key=lambda c: -len(c.units) * c.macs_fraction)
+        args = (cache, base, labels, n, activity, unchanged, bar)
         if self.workers > 1 and len(order) > 1:
             with ThreadPoolExecutor(self.workers) as pool:
-                for f in [pool.submit(self._score_cut, c, cache, base, labels, n, bar) for c in order]:
+                for f in [pool.submit(self._score_cut, c, *args) for c in order]:
                     f.result()
         else:
             for cut in order:
-                self._score_cut(cut, cache, base, labels, n, bar)
+                self._score_cut(cut, *args)
         self._count += n
         self.samples_seen += n
         self.seconds += time.perf_counter() - t0
 
-    def _score_cut(self, cut: _Cut, cache: dict, base: list, labels: Optional[np.ndarray], n: int, bar) -> None:
+    def _active_rows(self, r: int, n: int, activity: Optional[list[np.ndarray]]) -> np.ndarray:
+        """Samples on which unit ``r`` has a non-zero channel where it is consumed.
+
+        Elsewhere its removal multiplies zeros by zero: the masked model gives
+        exactly the unmasked outputs, so those samples need no run.
+        """
+        if activity is None:
+            return np.arange(n)
+        alive = np.zeros(n, dtype=bool)
+        for i, pos in self.unit_masks[r]:
+            alive |= activity[i][:, pos].any(axis=1)
+        return np.nonzero(alive)[0]
+
+    def _score_cut(self, cut: _Cut, cache: dict, base: list, labels: Optional[np.ndarray], n: int,
+                   activity: Optional[list[np.ndarray]], unchanged: np.ndarray, bar) -> None:
         """Every unit of one cut on one batch; cuts touch disjoint units, so workers may run them at once."""
-        # the tiled copies of this cut's inputs bound how many perturbations fit in one run
-        cut_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache)
+        # the tiled copies of this cut's inputs bound how many rows fit in one run
         # (memory budgets are shared by the workers running at the same time)
-        k_max = max(1, min(self.rows_per_run // n,
-                           int(self.max_bytes_per_run // self.workers // max(cut_bytes, 1)),
-                           int(self.max_activation_bytes // self.workers // max(self.sample_bytes * n, 1))))
+        row_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache) / n
+        max_rows = max(n, min(self.rows_per_run,
+                              int(self.max_bytes_per_run // self.workers // max(row_bytes, 1)),
+                              int(self.max_activation_bytes // self.workers // max(self.sample_bytes, 1))))
+        rows = {r: self._active_rows(r, n, activity) for r in cut.units}
+        chunks: list[list[int]] = [[]]
+        size = 0
+        for r in cut.units:
+            m = len(rows[r])
+            if m == 0:
+                continue
+            if chunks[-1] and size + m > max_rows:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(r)
+            size += m
+        silent = [r for r in cut.units if len(rows[r]) < n]
+        for r in silent:
+            self._sum[r] += float(unchanged[np.setdiff1d(np.arange(n), rows[r])].sum())
+        skipped = sum(n - len(rows[r]) for r in silent)
+        with self._lock:
+            self.pairs_total += n * len(cut.units)
+            self.pairs_skipped += skipped
+            if bar is not None and len(cut.units) > sum(len(c) for c in chunks):
+                bar.update(len(cut.units) - sum(len(c) for c in chunks))
         tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
-        for start in range(0, len(cut.units), k_max):
-            chunk = cut.units[start:start + k_max]
+        for chunk in chunks:
+            if not chunk:
+                continue
+            whole = all(len(rows[r]) == n for r in chunk)
             k = len(chunk)
-            if k not in tiled:
+            idx = None if whole else np.concatenate([rows[r] for r in chunk])
+            if whole and k not in tiled:
                 tiled.clear()
                 tiled[k] = {name: cut.runner.upload(np.concatenate([cache[name]] * k, axis=0) if k > 1
                                                     else cache[name])
                             for name in cut.inputs if not name.startswith("__oracle_mask_")}
-            feed = dict(tiled[k])
+            if whole:
+                feed = dict(tiled[k])
+            else:
+                feed = {name: cut.runner.upload(np.take(cache[name], idx, axis=0))
+                        for name in cut.inputs if not name.startswith("__oracle_mask_")}
+            total_rows = n * k if whole else len(idx)
             for i in cut.masks:
-                m = self._ones(i, n * k)
-                feed[self.masks[i].name] = m
+                feed[self.masks[i].name] = self._ones(i, total_rows)
+            offsets = np.cumsum([0] + [len(rows[r]) for r in chunk])
             for j, r in enumerate(chunk):
                 for i, pos in self.unit_masks[r]:
                     if self.masks[i].name in feed:
                         m = feed[self.masks[i].name]
-                        idx = [slice(j * n, (j + 1) * n)] + [slice(None)] * (m.ndim - 1)
-                        idx[self.masks[i].axis] = pos
-                        m[tuple(idx)] = 0.0
+                        sel = [slice(offsets[j], offsets[j + 1])] + [slice(None)] * (m.ndim - 1)
+                        sel[self.masks[i].axis] = pos
+                        m[tuple(sel)] = 0.0
             pert = cut.runner.run(self.output_names, feed)
             for j, r in enumerate(chunk):
-                sl = slice(j * n, (j + 1) * n)
-                c = self._cost(base, [p[sl] for p in pert], labels)
+                sl = slice(offsets[j], offsets[j + 1])
+                own = rows[r]
+                full = len(own) == n
+                c = self._cost(base if full else [b[own] for b in base], [p[sl] for p in pert],
+                               labels if full or labels is None else labels[own])
                 self._sum[r] += float(c.sum())
             with self._lock:
-                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * n * k
+                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * total_rows
                 if bar is not None:
                     bar.update(k)
 
@@ -419,6 +482,33 @@ class OracleScorer:
             if bar is not None:
                 bar.close()
         return self.scores()
+
+
+def _add_activity_outputs(model: onnx.ModelProto, masks: Sequence[_MaskInput]) -> list[str]:
+    """Append, for every mask, an output [N, C]: the largest |value| of each channel on each sample.
+
+    Computed in the graph so the full run returns a few numbers per channel
+    instead of every consumed activation.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
+    names = []
+    for i, mk in enumerate(masks):
+        rank = len(mk.shape_tail) + 1
+        axes = [d for d in range(1, rank) if d != mk.axis]
+        absolute = f"__oracle_abs_{i}"
+        out = f"__oracle_activity_{i}"
+        model.graph.node.append(helper.make_node("Abs", [mk.tensor], [absolute], name=absolute))
+        if not axes:
+            model.graph.node.append(helper.make_node("Identity", [absolute], [out], name=out))
+        elif opset >= 18:
+            axes_name = f"__oracle_axes_{i}"
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name))
+            model.graph.node.append(helper.make_node("ReduceMax", [absolute, axes_name], [out], name=out, keepdims=0))
+        else:
+            model.graph.node.append(helper.make_node("ReduceMax", [absolute], [out], name=out, axes=axes, keepdims=0))
+        model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+        names.append(out)
+    return names
 
 
 def _worker_split(providers, workers: Optional[int]) -> tuple[int, int]:
