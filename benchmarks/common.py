@@ -70,6 +70,11 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
+    try:  # machines with the same model name differ between sessions: say what the CPU can do
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0]
+        cpu += " (AVX-512)" if " avx512f" in flags else (" (AVX2)" if " avx2" in flags else "")
+    except (OSError, IndexError):
+        pass
     import onnxruntime
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
 
