@@ -41,6 +41,23 @@ def test_lsq_and_bias_reduce_distortion():
         assert distortion(bias, p.model, test) < d0
 
 
+def test_recovery_streams_batches_without_changing_the_fit():
+    """Activations are gathered batch by batch (big models do not fit whole); the batch size must not matter."""
+    from onnx import numpy_helper
+    model = inverted_residual()
+    p = prepare(model)
+    data = np.random.default_rng(1).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32)
+    removed = select(p.analysis, magnitude_scores(p.analysis), Target(percentage=30))
+    pruned, _ = build_pruned(p, removed)
+    for mode in ("lsq", "bias"):
+        one, _ = recover(p, removed, pruned, load_calibration({"x": data}, model, batch_size=40), mode)
+        many, _ = recover(p, removed, pruned, load_calibration({"x": data}, model, batch_size=7), mode)
+        for a, b in zip(one.graph.initializer, many.graph.initializer):
+            np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=1e-6)
+        assert any(not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+                   for a, b in zip(one.graph.initializer, pruned.graph.initializer))
+
+
 def _ridge_problem(noise: float, n: int, seed: int = 0):
     """Rows, targets and starting weights of a linear fit, plus fresh rows to judge it on."""
     rng = np.random.default_rng(seed)

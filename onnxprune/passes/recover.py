@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import CalibrationError
 from ..graph.analysis import Analysis
 from ..runtime import make_session
 
@@ -47,6 +48,7 @@ class _Site:
     positions: Optional[tuple[np.ndarray, np.ndarray]] = None
     target: Optional[np.ndarray] = None
     in_mean: Optional[np.ndarray] = None
+    hw: int = 0
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -89,10 +91,16 @@ def _prefix(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return out
 
 
-def _run(model: onnx.ModelProto, names: list[str], batches) -> list[np.ndarray]:
+def _stream(model: onnx.ModelProto, names: list[str], batches):
+    """The named tensors, batch by batch: whole activations of every calibration sample at once
+    would not fit in memory for big models (EfficientNet-Lite0: GBs per layer for 500 images)."""
     sess = make_session(_expose(model, names))
-    outs = [sess.run(names, feeds) for feeds in batches]
-    return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(names))]
+    start = 0
+    for feeds in batches:
+        out = dict(zip(names, sess.run(names, feeds)))
+        n = next(iter(out.values())).shape[0]
+        yield start, start + n, out
+        start += n
 
 
 def _conv_rows(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple, pos) -> np.ndarray:
@@ -232,6 +240,18 @@ def _from_matrix(op: str, node: onnx.NodeProto, M: np.ndarray, shape: tuple) -> 
     return M.T
 
 
+def _sample_positions(sites: list[_Site], first: dict, n_img: int, max_rows: int, rng) -> None:
+    """Output positions each Conv site is fitted on, per sample (at most ``max_rows`` rows a layer)."""
+    for s in sites:
+        if s.op != "Conv":
+            continue
+        y = first[s.output]
+        s.hw = y.shape[2] * y.shape[3]
+        per = max(1, min(s.hw, max_rows // max(n_img, 1)))
+        flat = np.stack([rng.choice(s.hw, per, replace=False) for _ in range(n_img)])
+        s.positions = (flat // y.shape[3], flat % y.shape[3])
+
+
 def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq", *,
             scope: str = "pruned", max_rows: int = MAX_ROWS, ridge: float | None = None, seed: int = 0):
     """Return (recovered model, one-line summary). ``p`` is the Prepared original."""
@@ -249,24 +269,35 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
     model = onnx.ModelProto()
     model.CopyFrom(pruned)
     pnodes = {n.name: n for n in model.graph.node}
-    # original targets (and input means for bias compensation), one pass
+    # original targets at sampled positions (and input means for bias compensation), one streamed pass
     names = sorted({s.output for s in sites} | {s.input for s in sites})
-    orig = dict(zip(names, _run(a.proto, names, batches)))
+    targets: dict[str, list] = {s.node: [] for s in sites}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for b0, b1, out in _stream(a.proto, names, batches):
+        if b0 == 0:
+            _sample_positions(sites, out, n_img, max_rows, rng)
+        for s in sites:
+            y = out[s.output]
+            if s.op == "Conv":
+                if y.shape[2] * y.shape[3] != s.hw:
+                    raise CalibrationError("calibration samples of different spatial sizes cannot be re-fitted together")
+                oy, ox = s.positions[0][b0:b1], s.positions[1][b0:b1]
+                t = y[np.arange(b1 - b0)[:, None], :, oy, ox]  # [n, P, C]
+                targets[s.node].append(t.reshape(-1, y.shape[1])[:, s.keep_out])
+            else:
+                targets[s.node].append(y.reshape(-1, y.shape[-1])[:, s.keep_out])
+            if s.input not in sums:
+                sums[s.input], counts[s.input] = 0.0, 0
+            x = out[s.input]
+            axis = 1 if s.op != "MatMul" else x.ndim - 1
+            flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+            sums[s.input] = sums[s.input] + flat.sum(1, dtype=np.float64)
+            counts[s.input] += flat.shape[1]
+        del out
     for s in sites:
-        y = orig[s.output]
-        if s.op == "Conv":
-            hw = y.shape[2] * y.shape[3]
-            per = max(1, min(hw, max_rows // max(n_img, 1)))
-            flat = np.stack([rng.choice(hw, per, replace=False) for _ in range(n_img)])
-            s.positions = (flat // y.shape[3], flat % y.shape[3])
-            t = y[np.arange(n_img)[:, None], :, s.positions[0], s.positions[1]]  # [N, P, C]
-            s.target = t.reshape(-1, y.shape[1])[:, s.keep_out]
-        else:
-            s.target = y.reshape(-1, y.shape[-1])[:, s.keep_out]
-        x = orig[s.input]
-        axis = 1 if s.op != "MatMul" else x.ndim - 1
-        s.in_mean = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).mean(1)
-    del orig
+        s.target = np.concatenate(targets.pop(s.node), axis=0)
+        s.in_mean = (sums[s.input] / max(counts[s.input], 1)).astype(np.float32)
     fitted = kept_plain = 0
     for s in sites:
         node = pnodes[s.node]
@@ -286,13 +317,16 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
             _set_weights(model, node, W, b0 + contrib.astype(np.float32))
             fitted += 1
             continue
-        x = _run(_prefix(model, s.input), [s.input], batches)[0]
-        if s.op == "Conv":
-            rows = _conv_rows(x, node, W.shape, s.positions)
-            per_img = s.positions[0].shape[1]
-        else:
-            rows = x.reshape(-1, x.shape[-1])
-            per_img = rows.shape[0] // n_img
+        parts = []
+        for i0, i1, out in _stream(_prefix(model, s.input), [s.input], batches):
+            x = out[s.input]
+            if s.op == "Conv":
+                parts.append(_conv_rows(x, node, W.shape, (s.positions[0][i0:i1], s.positions[1][i0:i1])))
+            else:
+                parts.append(x.reshape(-1, x.shape[-1]))
+        rows = np.concatenate(parts, axis=0)
+        del parts
+        per_img = s.positions[0].shape[1] if s.op == "Conv" else rows.shape[0] // n_img
         res = _fit(rows, s.target, M, b0, n_train * per_img, ridge)
         if res is None or res[2] >= res[3]:
             kept_plain += 1
