@@ -116,6 +116,17 @@ def plot(rows, dense, path, title):
     fig.savefig(path, dpi=120)
 
 
+def replot(section: str, path, title) -> None:
+    """Redraw a figure from the table already in RESULTS.md (for a run that had no matplotlib)."""
+    import re
+    body = (REPO / "benchmarks" / "RESULTS.md").read_text().split(f"<!-- {section} -->")[1].split(f"<!-- /{section} -->")[0]
+    dense = float(re.search(r"Dense top-1[^:]*: ([0-9.]+)%", body).group(1)) / 100
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(cols, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+    plot(rows, dense, path, title)
+
+
 def resnet56(args):
     xc_all, yc_all = cifar("calib")
     perm = np.random.default_rng(0).permutation(len(xc_all))
@@ -193,10 +204,11 @@ def efficientnet(args):
             scores[crit] = score_units(whole, PruneConfig(criterion=crit), cal_oracle if crit == "oracle" else cal)
         times[crit] = t.seconds
         print("scored", crit, f"{t.seconds:.0f} s", flush=True)
+    args.oracle_seconds = times["oracle"]
     rows: list = []
     # recovery sees the calibration images and their mirror images (more data against over-fitting)
     cal_fit = load_calibration({"input": with_mirrors(xc)}, whole.original, batch_size=25, limit=2 * len(xc))
-    for scope, exclude, lsq_for in (("hidden", HIDDEN_ONLY, ("energy",)), ("whole", (), ("oracle",))):
+    for scope, exclude, lsq_for in (("hidden", HIDDEN_ONLY, ("energy", "oracle")), ("whole", (), ("oracle",))):
         p = whole if not exclude else prepare(SHARED / "models" / "efficientnet_lite0.onnx", exclude=exclude)
         prunable = set(p.analysis.prunable_units)
         sc = {c: {r: v for r, v in s.items() if r in prunable} for c, s in scores.items()}
@@ -215,8 +227,9 @@ def _effnet_text(rows, dense, args):
     text += (f"\nDense top-1 on the 250 evaluation images: {dense:.1%}. Calibration: the first 250 files; "
              "bias and least-squares recovery: the same 250 and their mirror images (least squares: ridge chosen "
              "per layer on the held-back fifth); "
-             f"oracle: KL of the outputs on {args.eff_oracle_images} of them (about 11,000 units; more images cost "
-             "about a minute each on 2 cores). Scope 'hidden': only the expansion channels of the inverted-residual "
+             f"oracle: KL of the outputs on {args.eff_oracle_images} of them (about 11,000 units, "
+             f"{args.oracle_seconds:.0f} s: {args.oracle_seconds / args.eff_oracle_images:.0f} s per image on 2 cores). "
+             "Scope 'hidden': only the expansion channels of the inverted-residual "
              "blocks (`--exclude '*_project_conv*' --exclude /_conv_stem/Conv --exclude /_conv_head/Conv`); "
              f"'whole': every prunable group, residual streams included. Round-to {ROUND_TO}. Wall time: scoring + "
              "selection + surgery + recovery.\n\n")
@@ -236,7 +249,13 @@ def main():
     ap.add_argument("--eff-oracle-images", type=int, default=16)
     ap.add_argument("--criteria", nargs="+", default=["random", "magnitude", "oracle"], help="ResNet-56 criteria")
     ap.add_argument("--round-to", default="1", help="width multiple, or auto (the tables below used 1 unless said)")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figures from RESULTS.md")
     args = ap.parse_args()
+    if args.replot:
+        if args.model in ("efficientnet", "both"):
+            replot("accuracy-efficientnet", REPO / "benchmarks" / "accuracy_efficientnet.png",
+                   "EfficientNet-Lite0, no fine-tuning")
+        return
     global ROUND_TO
     ROUND_TO = args.round_to if args.round_to == "auto" else int(args.round_to)
     if args.model in ("resnet56", "both"):
