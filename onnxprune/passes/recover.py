@@ -269,15 +269,18 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
     model = onnx.ModelProto()
     model.CopyFrom(pruned)
     pnodes = {n.name: n for n in model.graph.node}
-    # original targets at sampled positions (and input means for bias compensation), one streamed pass
-    names = sorted({s.output for s in sites} | {s.input for s in sites})
+    # one streamed pass of the original model: targets at sampled positions for least squares,
+    # input means for bias compensation (each input once, however many sites read it)
+    outputs = sorted({s.output for s in sites}) if mode == "lsq" else []
+    inputs = sorted({s.input for s in sites}) if mode == "bias" else []
     targets: dict[str, list] = {s.node: [] for s in sites}
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for b0, b1, out in _stream(a.proto, names, batches):
-        if b0 == 0:
+    counts: dict[str, int] = dict.fromkeys(inputs, 0)
+    channel_axis = {s.input: (1 if s.op != "MatMul" else None) for s in sites}
+    for b0, b1, out in _stream(a.proto, outputs + inputs, batches):
+        if b0 == 0 and outputs:
             _sample_positions(sites, out, n_img, max_rows, rng)
-        for s in sites:
+        for s in sites if outputs else ():
             y = out[s.output]
             if s.op == "Conv":
                 if y.shape[2] * y.shape[3] != s.hw:
@@ -287,17 +290,19 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
                 targets[s.node].append(t.reshape(-1, y.shape[1])[:, s.keep_out])
             else:
                 targets[s.node].append(y.reshape(-1, y.shape[-1])[:, s.keep_out])
-            if s.input not in sums:
-                sums[s.input], counts[s.input] = 0.0, 0
-            x = out[s.input]
-            axis = 1 if s.op != "MatMul" else x.ndim - 1
+        for name in inputs:
+            x = out[name]
+            axis = channel_axis[name] if channel_axis[name] is not None else x.ndim - 1
             flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
-            sums[s.input] = sums[s.input] + flat.sum(1, dtype=np.float64)
-            counts[s.input] += flat.shape[1]
+            sums[name] = sums.get(name, 0.0) + flat.sum(1, dtype=np.float64)
+            counts[name] += flat.shape[1]
         del out
     for s in sites:
-        s.target = np.concatenate(targets.pop(s.node), axis=0)
-        s.in_mean = (sums[s.input] / max(counts[s.input], 1)).astype(np.float32)
+        if outputs:
+            s.target = np.concatenate(targets[s.node], axis=0)
+        if inputs:
+            s.in_mean = (sums[s.input] / max(counts[s.input], 1)).astype(np.float32)
+    del targets
     fitted = kept_plain = 0
     for s in sites:
         node = pnodes[s.node]

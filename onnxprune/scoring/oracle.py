@@ -48,6 +48,7 @@ from onnx import helper
 
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
+from ..graph.io import opset_version
 from ..graph.normalize import to_proto
 from ..runtime import DeviceRunner, default_providers, make_session
 
@@ -375,18 +376,16 @@ class OracleScorer:
         self.samples_seen += n
         self.seconds += time.perf_counter() - t0
 
-    def _active_rows(self, r: int, n: int, activity: Optional[list[np.ndarray]]) -> np.ndarray:
-        """Samples on which unit ``r`` has a non-zero channel where it is consumed.
+    def _active(self, r: int, n: int, activity: Optional[list[np.ndarray]]) -> np.ndarray:
+        """[n] bool: samples on which unit ``r`` has a non-zero channel where it is consumed.
 
         Elsewhere its removal multiplies zeros by zero: the masked model gives
         exactly the unmasked outputs, so those samples need no run.
         """
-        if activity is None:
-            return np.arange(n)
-        alive = np.zeros(n, dtype=bool)
-        for i, pos in self.unit_masks[r]:
+        alive = np.zeros(n, dtype=bool) if activity is not None else np.ones(n, dtype=bool)
+        for i, pos in self.unit_masks[r] if activity is not None else ():
             alive |= activity[i][:, pos].any(axis=1)
-        return np.nonzero(alive)[0]
+        return alive
 
     def _score_cut(self, cut: _Cut, cache: dict, base: list, labels: Optional[np.ndarray], n: int,
                    activity: Optional[list[np.ndarray]], unchanged: np.ndarray, bar) -> None:
@@ -397,31 +396,31 @@ class OracleScorer:
         max_rows = max(n, min(self.rows_per_run,
                               int(self.max_bytes_per_run // self.workers // max(row_bytes, 1)),
                               int(self.max_activation_bytes // self.workers // max(self.sample_bytes, 1))))
-        rows = {r: self._active_rows(r, n, activity) for r in cut.units}
-        chunks: list[list[int]] = [[]]
-        size = 0
+        alive = {r: self._active(r, n, activity) for r in cut.units}
+        rows = {r: np.nonzero(a)[0] for r, a in alive.items()}
+        chunks: list[list[int]] = []
+        size = max_rows  # start a chunk at the first unit
         for r in cut.units:
             m = len(rows[r])
             if m == 0:
                 continue
-            if chunks[-1] and size + m > max_rows:
+            if size + m > max_rows:
                 chunks.append([])
                 size = 0
             chunks[-1].append(r)
             size += m
-        silent = [r for r in cut.units if len(rows[r]) < n]
-        for r in silent:
-            self._sum[r] += float(unchanged[np.setdiff1d(np.arange(n), rows[r])].sum())
-        skipped = sum(n - len(rows[r]) for r in silent)
+        skipped = 0
+        for r in cut.units:  # a silent sample costs what no change costs
+            self._sum[r] += float(unchanged[~alive[r]].sum())
+            skipped += n - len(rows[r])
+        silent_units = len(cut.units) - sum(len(c) for c in chunks)
         with self._lock:
             self.pairs_total += n * len(cut.units)
             self.pairs_skipped += skipped
-            if bar is not None and len(cut.units) > sum(len(c) for c in chunks):
-                bar.update(len(cut.units) - sum(len(c) for c in chunks))
+            if bar is not None and silent_units:
+                bar.update(silent_units)
         tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
         for chunk in chunks:
-            if not chunk:
-                continue
             whole = all(len(rows[r]) == n for r in chunk)
             k = len(chunk)
             idx = None if whole else np.concatenate([rows[r] for r in chunk])
@@ -490,7 +489,7 @@ def _add_activity_outputs(model: onnx.ModelProto, masks: Sequence[_MaskInput]) -
     Computed in the graph so the full run returns a few numbers per channel
     instead of every consumed activation.
     """
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
+    opset = opset_version(model)
     names = []
     for i, mk in enumerate(masks):
         rank = len(mk.shape_tail) + 1
