@@ -16,7 +16,7 @@ import numpy as np
 from accuracy import HIDDEN_ONLY
 from common import (SHARED, Timer, accuracy, header, imagenet_images, imagenet_split, table,
                     with_mirrors, write_section)
-from onnxprune.passes.prune_channels import prune_channels
+from onnxprune.graph.surgery import prune_channels
 from onnxprune.passes.recover import recover
 from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
 from onnxprune.prepare import prepare

@@ -105,7 +105,7 @@ def load_effnet() -> Task:
 
 def run_config(task: Task, config: SparsifyConfig, refit: bool, log: Callable[[str], None]) -> tuple[Row, object]:
     t0 = time.perf_counter()
-    result = sparsify(task.model, None, config, calibration_data={"input": task.calib} if refit else None)
+    result = sparsify(task.model, None, config, calibration_data_reader={"input": task.calib} if refit else None)
     seconds = time.perf_counter() - t0
     acc = accuracy(result.model, task.eval_x, task.eval_y)
     row = Row(task.key, config.filler, config.scope, config.mode, refit, config.threshold, result.sparsity, acc,

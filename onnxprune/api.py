@@ -1,34 +1,33 @@
-"""Public Python API: inspect a model, prune it, apply a saved plan.
+"""Public Python API: inspect a model, prune it data-free or from scores, apply a saved plan.
 
 Every function accepts a path or an ``onnx.ModelProto`` and never modifies
 its input; a file is written only after verification passed, atomically.
+All of them run the one pruning path of :mod:`onnxprune.pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
-import onnx
 
+from .config import PruneConfig
 from .errors import InvalidArgumentError, NothingToPruneError
-from .graph.io import ModelLike, check_output_path, save_model_atomic
-from .passes.prune_channels import masked_reference, prune_channels
+from .graph.io import ModelLike
+from .passes.prune import build_pruned
+from .pipeline import run_pruning
 from .plan import PruningPlan
 from .prepare import Prepared, prepare
-from .report import LayerChange, ModelStats, Report, count_params
-from .scoring import magnitude_scores, random_scores
-from .selection import Constraints, Target, select
-from .verify import VerificationResult, uniform_inputs, verify_equivalent
+from .report import PathLike, PruneResult, count_params
+from .scoring.registry import DATA_FREE, get_criterion
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-CRITERIA = ("magnitude", "l1", "l2", "random")
+__all__ = ["inspect", "prune_model", "apply_plan", "scores_from_kernels", "kernel_scores", "build_pruned",
+           "InspectReport", "PruneResult", "LayerInfo", "GroupInfo"]
 
 
 @dataclass
@@ -91,99 +90,62 @@ def _inspect_prepared(p: Prepared) -> InspectReport:
 
 
 def inspect(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] = None,
-            exclude: Iterable[str] = ()) -> InspectReport:
+            nodes_to_exclude: Iterable[str] = (), **deprecated: Any) -> InspectReport:
     """Prunable layers, channel groups (frozen ones with the reason) and HALCON-style totals."""
-    return _inspect_prepared(prepare(model, input_shapes, exclude))
-
-
-@dataclass
-class PruneResult:
-    """The pruned model, the plan that made it, and the before/after report."""
-
-    model: onnx.ModelProto
-    plan: PruningPlan
-    report: Report
-    verification: Optional[VerificationResult]
-    output_path: Optional[Path] = None
-    removed_units: list[int] = field(default_factory=list)
-
-
-def data_free_scores(p: Prepared, criterion: str, seed: int = 0) -> dict[int, float]:
-    """Scores of the criteria that need no calibration data."""
-    if criterion in ("magnitude", "l1"):
-        return magnitude_scores(p.analysis, 1)
-    if criterion == "l2":
-        return magnitude_scores(p.analysis, 2)
-    if criterion == "random":
-        return random_scores(p.analysis, seed)
-    raise InvalidArgumentError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-
-
-def build_pruned(p: Prepared, removed: list[int], *, verify: bool = True,
-                 extra_feeds: Iterable[dict[str, np.ndarray]] = ()) -> tuple[onnx.ModelProto, Optional[VerificationResult]]:
-    """Surgery plus verification against the masked reference; raises VerificationError on any mismatch."""
-    pruned = prune_channels(p.analysis, removed)
-    result = None
-    if verify:
-        reference = masked_reference(p.analysis, removed)
-        feeds = uniform_inputs(p.input_shapes, n=1) + list(extra_feeds)
-        result = verify_equivalent(pruned, reference, feeds)
-    return pruned, result
-
-
-def make_report(p: Prepared, pruned: onnx.ModelProto, removed: list[int],
-                verification: Optional[VerificationResult]) -> Report:
-    a = p.analysis
-    rem = np.array(sorted(removed), dtype=np.int64)
-    macs_after, _ = p.cost.evaluate(rem)
-    before = ModelStats(count_params(p.original), p.cost.dense_macs, int(p.original.ByteSize()))
-    after = ModelStats(count_params(pruned), macs_after, int(pruned.ByteSize()))
-    layers = []
-    for layer in a.layers.values():
-        keep = a.keep_mask(layer.output, rem)
-        layers.append(LayerChange(layer.name, layer.op, layer.kernels, int(keep.sum()) if keep is not None else layer.kernels))
-    removed_kernels = sum(len(a.unit_kernels[r]) for r in removed)
-    prunable = sum(len(a.unit_kernels[r]) for r in a.prunable_units)
-    return Report(before, after, layers, removed_kernels, prunable,
-                  verification.summary() if verification else "verification skipped")
-
-
-def _finish(p: Prepared, removed: list[int], plan: PruningPlan, output: Optional[PathLike], verify: bool,
-            extra_feeds: Iterable[dict[str, np.ndarray]] = ()) -> PruneResult:
-    pruned, ver = build_pruned(p, removed, verify=verify, extra_feeds=extra_feeds)
-    report = make_report(p, pruned, removed, ver)
-    out_path = save_model_atomic(pruned, output) if output is not None else None
-    return PruneResult(pruned, plan, report, ver, out_path, sorted(removed))
+    nodes_to_exclude, _ = _deprecated_names(deprecated, nodes_to_exclude, "raw")
+    return _inspect_prepared(prepare(model, input_shapes, nodes_to_exclude))
 
 
 def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None, *,
                 criterion: str = "magnitude", percentage: Optional[float] = None,
                 target_macs: Optional[float] = None, target_params: Optional[float] = None,
-                exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
-                min_kernels: int = 1, cost_aware: bool = False,
+                nodes_to_exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
+                min_kernels: int = 1, ranking: str = "raw",
                 scores: Optional[dict[str, list[float]]] = None,
                 input_shapes: Optional[dict[str, Sequence[int]]] = None,
-                verify: bool = True, seed: int = 0) -> PruneResult:
-    """Prune by a data-free criterion (magnitude/random) or by given per-kernel ``scores``.
+                verify: bool = True, seed: int = 0, config: Optional[PruneConfig] = None,
+                **deprecated: Any) -> PruneResult:
+    """Prune by a data-free criterion (magnitude, l1, l2, bn_scale, random) or by given per-kernel ``scores``.
 
     ``percentage`` is HALCON's: the share of prunable kernels to remove
     (default 10). ``target_macs``/``target_params`` are kept fractions.
     ``scores`` maps layer name to one score per output kernel (as written
     by ``onnxprune score``); a unit's score is the mean over its kernels.
+    ``ranking`` is ``raw`` here (score order) unless ``per_mac`` is asked
+    for; a full ``config`` replaces every keyword setting. The names
+    ``exclude`` and ``cost_aware`` of earlier releases still work, with a
+    DeprecationWarning.
     """
-    target = Target(percentage, target_macs, target_params)
-    constraints = Constraints(max_layer_ratio, min_kernels, round_to)
-    if model_output is not None:
-        check_output_path(model_output, None if isinstance(model_input, onnx.ModelProto) else model_input)
-    p = prepare(model_input, input_shapes, exclude)
+    nodes_to_exclude, ranking = _deprecated_names(deprecated, nodes_to_exclude, ranking)
+    if config is None:
+        config = PruneConfig(criterion=criterion, percentage=percentage, target_macs=target_macs,
+                             target_params=target_params, nodes_to_exclude=tuple(nodes_to_exclude),
+                             round_to=round_to, max_layer_ratio=max_layer_ratio, min_kernels=min_kernels,
+                             ranking=ranking, recover="none", measure=False, verify=verify, seed=seed,
+                             input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
+    if scores is None and get_criterion(config.criterion).needs_data:
+        raise InvalidArgumentError(f"criterion {config.criterion!r} needs calibration data: use prune_static; "
+                                   f"prune_model takes {', '.join(DATA_FREE)} or scores")
+    p = prepare(model_input, config.input_shapes, config.nodes_to_exclude)
     if not p.analysis.prunable_units:
         raise NothingToPruneError("no prunable layer: every channel group is frozen "
                                   "(run `onnxprune inspect` to see why)")
-    unit_scores = scores_from_kernels(p, scores) if scores is not None else data_free_scores(p, criterion, seed)
-    removed = select(p.analysis, unit_scores, target, constraints, cost_aware, p.cost)
-    plan = PruningPlan.from_units(p.analysis, removed, criterion=criterion if scores is None else "scores",
-                                  target=target.effective.describe())
-    return _finish(p, removed, plan, model_output, verify)
+    unit_scores = scores_from_kernels(p, scores) if scores is not None else None
+    return run_pruning(model_input, model_output, None, config, scores=unit_scores, prepared=p)
+
+
+def _deprecated_names(kw: dict[str, Any], nodes_to_exclude: Iterable[str], ranking: str) -> tuple[Iterable[str], str]:
+    """``exclude=`` and ``cost_aware=`` of earlier releases (one release of grace)."""
+    if "exclude" in kw:
+        warnings.warn("prune_model(exclude=...) is deprecated; use nodes_to_exclude=", DeprecationWarning, 2)
+        nodes_to_exclude = tuple(nodes_to_exclude) + tuple(kw.pop("exclude"))
+    if "cost_aware" in kw:
+        warnings.warn("prune_model(cost_aware=...) is deprecated; use ranking='per_mac'", DeprecationWarning, 2)
+        if kw.pop("cost_aware"):
+            ranking = "per_mac"
+    if kw:
+        raise TypeError(f"prune_model() got unexpected keyword argument(s) {', '.join(sorted(kw))}")
+    return nodes_to_exclude, ranking
 
 
 def scores_from_kernels(p: Prepared, scores: dict[str, list[float]]) -> dict[int, float]:
@@ -228,18 +190,8 @@ def apply_plan(model_input: ModelLike, plan: Union[PruningPlan, PathLike], model
     """Remove exactly the kernels a saved plan names (with their coupled channels)."""
     if not isinstance(plan, PruningPlan):
         plan = PruningPlan.load(plan)
-    if model_output is not None:
-        check_output_path(model_output, None if isinstance(model_input, onnx.ModelProto) else model_input)
-    p = prepare(model_input, input_shapes)
-    removed = plan.to_units(p.analysis)
-    _check_keeps_one(p, removed)
-    return _finish(p, removed, plan, model_output, verify)
-
-
-def _check_keeps_one(p: Prepared, removed: list[int]) -> None:
-    rem = np.array(removed, dtype=np.int64)
-    for name, lab in p.analysis.labels.items():
-        keep = p.analysis.keep_mask(name, rem)
-        if keep is not None and keep.size and not keep.any():
-            raise InvalidArgumentError(f"the plan removes every channel of tensor {name!r}; "
-                                       "a group must keep at least one channel")
+    config = PruneConfig(criterion="magnitude", recover="none", measure=False, verify=verify,
+                         input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
+    p = prepare(model_input, config.input_shapes)
+    return run_pruning(model_input, model_output, None, config, prepared=p, removed=plan.to_units(p.analysis),
+                       plan=plan)

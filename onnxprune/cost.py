@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph.analysis import Analysis
+from .graph.channels import ShapeUnknownError
 
 
 @dataclass
@@ -91,7 +92,7 @@ def _fixed_macs(analysis: Analysis) -> int:
         try:
             a_shape = analysis.shape(node.inputs[0])
             out_shape = analysis.shape(node.outputs[0])
-        except KeyError:
+        except ShapeUnknownError:
             continue
         batch = out_shape[0] if len(out_shape) > 2 else 1
         total += int(np.prod(out_shape)) * int(a_shape[-1]) // max(batch, 1)

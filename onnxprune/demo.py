@@ -38,6 +38,28 @@ def demo_data() -> dict[str, np.ndarray]:
         }
 
 
+def write_demo_files(folder: str) -> Path:
+    """The demo model, 64 calibration digits as PNG files and all of them as an .npz, to try the CLI on.
+
+    ``model.onnx``, ``images/`` (grayscale PNG) and ``calib.npz`` (uint8
+    images and labels) in ``folder``: every line of the README's command-line
+    section runs there as written (the tests run them).
+    """
+    import shutil
+
+    from PIL import Image
+    out = Path(folder)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    model_path, data_path = demo_files()
+    shutil.copyfile(model_path, out / "model.onnx")
+    with np.load(data_path) as d:
+        images, labels = d["calib_images"], d["calib_labels"]
+    for i, img in enumerate(images[:64]):
+        Image.fromarray(img).save(out / "images" / f"digit_{i:03d}.png")
+    np.savez(out / "calib.npz", images=images[:, :, :, None], labels=labels)
+    return out
+
+
 def accuracy(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
     sess = make_session(model)
     name = sess.get_inputs()[0].name

@@ -28,11 +28,15 @@ import onnx
 
 from .errors import CalibrationError, InvalidArgumentError
 from .graph.io import ModelLike
-from .pipeline import PruneConfig, run_pruning
+from .calibration import CachedDataset, IterableReader
+from .calibration.dataset import Calibration
+from .config import PruneConfig
+from .pipeline import run_pruning
 from .prepare import Prepared, prepare
 from .scoring.oracle import OracleScorer
+from .scoring.registry import HALCON_MODES
 
-MODES = ("oracle", "magnitude", "l1", "l2", "random", "bn_scale")
+MODES = HALCON_MODES
 _SETTABLE = {"percentage", "target_macs", "target_params", "recover", "ranking", "max_layer_ratio", "round_to",
              "min_kernels", "layer_norm"}
 
@@ -109,8 +113,6 @@ class PruningHandle:
             scores = self._scorer.scores()
         calibration = None
         if self._calib and self.config.recover != "none":
-            from .calibration import CachedDataset, IterableReader
-            from .pipeline import Calibration
             ds = CachedDataset(IterableReader(list(self._calib)))
             calibration = Calibration(ds, 32)
         self.result = run_pruning(self.prepared.original, None, None, self.config, scores=scores,

@@ -11,8 +11,8 @@ import onnx
 from .cost import CostModel
 from .graph.analysis import Analysis
 from .graph.io import ModelLike, load_model
-from .graph.normalize import normalize
-from .graph.probe import Probe, probe, resolve_input_shapes
+from .graph.probe import Probe, probe
+from .passes.normalize import NormalizePass
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,16 @@ class Prepared:
 
 
 def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] = None,
-            exclude: Iterable[str] = ()) -> Prepared:
-    """Load, normalise, probe and analyse ``model`` (a path or a ModelProto)."""
+            exclude: Iterable[str] = (), *, verify: bool = True) -> Prepared:
+    """Load, normalise (a verified pass), probe and analyse ``model`` (a path or a ModelProto).
+
+    ``verify=False`` skips the normalisation check, for models onnxprune wrote
+    itself (the steps of an iterative schedule).
+    """
     source = None if isinstance(model, onnx.ModelProto) else str(model)
     original = load_model(model)
-    normal = normalize(original)
-    shapes = resolve_input_shapes(normal, {k: list(v) for k, v in (input_shapes or {}).items()})
+    normalized = NormalizePass(input_shapes, verify=verify)(original)
+    normal, shapes = normalized.model, normalized.details["input_shapes"]
     pr = probe(normal, shapes)
     analysis = Analysis(normal, pr)
     analysis.exclude(exclude)

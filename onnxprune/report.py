@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import onnx
 
 from .runtime import make_session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import PruningPlan
+    from .prepare import Prepared
+    from .verify import VerificationResult
+
+PathLike = Union[str, os.PathLike]
 
 
 @dataclass
@@ -148,3 +157,34 @@ def measure_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats
         sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the plan that made it, and the before/after report."""
+
+    model: onnx.ModelProto
+    plan: "PruningPlan"
+    report: Report
+    verification: Optional["VerificationResult"]
+    output_path: Optional[Path] = None
+    removed_units: list[int] = field(default_factory=list)
+
+
+def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],
+                 verification: Optional["VerificationResult"]) -> Report:
+    """Before/after parameters, MACs, size and per-layer kernels of removing ``removed`` from ``p``."""
+    a = p.analysis
+    rem = np.array(sorted(removed), dtype=np.int64)
+    macs_after, _ = p.cost.evaluate(rem)
+    before = ModelStats(count_params(p.original), p.cost.dense_macs, int(p.original.ByteSize()))
+    after = ModelStats(count_params(pruned), macs_after, int(pruned.ByteSize()))
+    layers = []
+    for layer in a.layers.values():
+        keep = a.keep_mask(layer.output, rem)
+        layers.append(LayerChange(layer.name, layer.op, layer.kernels,
+                                  int(keep.sum()) if keep is not None else layer.kernels))
+    removed_kernels = sum(len(a.unit_kernels[r]) for r in removed)
+    prunable = sum(len(a.unit_kernels[r]) for r in a.prunable_units)
+    return Report(before, after, layers, removed_kernels, prunable,
+                  verification.summary() if verification else "verification skipped")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import onnx
@@ -89,7 +89,8 @@ def verify_equivalent(model: onnx.ModelProto, reference: onnx.ModelProto,
             diff = float(np.abs(g.astype(np.float64) - w).max()) if w.size else 0.0
             peak = float(np.abs(w).max()) if w.size else 0.0
             result.max_abs_error = max(result.max_abs_error, diff)
-            result.max_rel_error = max(result.max_rel_error, diff / max(peak, atol / max(rtol, 1e-30)))
+            floor = atol / rtol if rtol > 0 else 0.0
+            result.max_rel_error = max(result.max_rel_error, diff / max(peak, floor, 1e-30))
             if not np.isfinite(diff) or diff > atol + rtol * peak:
                 raise VerificationError(
                     f"output {name!r} differs from the reference by {diff:.3g} (peak {peak:.3g}, "
@@ -99,7 +100,19 @@ def verify_equivalent(model: onnx.ModelProto, reference: onnx.ModelProto,
     return result
 
 
-def uniform_inputs(shapes: dict[str, tuple[int, ...]], n: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Image-like random inputs in [-1, 1): random normals blow up deep nets and hide real errors."""
+def uniform_inputs(shapes: dict[str, tuple[int, ...]], n: int = 2, seed: int = 0,
+                   dtypes: Optional[dict[str, np.dtype]] = None) -> list[dict[str, np.ndarray]]:
+    """Image-like random inputs in [-1, 1): random normals blow up deep nets and hide real errors.
+
+    Inputs whose ``dtypes`` entry is not a float type (masks, ids) get zeros of that type.
+    """
     rng = np.random.default_rng(seed)
-    return [{k: rng.uniform(-1, 1, size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(n)]
+    dtypes = dtypes or {}
+    out = []
+    for _ in range(n):
+        feed = {}
+        for k, s in shapes.items():
+            dt = np.dtype(dtypes.get(k, np.float32))
+            feed[k] = rng.uniform(-1, 1, size=s).astype(dt) if dt.kind == "f" else np.zeros(s, dtype=dt)
+        out.append(feed)
+    return out

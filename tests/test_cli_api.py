@@ -175,3 +175,20 @@ def test_external_data_model(tmp_path):
     res = onnxprune.prune_model(str(src / "m.onnx"), tmp_path / "o.onnx", percentage=20)
     assert res.output_path.exists() and res.report.after.params < res.report.before.params
     make_session(onnx.load(str(res.output_path)))
+
+
+def test_cli_float_model_inputs_from_npy(tmp_path):
+    """--calib with float32 model inputs in an .npy: fed unchanged (no image preprocessing forced on them)."""
+    import numpy as np
+
+    from onnxprune.demo import demo_data, demo_files
+    model, _ = demo_files()
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, demo_data()["calib"][:32])
+    assert main(["score", str(model), "--calib", str(inputs), "--criterion", "energy",
+                 "-o", str(tmp_path / "s.json")]) == 0
+    assert main(["prune", str(model), "-o", str(tmp_path / "p.onnx"), "--calib", str(inputs),
+                 "--criterion", "energy", "--target-macs", "0.8"]) == 0
+    assert (tmp_path / "p.onnx").exists()
+    # a preprocessing flag with float inputs is a clear error, not silently ignored
+    assert main(["score", str(model), "--calib", str(inputs), "--mean", "0.5", "-o", str(tmp_path / "t.json")]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from onnxprune.api import build_pruned
 from onnxprune.passes.recover import recover
@@ -12,7 +13,7 @@ from onnxprune.runtime import make_session
 from onnxprune.selection import Target, select
 from onnxprune.scoring import magnitude_scores
 
-from builders import chain_flatten_gemm, inverted_residual, se_block
+from builders import Builder, chain_flatten_gemm, inverted_residual, se_block
 
 
 def distortion(model, ref, feeds):
@@ -58,39 +59,59 @@ def test_recovery_streams_batches_without_changing_the_fit():
                    for a, b in zip(one.graph.initializer, pruned.graph.initializer))
 
 
-def _ridge_problem(noise: float, n: int, seed: int = 0):
-    """Rows, targets and starting weights of a linear fit, plus fresh rows to judge it on."""
-    rng = np.random.default_rng(seed)
-    f, c = 40, 6
-    w_true = rng.normal(size=(c, f))
-    w0 = w_true + rng.normal(scale=0.3, size=(c, f))  # the plain sliced weights: close, not exact
-    b0 = np.zeros(c)
-    x, x_new = rng.normal(size=(n, f)), rng.normal(size=(2000, f))
-    y = x @ w_true.T + rng.normal(scale=noise, size=(n, c))
-    return x, y, w0, b0, x_new, x_new @ w_true.T
+def auto_pad_chain():
+    """x -> Conv(4x4, stride 2, SAME_UPPER) -> Relu -> Conv(3x2, SAME_LOWER) -> Relu -> Conv(2x2, VALID)"""
+    b = Builder()
+
+    def conv(x, cin, cout, kernel, **attrs):
+        w = b.const((b.rng.standard_normal((cout, cin, *kernel)) * 0.3).astype(np.float32))
+        bias = b.const(b.rng.standard_normal(cout).astype(np.float32) * 0.1, "b")
+        return b.op("Conv", [x, w, bias], kernel_shape=list(kernel), **attrs)
+
+    h = b.op("Relu", [conv("x", 3, 8, (4, 4), strides=[2, 2], auto_pad="SAME_UPPER")])
+    h = b.op("Relu", [conv(h, 8, 6, (3, 2), auto_pad="SAME_LOWER")])
+    b.output(conv(h, 6, 4, (2, 2), auto_pad="VALID"))
+    return b.build()
 
 
-def _fresh_error(res, x_new, y_new) -> float:
-    w, b = res[0], res[1]
-    return float(((x_new @ w.T + b - y_new) ** 2).mean())
+def test_auto_pad_consumers_are_re_fitted():
+    """Convs with auto_pad used to be skipped; their im2col now uses the pads onnxruntime applies."""
+    model = auto_pad_chain()
+    p = prepare(model)
+    data = np.random.default_rng(0).uniform(0, 1, (64, 3, 8, 8)).astype(np.float32) + np.linspace(0, 1, 8,
+                                                                                                 dtype=np.float32)
+    cal = load_calibration({"x": data[:48]}, model, batch_size=16)
+    test = {"x": data[48:]}
+    removed = select(p.analysis, magnitude_scores(p.analysis), Target(percentage=30))
+    pruned, _ = build_pruned(p, removed)
+    lsq, note = recover(p, removed, pruned, cal, "lsq")
+    assert note.startswith("least-squares re-fit of 2 layer(s)")
+    assert distortion(lsq, p.model, test) < 0.5 * distortion(pruned, p.model, test)
 
 
-def test_ridge_chosen_on_held_back_rows_guards_against_over_fitting():
-    """Few noisy rows: the weakest ridge over-fits; the held-out choice does better on fresh rows."""
-    from onnxprune.passes.recover import RIDGES, _fit
+def test_recover_pass_reports_what_it_fitted_and_refuses_non_finite_outputs(monkeypatch):
+    import onnxprune.passes.recover as rec
+    from onnx import numpy_helper
+    from onnxprune.passes.base import PostconditionError
 
-    x, y, w0, b0, x_new, y_new = _ridge_problem(noise=3.0, n=60)
-    auto = _fresh_error(_fit(x, y, w0, b0, 48), x_new, y_new)
-    weakest = _fresh_error(_fit(x, y, w0, b0, 48, ridge=RIDGES[0]), x_new, y_new)
-    assert auto < 0.7 * weakest
+    model = chain_flatten_gemm()
+    p = prepare(model)
+    data = np.random.default_rng(2).uniform(0, 1, (32, 3, 8, 8)).astype(np.float32)
+    cal = load_calibration({"x": data}, model, batch_size=16)
+    removed = select(p.analysis, magnitude_scores(p.analysis), Target(percentage=30))
+    pruned, _ = build_pruned(p, removed)
+    result = rec.RecoverPass(p, removed, cal)(pruned)
+    assert result.modified and result.notes[0].startswith("least-squares re-fit of")
+    unchanged = rec.RecoverPass(p, [], cal)(pruned)
+    assert not unchanged.modified and unchanged.notes == ("nothing to recover",)
 
+    def broken(*args):
+        bad, note, fitted = real(*args)
+        init = bad.graph.initializer[-1]
+        init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+        return bad, note, fitted
 
-def test_ridge_chosen_on_held_back_rows_fits_clean_data_closely():
-    """Plenty of clean rows: the choice goes weak and recovers the true weights, which the strongest ridge cannot."""
-    from onnxprune.passes.recover import RIDGES, _fit
-
-    x, y, w0, b0, x_new, y_new = _ridge_problem(noise=0.0, n=400)
-    res = _fit(x, y, w0, b0, 320)
-    strongest = _fresh_error(_fit(x, y, w0, b0, 320, ridge=RIDGES[-1]), x_new, y_new)
-    assert _fresh_error(res, x_new, y_new) < 0.01 * strongest
-    assert res[2] < res[3]  # held-out error of the fit beats the plain weights
+    real = rec._recover
+    monkeypatch.setattr(rec, "_recover", broken)
+    with pytest.raises(PostconditionError, match="recover: output .* is not finite"):
+        rec.RecoverPass(p, removed, cal)(pruned)

@@ -6,8 +6,8 @@ skips when the shared folder is absent.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import warnings
 import math
 import os
 from pathlib import Path
@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.errors import CalibrationError, InvalidArgumentError, InvalidModelError, NothingToPruneError
 from onnxprune.runtime import make_session
 from onnxprune.sparsity import SparsifyConfig, save_masks, sparsify, sparsity_info
-from onnxprune.sparsity.cli import add_sparsify_parser
+from onnxprune.cli import main
 from onnxprune.sparsity.fillers import unstructured_mask
 from onnxprune.sparsity.history import METADATA_KEY
 
@@ -287,7 +287,7 @@ def test_gradual_refit_recovers_outputs_and_respects_masks() -> None:
     calib = {"x": np.maximum(rng.standard_normal((96, 8, 10, 10)), 0).astype(np.float32)}
     plain = sparsify(model, config=SparsifyConfig(threshold=0.7))
     fitted = sparsify(model, config=SparsifyConfig(threshold=0.7, mode="gradual", start=0.3, gamma=0.2),
-                      calibration_data=calib)
+                      calibration_data_reader=calib)
     assert fitted.steps == (0.3, 0.5, 0.7)
     assert all(layer.refit.startswith("re-fitted") for layer in fitted.layers)
     for name, w in weights_of(fitted.model).items():
@@ -300,6 +300,67 @@ def test_gradual_refit_recovers_outputs_and_respects_masks() -> None:
     assert err_fit < 0.8 * err_plain  # measured 0.71 with these seeds
 
 
+def auto_pad_model(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,9,9] -> Conv(8, 4x4, stride 2, SAME_UPPER) -> Relu -> Conv(6, 3x2, SAME_LOWER) -> Relu
+    -> Conv(4, 2x2, VALID) -> y"""
+    rng = np.random.default_rng(seed)
+    shapes = {"W1": (8, 4, 4, 4), "W2": (6, 8, 3, 2), "W3": (4, 6, 2, 2)}
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32), n) for n, s in shapes.items()]
+    inits += [numpy_helper.from_array(rng.standard_normal(s[0]).astype(np.float32) * 0.1, "B" + n[1])
+              for n, s in shapes.items()]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", strides=[2, 2], auto_pad="SAME_UPPER"),
+            helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+            helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], name="conv2", auto_pad="SAME_LOWER"),
+            helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+            helper.make_node("Conv", ["r2", "W3", "B3"], ["y"], name="conv3", auto_pad="VALID"),
+        ],
+        "auto_pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4, 4])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_refit_of_auto_pad_convs_recovers_outputs() -> None:
+    """SAME_UPPER / SAME_LOWER / VALID convs are re-fitted with the pads onnxruntime applies."""
+    model = auto_pad_model()
+    rng = np.random.default_rng(2)
+    def images(n: int) -> np.ndarray:  # correlated pixels: with white noise the masked weights are already optimal
+        x = np.maximum(rng.standard_normal((n, 4, 9, 9)), 0) + rng.standard_normal((n, 1, 9, 1))
+        return x.astype(np.float32)
+
+    calib = {"x": images(96)}
+    plain = sparsify(model, config=SparsifyConfig(threshold=0.6))
+    fitted = sparsify(model, config=SparsifyConfig(threshold=0.6), calibration_data_reader=calib)
+    assert all(layer.refit.startswith("re-fitted") for layer in fitted.layers), [l.refit for l in fitted.layers]
+    test = images(32)
+    ref = run(model, test)
+    assert np.linalg.norm(run(fitted.model, test) - ref) < 0.8 * np.linalg.norm(run(plain.model, test) - ref)
+
+
+def test_deprecated_names_still_work_with_a_warning() -> None:
+    calib = {"x": np.random.default_rng(0).standard_normal((16, 8, 10, 10)).astype(np.float32)}
+    new = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data_reader=calib)
+    with pytest.warns(DeprecationWarning, match="calibration_data_reader"):
+        old = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data=calib)
+    for name, w in weights_of(new.model).items():
+        np.testing.assert_array_equal(weights_of(old.model)[name], w)
+    with pytest.raises(InvalidArgumentError, match="calibration_data_reader only"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sparsify(two_conv_model(), None, None, calib, calibration_data=calib)
+    with pytest.warns(DeprecationWarning, match="nodes_to_exclude"):
+        config = SparsifyConfig(exclude=("conv1",))
+    assert config.nodes_to_exclude == ("conv1",) == config.exclude
+    import onnxprune.sparsity as sp
+    with pytest.warns(DeprecationWarning, match="WeightInfo"):
+        assert sp.LayerInfo is sp.WeightInfo
+    assert type(sparsity_info(new.model).layers[0]) is sp.WeightInfo
+
+
 def test_calibration_reader_and_batches_are_accepted() -> None:
     class Reader:
         def __init__(self) -> None:
@@ -309,7 +370,7 @@ def test_calibration_reader_and_batches_are_accepted() -> None:
         def get_next(self):  # onnxruntime's CalibrationDataReader protocol
             return self.batches.pop() if self.batches else None
 
-    result = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data=Reader())
+    result = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data_reader=Reader())
     assert all(layer.refit != "no" for layer in result.layers)
 
 
@@ -380,7 +441,7 @@ def test_shared_weight_is_sparsified_once() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     calib = {"x": np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32)}
-    result = sparsify(model, config=SparsifyConfig(threshold=0.5), calibration_data=calib)
+    result = sparsify(model, config=SparsifyConfig(threshold=0.5), calibration_data_reader=calib)
     assert len(result.layers) == 1 and result.layers[0].nodes == ("mm1", "mm2")
     assert result.layers[0].zeros_after == 8
     assert result.layers[0].refit.startswith("skipped")
@@ -446,11 +507,11 @@ def test_bad_inputs_are_refused_with_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="--dim 3 is out of range for G"):
         sparsify(model, config=SparsifyConfig(filler="ln", dim=3))
     with pytest.raises(CalibrationError, match="no input named 'a', 'b'; it expects 'x'"):
-        sparsify(two_conv_model(), calibration_data={"a": np.ones((2, 8, 10, 10)), "b": np.ones(2)})
+        sparsify(two_conv_model(), calibration_data_reader={"a": np.ones((2, 8, 10, 10)), "b": np.ones(2)})
     with pytest.raises(CalibrationError, match=r"axis 1 .*8"):
-        sparsify(two_conv_model(), calibration_data={"x": np.ones((2, 3, 10, 10), dtype=np.float32)})
+        sparsify(two_conv_model(), calibration_data_reader={"x": np.ones((2, 3, 10, 10), dtype=np.float32)})
     with pytest.raises(NothingToPruneError):
-        sparsify(model, config=SparsifyConfig(exclude=("W", "gemm", "M")))
+        sparsify(model, config=SparsifyConfig(nodes_to_exclude=("W", "gemm", "M")))
     with pytest.raises(InvalidArgumentError, match="folder .* does not exist"):
         sparsify(model, tmp_path / "no" / "out.onnx")
 
@@ -458,11 +519,8 @@ def test_bad_inputs_are_refused_with_clear_errors(tmp_path: Path) -> None:
 # -- CLI -------------------------------------------------------------------------------------------
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="onnxprune")
-    sub = parser.add_subparsers()
-    add_sparsify_parser(sub)
-    args = parser.parse_args(["sparsify", *argv])
-    return args.handler(args)
+    """``onnxprune sparsify ARGV`` through the command line's one entry point (and its error handler)."""
+    return main(["sparsify", *argv])
 
 
 def test_cli_sparsify_info_and_mask_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -491,15 +549,67 @@ def test_cli_sparsify_info_and_mask_round_trip(tmp_path: Path, capsys: pytest.Ca
         cli(str(src), "-o", str(out), "--filler", "magnitude")
 
 
-def test_cli_gradual_refit_with_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag", ["--calib", "--calibration"])
+def test_cli_gradual_refit_with_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  flag: str) -> None:
+    """--calib takes float model inputs as they are; --calibration is its deprecated old name, said on stderr."""
     src = tmp_path / "two.onnx"
     onnx.save(two_conv_model(), str(src))
     calib = tmp_path / "calib.npz"
     np.savez(calib, images=np.random.default_rng(0).standard_normal((40, 8, 10, 10)).astype(np.float32))
     assert cli(str(src), "-o", str(tmp_path / "out.onnx"), "--threshold", "0.6", "--mode", "gradual",
-               "--start", "0.2", "--gamma", "0.2", "--calibration", str(calib), "--samples", "32") == 0
-    printed = capsys.readouterr().out
+               "--start", "0.2", "--gamma", "0.2", flag, str(calib), "--samples", "32") == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "re-fitted" in printed and "steps 0.2, 0.4, 0.6" in printed and "on calibration samples" in printed
+    deprecated = "--calibration is deprecated; use --calib"
+    assert (deprecated in captured.err) == (flag == "--calibration")
+    assert cli(str(src), "-o", str(tmp_path / "b.onnx"), "--calib", str(calib), "--calibration", str(calib)) == 2
+    assert "give --calib only" in capsys.readouterr().err
+
+
+def test_cli_sparsify_from_an_image_folder_with_preprocessing_flags(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The same --calib and preprocessing flags as prune; the result equals the API's with that Preprocess."""
+    from PIL import Image
+
+    from onnxprune.calibration import Preprocess
+    from onnxprune.cli.sparsify import format_result
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    src = tmp_path / "in.onnx"
+    onnx.save(conv_gemm_model(), str(src))
+    out = tmp_path / "out.onnx"
+    assert cli(str(src), "-o", str(out), "--threshold", "0.5", "--calib", str(folder), "--calib-limit", "20",
+               "--resize", "7", "--size", "6x6", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3", "--bgr") == 0
+    printed = capsys.readouterr().out
+    assert "on calibration samples" in printed
+    pre = Preprocess(size=(6, 6), resize=7, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), channel_order="BGR")
+    config = SparsifyConfig(threshold=0.5, refit_samples=20)
+    api = sparsify(conv_gemm_model(), config=config, calibration_data_reader=folder, preprocess=pre)
+    for name, w in weights_of(onnx.load(str(out))).items():
+        np.testing.assert_array_equal(w, weights_of(api.model)[name])
+    verification = next(line for line in printed.splitlines() if line.startswith("verification:"))
+    assert verification in format_result(api)
+    plain = sparsify(conv_gemm_model(), config=config, calibration_data_reader=folder, preprocess=Preprocess())
+    assert plain.verification.output_change != api.verification.output_change  # the flags reached the data
+
+
+def test_cli_bad_sparsify_arguments_exit_with_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.onnx"
+    onnx.save(conv_gemm_model(), str(src))
+    assert cli(str(src), "-o", str(tmp_path / "o.onnx"), "--threshold", "0.5", "--masks", str(tmp_path / "m.npz")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("onnxprune: error: ") and "--masks" in err
+    assert cli(str(src), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "missing")) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli(str(src), "--mode", "sometimes")
+    assert exc.value.code == 2
 
 
 def test_save_masks_refuses_a_missing_folder(tmp_path: Path) -> None:
@@ -523,40 +633,3 @@ def test_resnet20_global_l1_sparse_storage(tmp_path: Path) -> None:
     assert info.total_zeros == result.total_zeros and len(info.history) == 1
     assert METADATA_KEY in {p.key for p in onnx.load(str(out)).metadata_props}
     assert sha(src) == digest
-
-
-@pytest.mark.parametrize("dim,bias", [(12, True), (90, True), (90, False)])
-def test_refit_solver_matches_a_direct_constrained_least_squares(dim: int, bias: bool) -> None:
-    """The batched (small), support and pruned-set (large) paths all give the ridge solution on the support.
-
-    The reference solves the normal equations on each channel's support directly, from the same
-    float32 Gram products the solver uses (their rounding is a documented choice, not under test).
-    """
-    from onnxprune.sparsity.refit import _ridge_fit
-    rng = np.random.default_rng(dim)
-    rows = rng.standard_normal((2, 400, dim)).astype(np.float32)
-    y = rng.standard_normal((2, 400, 3))
-    mask = np.stack([rng.random((3, dim)) < p for p in (0.2, 0.9)])  # sparse and dense channels
-    w0 = rng.standard_normal((2, 3, dim))
-    b0 = rng.standard_normal((2, 3)) if bias else None
-    w, b = _ridge_fit(rows, y, mask, w0 * mask, b0, 1e-3)
-    for g in range(2):
-        gram = (rows[g].T @ rows[g]).astype(np.float64)
-        cross = (rows[g].T @ y[g].astype(np.float32)).astype(np.float64)
-        lam = 1e-3 * np.mean(np.diag(gram))
-        lam += 1e-9 * (1 + np.mean(np.diag(gram)))
-        if bias:
-            sums = rows[g].sum(axis=0, dtype=np.float64)
-            gram = np.block([[gram, sums[:, None]], [sums[None, :], np.array([[400.0]])]])
-            cross = np.vstack([cross, y[g].sum(axis=0)[None, :]])
-        for o in range(3):
-            s = np.flatnonzero(mask[g, o])
-            if bias:
-                s = np.append(s, dim)
-            prior = np.append(w0[g, o], b0[g, o]) if bias else w0[g, o]
-            x = np.linalg.solve(gram[np.ix_(s, s)] + lam * np.eye(s.size), cross[s, o] + lam * prior[s])
-            keep = s[s < dim]
-            np.testing.assert_allclose(w[g, o, keep], x[:keep.size], rtol=1e-9, atol=1e-12)
-            assert np.all(w[g, o][~mask[g, o]] == 0)
-            if bias:
-                np.testing.assert_allclose(b[g, o], x[-1], rtol=1e-9, atol=1e-12)

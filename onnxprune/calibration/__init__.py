@@ -10,6 +10,7 @@ finite-difference scoring.
 from __future__ import annotations
 
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
+from .dataset import Calibration, load_calibration
 from .folder import ImageFolderReader, find_images, image_geometry, read_labels_file
 from .preprocess import (
     IMAGE_EXTENSIONS,
@@ -36,6 +37,8 @@ from .validate import Dims, ModelInputs, format_dims, model_input_shapes, valida
 
 __all__ = [
     "ArrayReader",
+    "Calibration",
+    "load_calibration",
     "BatchReader",
     "CachedDataset",
     "CalibrationDataReader",

@@ -35,11 +35,17 @@ def _fixed_batch(model_inputs: ModelInputs) -> Optional[int]:
     return None
 
 
-def _default_preprocess(preprocess: Optional[Preprocess], source: str) -> Preprocess:
+def _default_preprocess(preprocess: Optional[Preprocess], source: str, dims: Any = None) -> Preprocess:
+    """The given Preprocess, else the default: x/255, NCHW, RGB, or grayscale for a 1-channel model."""
     if preprocess is not None:
         if not isinstance(preprocess, Preprocess):
             raise InvalidArgumentError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
         return preprocess
+    layout = guess_layout(dims) if dims and len(dims) == 4 else None
+    channels = dims[1] if layout == "NCHW" else (dims[3] if layout == "NHWC" else None)
+    if channels == 1:
+        logger.info("%s: no Preprocess given: grayscale (the model takes one channel), x/255, no mean/std", source)
+        return Preprocess(grayscale=True, layout=layout)
     logger.warning("%s: no Preprocess given: images become RGB, x/255, no mean/std, NCHW; "
                    "pass preprocess=Preprocess(...) if the model expects another normalization", source)
     return Preprocess()
@@ -90,7 +96,7 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
             if dims is None:
                 raise CalibrationError(
                     f"{path}: model input '{names[0]}' has no known shape; give arrays or a reader instead")
-            reader: Any = ImageFolderReader(path, names[0], dims, _default_preprocess(preprocess, str(path)),
+            reader: Any = ImageFolderReader(path, names[0], dims, _default_preprocess(preprocess, str(path), dims),
                                             batch_size=size, limit=limit, drop_last=drop_last)
             return ValidatingReader(reader, model_inputs, source=str(path))
         if path.suffix.lower() not in (".npy", ".npz"):
@@ -135,7 +141,8 @@ def _from_arrays(arrays: Any, labels: Optional[np.ndarray], model_inputs: ModelI
         input_name = names[0]
     has_images = any(np.issubdtype(a.dtype, np.integer) for a in named.values())
     if has_images:
-        preprocess = _default_preprocess(preprocess, source)
+        preprocess = _default_preprocess(preprocess, source,
+                                         model_inputs.get(next(iter(named))) if len(named) == 1 else None)
         if len(named) == 1:
             preprocess = _array_preprocess(preprocess, model_inputs.get(next(iter(named))))
     elif preprocess is not None:

@@ -2,7 +2,7 @@
 
 The analysis walks the folded graph once in topological order and labels
 channels (see :mod:`channels`), delegating each op to its rule in
-:mod:`ops`. The result lists *prunable units* (coupled sets of channels),
+:mod:`rules` (which sees this class only as a ``rules.AnalysisContext``). The result lists *prunable units* (coupled sets of channels),
 grouped into *channel groups* (units that share tensors, e.g. a residual
 stream), plus frozen groups with the reason they are left alone.
 """
@@ -19,9 +19,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidArgumentError
-from .channels import Labels, UnionFind, UnitInfo
-from .ops import rule_for
+from .channels import Labels, ShapeUnknownError, UnionFind, UnitInfo
+from .layout import weight_layout
 from .probe import Probe
+from .rules import rule_for
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class Analysis:
     """Result of the channel analysis on one (normalised) model.
 
     ``units`` are union-find roots of prunable classes; ``unit_kernels`` lists
-    the (layer, channel) kernels each root removes.
+    the (layer, channel) kernels each root removes. Implements
+    :class:`~onnxprune.graph.rules.context.AnalysisContext` for the rules.
     """
 
     def __init__(self, proto: onnx.ModelProto, probe: Probe) -> None:
@@ -87,11 +89,12 @@ class Analysis:
 
     # ---------------------------------------------------------------- API used by rules
     def shape(self, t: gs.Tensor) -> tuple[int, ...]:
+        """Probed shape of ``t``; raises ShapeUnknownError when the probe saw none."""
         if isinstance(t, gs.Constant):
             return tuple(t.values.shape)
         shape = self.probe.shapes.get(t.name)
         if shape is None:
-            raise KeyError(t.name)
+            raise ShapeUnknownError(t.name)
         return shape
 
     def get(self, t: gs.Tensor) -> Optional[Labels]:
@@ -108,6 +111,12 @@ class Analysis:
             self.uf.add()
             self.unit_info.append(UnitInfo(node.name, j, zero))
         return np.arange(start, start + n, dtype=np.int64)
+
+    def unite(self, u: int, v: int) -> int:
+        return self.uf.union(u, v)
+
+    def known_ints(self, tensor_name: str) -> Optional[np.ndarray]:
+        return self.probe.int_values.get(tensor_name)
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
         if len(units):
@@ -138,8 +147,8 @@ class Analysis:
         for node in self.graph.nodes:
             try:
                 rule_for(node.op).propagate(self, node)
-            except KeyError as exc:
-                self.freeze_inputs(node, f"{node.op} {node.name!r}: shape of {exc} unknown")
+            except ShapeUnknownError as exc:  # only this: any other exception of a rule is a bug
+                self.freeze_inputs(node, f"{node.op} {node.name!r}: shape of {exc.tensor!r} unknown")
         for out in self.graph.outputs:
             lt = self.get(out)
             if lt is not None:
@@ -257,15 +266,21 @@ class Analysis:
 
 
 def _macs(a: Analysis, node: gs.Node) -> int:
-    """Multiply-accumulates of one producer at the probed size, per sample."""
-    out_shape = a.shape(node.outputs[0])
-    batch = out_shape[0] if out_shape else 1
-    W = node.inputs[1].values
-    if node.op == "Conv":
-        return int(np.prod(out_shape)) * int(np.prod(W.shape[1:])) // max(batch, 1)
+    """Multiply-accumulates of one producer at the probed size, per sample.
+
+    Each output element of Conv/Gemm/MatMul costs one weight row (every
+    weight axis but C_out); each input element of ConvTranspose scatters
+    through every weight axis but C_in.
+    """
+    layout = weight_layout(node.op, node.attrs)
+    shape = node.inputs[1].values.shape
+
+    def row(skip: int) -> int:
+        return int(np.prod([d for i, d in enumerate(shape) if i != skip]))
+
     if node.op == "ConvTranspose":
         in_shape = a.shape(node.inputs[0])
-        return int(np.prod(in_shape)) * int(np.prod(W.shape[1:])) // max(in_shape[0], 1)
-    # Gemm / MatMul: every output element costs K multiply-adds
-    k = W.shape[1] if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else W.shape[0]
-    return int(np.prod(out_shape)) * int(k) // max(batch, 1)
+        return int(np.prod(in_shape)) * row(layout.in_axis) // max(in_shape[0], 1)
+    out_shape = a.shape(node.outputs[0])
+    batch = out_shape[0] if out_shape else 1
+    return int(np.prod(out_shape)) * row(layout.out_axis) // max(batch, 1)

@@ -39,6 +39,22 @@ class UnitInfo:
     zero: bool = False
 
 
+class ShapeUnknownError(Exception):
+    """The probe saw no shape for a tensor a rule needs.
+
+    Its own class, not a KeyError: the analysis turns exactly this into a
+    freeze reason, while any other exception from a rule is a bug and must
+    surface.
+    """
+
+    def __init__(self, tensor: str) -> None:
+        super().__init__(tensor)
+        self.tensor = tensor
+
+    def __str__(self) -> str:
+        return repr(self.tensor)
+
+
 class UnionFind:
     """Union-find over unit ids with path halving."""
 

@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import InvalidArgumentError, InvalidModelError
 from ..runtime import make_session
+from .subgraph import expose
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +109,8 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
              if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
     for vi in list(proto.graph.input) + list(proto.graph.output):
         typed[vi.name] = vi.type.tensor_type.elem_type
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(proto)
-    existing = {o.name for o in exposed.graph.output}
-    names: list[str] = [o.name for o in exposed.graph.output]
-    for node in proto.graph.node:
-        for out in node.output:
-            if out and out not in existing and out in typed:
-                exposed.graph.output.append(onnx.helper.make_tensor_value_info(out, typed[out], None))
-                existing.add(out)
-                names.append(out)
+    exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
+    names = [o.name for o in exposed.graph.output]
     del exposed.graph.value_info[:]
     try:
         session = make_session(exposed, ["CPUExecutionProvider"], optimize=False)

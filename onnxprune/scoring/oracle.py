@@ -38,7 +38,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -48,23 +48,13 @@ from onnx import helper
 
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
-from ..graph.io import opset_version
 from ..graph.normalize import to_proto
 from ..runtime import DeviceRunner, default_providers, make_session
+from .oracle_cost import COSTS, CostFn, oracle_cost
+from .oracle_graph import MaskInput, add_activity_outputs, suffix_model
 
 logger = logging.getLogger(__name__)
 
-CostFn = Callable[[list, list, Optional[np.ndarray]], np.ndarray]
-COSTS = ("auto", "kl", "mse", "loss", "abs")
-
-
-@dataclass
-class _MaskInput:
-    name: str
-    tensor: str
-    shape_tail: tuple[int, ...]   # mask shape without the batch dim, e.g. (C, 1, 1)
-    axis: int                     # channel axis in the tensor (== axis in the mask)
-    roots: np.ndarray             # root id of every channel
 
 
 @dataclass
@@ -76,25 +66,6 @@ class _Cut:
     units: list[int] = field(default_factory=list)
     macs_fraction: float = 1.0
     runner: object = None
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _output_kind(y: np.ndarray) -> str:
-    if y.ndim >= 2 and y.shape[-1] > 1:
-        if y.min() >= 0 and np.allclose(y.sum(-1), 1.0, atol=1e-3):
-            return "prob"
-        if y.ndim == 2:
-            return "logits"
-    return "mse"
-
-
-def _per_sample(x: np.ndarray) -> np.ndarray:
-    return x.reshape(x.shape[0], -1).sum(1)
 
 
 class OracleScorer:
@@ -144,7 +115,7 @@ class OracleScorer:
         graph = gs.import_onnx(a.proto)
         tensors = graph.tensors()
         nodes = {n.name: n for n in graph.nodes}
-        self.masks: list[_MaskInput] = []
+        self.masks: list[MaskInput] = []
         edges_by_tensor: dict[str, list] = {}
         for e in a.consumers:
             # an edge whose channels are all removed together with what they feed needs no mask:
@@ -169,7 +140,7 @@ class OracleScorer:
             graph.nodes.append(mul)
             for e in edges:
                 nodes[e.node].inputs[e.input_index] = out
-            self.masks.append(_MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
+            self.masks.append(MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
             mul_names[idx] = mul.name
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.model = to_proto(graph, a.proto)
@@ -216,7 +187,7 @@ class OracleScorer:
             else:
                 vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
             exposed.graph.output.append(vi)
-        self.activity_names = _add_activity_outputs(exposed, self.masks) if self.skip_silent else []
+        self.activity_names = add_activity_outputs(exposed, self.masks) if self.skip_silent else []
         self.full_session = make_session(exposed, self.providers)
         for cut in self.cuts:
             cut.runner = DeviceRunner(cut.session, self.io_binding)
@@ -239,109 +210,14 @@ class OracleScorer:
         return bool(shape) and shape[0] == PROBE_BATCH and dtype in (onnx.TensorProto.FLOAT, 0, None)
 
     def _suffix_model(self, start: int, keep_masks: Optional[set[int]] = None) -> tuple[onnx.ModelProto, list[str]]:
-        """Nodes from ``start`` on, plus the prefix nodes that compute non-batch inputs (shape tensors).
-
-        Shape tensors may encode the batch size; recomputing them inside the
-        suffix from (tiled) activations keeps them consistent with the tiled batch.
-        Mask multiplications of units outside ``keep_masks`` are left out: in
-        this suffix they would only multiply by one, and every Mul is a full
-        pass over a tiled activation that also splits onnxruntime's fused
-        (blocked-layout) conv chains.
-        """
-        g = self.model.graph
-        all_nodes = list(g.node)
-        if keep_masks is not None:
-            bypass: dict[str, str] = {}
-            kept = []
-            for i, n in enumerate(all_nodes):
-                if n.op_type == "Mul" and n.name.startswith("__oracle_mul_") and i >= start \
-                        and int(n.name.rsplit("_", 1)[1]) not in keep_masks:
-                    bypass[n.output[0]] = n.input[0]
-                    continue
-                kept.append(n)
-            if bypass:  # only nodes from ``start`` on were dropped, so ``start`` still indexes the same node
-                renamed = []
-                for n in kept:
-                    if any(x in bypass for x in n.input):
-                        m = onnx.NodeProto()
-                        m.CopyFrom(n)
-                        for j, x in enumerate(m.input):
-                            m.input[j] = bypass.get(x, x)
-                        n = m
-                    renamed.append(n)
-                all_nodes = renamed
-        inits = {t.name: t for t in g.initializer}
-        producer = {o: i for i, n in enumerate(all_nodes) for o in n.output}
-        chosen = set(range(start, len(all_nodes)))
-        while True:
-            produced = {o for i in chosen for o in all_nodes[i].output}
-            extra = set()
-            for i in chosen:
-                for name in all_nodes[i].input:
-                    if name and name not in produced and name not in inits and not self._is_batched(name):
-                        if name in producer:
-                            extra.add(producer[name])
-            if not extra - chosen:
-                break
-            chosen |= extra
-        nodes = [all_nodes[i] for i in sorted(chosen)]
-        produced = {o for n in nodes for o in n.output}
-        types = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
-        needed: list[str] = []
-        for n in nodes:
-            for i in n.input:
-                if i and i not in produced and i not in inits and i not in needed:
-                    needed.append(i)
-        inputs = []
-        for name in needed:
-            if name in types:
-                vi = onnx.ValueInfoProto()
-                vi.CopyFrom(types[name])
-            else:
-                vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
-            inputs.append(vi)
-        used_inits = [inits[i] for n in nodes for i in n.input if i in inits]
-        seen: set[str] = set()
-        uniq = [t for t in used_inits if not (t.name in seen or seen.add(t.name))]
-        graph = helper.make_graph(nodes, "suffix", inputs, list(g.output), uniq)
-        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        model.ir_version = self.model.ir_version
-        return model, needed
+        return suffix_model(self.model, start, keep_masks, self._is_batched, self.analysis.probe.dtypes)
 
     # ---------------------------------------------------------------- scoring
     def _ones(self, i: int, rows: int) -> np.ndarray:
         return np.ones((rows,) + self.masks[i].shape_tail, dtype=np.float32)
 
     def _cost(self, base: list[np.ndarray], pert: list[np.ndarray], labels: Optional[np.ndarray]) -> np.ndarray:
-        if callable(self.cost):
-            return np.asarray(self.cost(base, pert, labels), dtype=np.float64).reshape(-1)
-        mode = self.cost
-        if mode in ("loss", "abs"):
-            if labels is None:
-                raise CalibrationError(f"oracle cost {mode!r} needs labels; give labels or use the label-free default")
-            y, yb = pert[0], base[0]
-            p = y if _output_kind(yb) == "prob" else _softmax(y)
-            pb = yb if _output_kind(yb) == "prob" else _softmax(yb)
-            idx = np.arange(len(labels))
-            d = -np.log(np.clip(p[idx, labels], 1e-12, None)) + np.log(np.clip(pb[idx, labels], 1e-12, None))
-            return np.abs(d) if mode == "abs" else d
-        total = np.zeros(base[0].shape[0], dtype=np.float64)
-        for b, q in zip(base, pert):
-            if not np.issubdtype(b.dtype, np.floating):
-                continue
-            kind = _output_kind(b) if mode == "auto" else ("logits" if mode == "kl" else "mse")
-            if kind == "logits" and b.ndim != 2:
-                kind = "prob" if _output_kind(b) == "prob" else "mse"
-            if kind in ("logits", "prob"):
-                pb = _softmax(b.astype(np.float64)) if kind == "logits" else np.clip(b.astype(np.float64), 1e-12, None)
-                pq = _softmax(q.astype(np.float64)) if kind == "logits" else np.clip(q.astype(np.float64), 1e-12, None)
-                kl = pb * (np.log(pb) - np.log(pq))
-                total += _per_sample(kl) / max(1, int(np.prod(b.shape[1:-1])))
-            else:
-                num = _per_sample((q.astype(np.float64) - b) ** 2)
-                den = _per_sample(b.astype(np.float64) ** 2)
-                total += num / np.maximum(den, 1e-12)
-        return total
+        return oracle_cost(self.cost, base, pert, labels)
 
     def add_batch(self, feeds: dict[str, np.ndarray], labels: Optional[np.ndarray] = None, bar=None) -> None:
         """Score every unit on one batch of inputs (and optional labels) and accumulate."""
@@ -483,33 +359,6 @@ class OracleScorer:
         return self.scores()
 
 
-def _add_activity_outputs(model: onnx.ModelProto, masks: Sequence[_MaskInput]) -> list[str]:
-    """Append, for every mask, an output [N, C]: the largest |value| of each channel on each sample.
-
-    Computed in the graph so the full run returns a few numbers per channel
-    instead of every consumed activation.
-    """
-    opset = opset_version(model)
-    names = []
-    for i, mk in enumerate(masks):
-        rank = len(mk.shape_tail) + 1
-        axes = [d for d in range(1, rank) if d != mk.axis]
-        absolute = f"__oracle_abs_{i}"
-        out = f"__oracle_activity_{i}"
-        model.graph.node.append(helper.make_node("Abs", [mk.tensor], [absolute], name=absolute))
-        if not axes:
-            model.graph.node.append(helper.make_node("Identity", [absolute], [out], name=out))
-        elif opset >= 18:
-            axes_name = f"__oracle_axes_{i}"
-            model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name))
-            model.graph.node.append(helper.make_node("ReduceMax", [absolute, axes_name], [out], name=out, keepdims=0))
-        else:
-            model.graph.node.append(helper.make_node("ReduceMax", [absolute], [out], name=out, axes=axes, keepdims=0))
-        model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
-        names.append(out)
-    return names
-
-
 def _worker_split(providers, workers: Optional[int]) -> tuple[int, int]:
     """(workers, intra-op threads per session): one worker on accelerators, a few on the CPU."""
     first = list(providers or default_providers())[0]
@@ -529,9 +378,7 @@ def naive_oracle(analysis: Analysis, batches: list[tuple[dict[str, np.ndarray], 
 
     Used by the benchmark and tests to check the fast oracle; never by the tool itself.
     """
-    from ..passes.prune_channels import masked_reference
-    helper_scorer = OracleScorer.__new__(OracleScorer)
-    helper_scorer.cost = cost
+    from ..graph.surgery import masked_reference
     base_sess = make_session(analysis.proto, providers)
     names = [o.name for o in analysis.proto.graph.output]
     bases = [base_sess.run(names, f) for f, _ in batches]
@@ -541,7 +388,7 @@ def naive_oracle(analysis: Analysis, batches: list[tuple[dict[str, np.ndarray], 
         total, count = 0.0, 0
         for (feeds, labels), base in zip(batches, bases):
             pert = sess.run(names, feeds)
-            total += float(OracleScorer._cost(helper_scorer, base, pert, labels).sum())
+            total += float(oracle_cost(cost, base, pert, labels).sum())
             count += next(iter(feeds.values())).shape[0]
         out[r] = total / count
     return out

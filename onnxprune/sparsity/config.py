@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import functools
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import InvalidArgumentError
 
@@ -38,8 +40,9 @@ class SparsifyConfig:
     delta: iternonstruct zeroes every |w| <= k*delta for the smallest k
         reaching the threshold (N2D2's Delta).
     n, dim: norm order and axis of the ``ln`` filler (torch's ln_structured).
-    op_types, exclude: which nodes' weights are pruned; ``exclude`` takes node
-        or weight names, glob patterns allowed.
+    op_types, nodes_to_exclude: which nodes' weights are pruned;
+        ``nodes_to_exclude`` (onnxruntime's name; ``exclude`` is its deprecated
+        alias) takes node or weight names, glob patterns allowed.
     dense: store ordinary dense initializers even where sparse tensors
         would be smaller (torch's ``prune.remove``).
     refit: least-squares re-fit of the surviving weights after each step,
@@ -61,7 +64,7 @@ class SparsifyConfig:
     dim: int = 0
     relative: bool = False
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
-    exclude: tuple[str, ...] = ()
+    nodes_to_exclude: tuple[str, ...] = ()
     seed: int = 0
     dense: bool = False
     refit: bool = True
@@ -73,7 +76,7 @@ class SparsifyConfig:
     def __post_init__(self) -> None:
         # Accept lists from callers but keep the dataclass hashable and immutable.
         object.__setattr__(self, "op_types", _as_tuple(self.op_types, "op_types"))
-        object.__setattr__(self, "exclude", _as_tuple(self.exclude, "exclude"))
+        object.__setattr__(self, "nodes_to_exclude", _as_tuple(self.nodes_to_exclude, "nodes_to_exclude"))
         if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold < 1.0:
             raise InvalidArgumentError(
                 f"threshold must be in [0, 1) (the fraction of weights set to zero), got {self.threshold!r}"
@@ -139,3 +142,23 @@ def _as_tuple(value: Sequence[str] | str | None, name: str) -> tuple[str, ...]:
     if any(not v for v in items):
         raise InvalidArgumentError(f"{name} contains an empty name")
     return items
+
+
+_dataclass_init = SparsifyConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: SparsifyConfig, *args: Any, exclude: Optional[Sequence[str]] = None, **kwargs: Any) -> None:
+    """The dataclass's __init__, also taking ``exclude``, the deprecated name of ``nodes_to_exclude``."""
+    if exclude is not None:
+        warnings.warn("SparsifyConfig(exclude=...) is deprecated; use nodes_to_exclude=", DeprecationWarning,
+                      stacklevel=2)
+        if kwargs.get("nodes_to_exclude"):
+            raise InvalidArgumentError("give nodes_to_exclude only (exclude is its old name)")
+        kwargs["nodes_to_exclude"] = exclude
+    _dataclass_init(self, *args, **kwargs)
+
+
+SparsifyConfig.__init__ = _init  # type: ignore[method-assign]
+SparsifyConfig.exclude = property(lambda self: self.nodes_to_exclude,  # type: ignore[attr-defined]
+                                  doc="Deprecated name of nodes_to_exclude.")

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    from .config import SparsifyConfig
+    from .weights import WeightRef
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +57,31 @@ def other_onnxprune_metadata(model: onnx.ModelProto) -> dict[str, str]:
     """Records other onnxprune passes left (channel pruning), to show beside the sparsity."""
     return {p.key: p.value for p in model.metadata_props
             if p.key.startswith("onnxprune") and p.key != METADATA_KEY}
+
+
+def pass_record(config: SparsifyConfig, custom: Mapping[str, np.ndarray], importance: Mapping[str, np.ndarray],
+                refit: bool, steps: tuple[float, ...], refs: Sequence[WeightRef], zeros_before: Mapping[str, int],
+                current: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The history entry of one sparsify run: how the zeros were chosen and the zeros per weight."""
+    record: dict[str, Any] = {
+        "tool": "onnxprune.sparsify",
+        "filler": "custom_mask" if custom else config.filler,
+        "scope": config.scope,
+        "mode": "static" if custom else config.mode,
+        "steps": list(steps),
+        "relative": config.relative,
+        "importance_scores": bool(importance),
+        "refit": refit,
+        "layers": {r.name: [zeros_before[r.name], int(r.size - np.count_nonzero(current[r.name])), r.size,
+                            list(r.shape)] for r in refs},
+    }
+    if not custom:
+        record["threshold"] = config.threshold
+        if config.filler == "iternonstruct":
+            record["delta"] = config.delta
+        if config.filler == "random":
+            record["seed"] = config.seed
+        if config.filler == "ln":
+            record["n"] = "inf" if np.isinf(config.n) else config.n
+            record["dim"] = config.dim
+    return record

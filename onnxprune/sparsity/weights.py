@@ -9,6 +9,7 @@ nodes is one weight, sparsified once.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from ..graph.layout import node_attrs, weight_layout
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,15 @@ class ConstantIndex:
         return self.source(name) is not None
 
 
+def _place(model: onnx.ModelProto, consts: ConstantIndex, name: str) -> tuple[str | None, int | None]:
+    """(storage, Constant node index) of a constant; a Constant node holding a sparse_value is CONSTANT_SPARSE."""
+    source = consts.source(name)
+    const_node = consts.constants.get(name)
+    if source == CONSTANT and any(a.name == "sparse_value" for a in model.graph.node[const_node].attribute):
+        source = CONSTANT_SPARSE
+    return source, const_node
+
+
 def _weight_slot(node: onnx.NodeProto, consts: ConstantIndex) -> int | None:
     if node.op_type in ("Conv", "ConvTranspose"):
         return 1 if len(node.input) > 1 and node.input[1] in consts else None
@@ -122,16 +134,13 @@ def _weight_slot(node: onnx.NodeProto, consts: ConstantIndex) -> int | None:
 
 
 def _out_axis(node: onnx.NodeProto, slot: int) -> int:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        if slot == 1:
-            return 0 if attrs.get("transB", 0) else 1
-        return 1 if attrs.get("transA", 0) else 0
-    return -1 if slot == 1 else -2  # MatMul
+    """Axis of the output channels of the weight in ``slot`` (for the structured-zero count)."""
+    attrs = node_attrs(node)
+    if slot == 0:  # a constant left operand of Gemm / MatMul: its rows are the outputs
+        return (1 if attrs.get("transA", 0) else 0) if node.op_type == "Gemm" else -2
+    layout = weight_layout(node.op_type, attrs)
+    # The layout counts axes of a 2-D MatMul weight [K, N]; from the end they also hold for batched [..., K, N].
+    return layout.out_axis - 2 if node.op_type == "MatMul" else layout.out_axis
 
 
 def _shape_and_type(model: onnx.ModelProto, name: str, consts: ConstantIndex) -> tuple[tuple[int, ...], int]:
@@ -191,12 +200,7 @@ def find_weights(model: onnx.ModelProto, op_types: tuple[str, ...],
         if len(shape) < 1 or int(np.prod(shape, dtype=np.int64)) < 2:
             notes.append(f"{name}: skipped, fewer than 2 values")
             continue
-        source = consts.source(name)
-        const_node = consts.constants.get(name)
-        if source == CONSTANT:
-            node = model.graph.node[const_node]
-            if any(a.name == "sparse_value" for a in node.attribute):
-                source = CONSTANT_SPARSE
+        source, const_node = _place(model, consts, name)
         refs.append(WeightRef(
             name=name, source=source, shape=shape, consumers=tuple(entry["consumers"]),
             op_types=tuple(entry["ops"]), node_names=tuple(entry["nodes"]), order=entry["order"],
@@ -291,3 +295,11 @@ def write_weights(model: onnx.ModelProto, refs: list[WeightRef], arrays: dict[st
         graph.sparse_initializer.extend(new_sparse)
     untouched = [r for r in refs if r.name not in arrays]
     return sorted(updated + untouched, key=lambda r: r.order)
+
+
+def constant_ref(model: onnx.ModelProto, name: str, consts: ConstantIndex | None = None) -> WeightRef:
+    """A WeightRef for any constant (a bias), so the weight readers and writers apply to it."""
+    source, const_node = _place(model, consts if consts is not None else ConstantIndex(model), name)
+    ref = WeightRef(name=name, source=source or INITIALIZER, shape=(), consumers=(), op_types=(), node_names=(),
+                    order=0, out_axis=0, constant_node=const_node)
+    return dataclasses.replace(ref, shape=tuple(read_weight(model, ref).shape))

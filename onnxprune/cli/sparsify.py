@@ -1,7 +1,10 @@
 """``onnxprune sparsify``: the command line of unstructured sparsity.
 
-Only this module prints. Errors onnxprune raises on purpose become one line
-on stderr and a non-zero exit code (2 for a bad argument, 1 otherwise).
+Only this module prints. It raises what the library raises: ``onnxprune.cli.main``
+turns every OnnxPruneError into one line on stderr and exit code 2, as for
+every verb. Calibration data comes through the same flags as ``prune``
+(``--calib`` and the preprocessing flags); ``--calibration NPZ`` is the
+deprecated old spelling.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ import argparse
 import logging
 import math
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
-from ..errors import InvalidArgumentError, OnnxPruneError
+import numpy as np
+
+from ..calibration import Preprocess, load_arrays
+from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.io import check_output_path
-from .api import SparsifyResult, SparsityInfo, save_masks, sparsify, sparsity_info
-from .config import DEFAULT_OP_TYPES, FILLERS, MODES, SCOPES, SparsifyConfig
+from .args import _add_calib_args, _preprocess
+from ..sparsity.api import save_masks, sparsify, sparsity_info
+from ..sparsity.config import DEFAULT_OP_TYPES, FILLERS, MODES, SCOPES, SparsifyConfig
+from ..sparsity.results import SparsifyResult, SparsityInfo
 
 logger = logging.getLogger(__name__)
 
@@ -61,45 +70,61 @@ def add_sparsify_parser(subparsers: Any) -> None:
     p.add_argument("--importance", metavar="NPZ", help="importance scores per weight name (torch's importance_scores)")
     p.add_argument("--masks", metavar="NPZ", help="explicit masks per weight name, 1 = keep (custom_from_mask)")
     p.add_argument("--save-masks", metavar="NPZ", help="write the resulting masks per weight name")
-    p.add_argument("--calibration", metavar="NPZ",
-                   help="preprocessed samples keyed by model input name; turns on the least-squares re-fit")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples used by the re-fit (default 256)")
-    p.add_argument("--no-refit", action="store_true", help="do not re-fit even with --calibration")
+    _add_calib_args(p)
+    p.add_argument("--samples", dest="calib_limit", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="alias of --calib-limit: calibration samples the re-fit uses")
+    p.add_argument("--calibration", metavar="NPZ", help=argparse.SUPPRESS)  # deprecated: --calib
+    p.add_argument("--no-refit", action="store_true", help="do not re-fit even with --calib")
     p.add_argument("--dense", action="store_true",
                    help="store ordinary dense initializers (masks made permanent, torch's remove)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random filler and of the re-fit sampling")
     p.set_defaults(handler=run_sparsify)
 
 
+def _calib_preprocess(args: argparse.Namespace) -> Optional[Preprocess]:
+    """The Preprocess of the flags, for a folder of images or uint8 arrays; float model inputs need none."""
+    path = Path(args.calib)
+    if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
+        try:
+            arrays, _ = load_arrays(path)
+        except CalibrationError:
+            return None  # open_calibration reports what is wrong with the file
+        values = arrays.values() if isinstance(arrays, dict) else [arrays]
+        if not any(np.issubdtype(np.asarray(a).dtype, np.integer) for a in values):
+            return None
+    return _preprocess(args)
+
+
 def run_sparsify(args: argparse.Namespace) -> int:
     """Run ``sparsify`` (or ``--info``) from parsed arguments; returns the exit code."""
-    try:
-        if args.info:
-            print(format_info(sparsity_info(args.model)))
-            return 0
-        if not args.output:
-            raise InvalidArgumentError("give the output file with -o OUT (or use --info to inspect MODEL)")
-        if args.masks and args.threshold is not None:
-            raise InvalidArgumentError("--masks gives the masks explicitly; drop --threshold (or drop --masks)")
-        exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
-        config = SparsifyConfig(
-            threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
-            mode=args.mode, start=args.start, gamma=args.gamma, delta=args.delta, n=args.n, dim=args.dim,
-            relative=args.relative, op_types=args.op_types, exclude=exclude, seed=args.seed, dense=args.dense,
-            refit=not args.no_refit, refit_samples=args.samples,
-        )
-        if args.save_masks:
-            check_output_path(args.save_masks, args.model, args.output)
-        result = sparsify(args.model, args.output, config, calibration_data=args.calibration, masks=args.masks,
-                          importance_scores=args.importance)
-        print(format_result(result))
-        if args.save_masks:
-            path = save_masks(result.masks, args.save_masks)
-            print(f"masks: {len(result.masks)} written to {path}")
+    if args.info:
+        print(format_info(sparsity_info(args.model)))
         return 0
-    except OnnxPruneError as exc:
-        print(f"onnxprune sparsify: error: {exc}", file=sys.stderr)
-        return 2
+    if not args.output:
+        raise InvalidArgumentError("give the output file with -o OUT (or use --info to inspect MODEL)")
+    if args.masks and args.threshold is not None:
+        raise InvalidArgumentError("--masks gives the masks explicitly; drop --threshold (or drop --masks)")
+    if args.calibration:
+        print("--calibration is deprecated; use --calib", file=sys.stderr)
+        if args.calib:
+            raise InvalidArgumentError("give --calib only (--calibration is its deprecated old name)")
+        args.calib = args.calibration
+    exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
+    config = SparsifyConfig(
+        threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
+        mode=args.mode, start=args.start, gamma=args.gamma, delta=args.delta, n=args.n, dim=args.dim,
+        relative=args.relative, op_types=args.op_types, nodes_to_exclude=exclude, seed=args.seed, dense=args.dense,
+        refit=not args.no_refit, refit_samples=args.calib_limit,
+    )
+    if args.save_masks:
+        check_output_path(args.save_masks, args.model, args.output)
+    result = sparsify(args.model, args.output, config, args.calib, masks=args.masks,
+                      importance_scores=args.importance, preprocess=_calib_preprocess(args) if args.calib else None)
+    print(format_result(result))
+    if args.save_masks:
+        path = save_masks(result.masks, args.save_masks)
+        print(f"masks: {len(result.masks)} written to {path}")
+    return 0
 
 
 def _short(name: str) -> str:

@@ -5,7 +5,7 @@ After:  the removed output channels are gone from W, BN's four vectors and
 W2's input axis; every other op whose constants or attributes depend on the
 channel count (Concat consumers, Split sizes, Slice bounds, channel Pad
 amounts, Reshape targets, grouped-conv ``group``) is rewritten by its rule in
-:mod:`onnxprune.graph.ops`. Shapes are re-inferred, dead nodes dropped and
+:mod:`onnxprune.graph.rules`. Shapes are re-inferred, dead nodes dropped and
 the graph toposorted.
 """
 
@@ -18,18 +18,23 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.analysis import Analysis
-from ..graph.normalize import infer_shapes, to_proto
-from ..graph.ops import rule_for
+from .analysis import Analysis
+from .channels import Labels
+from .normalize import infer_shapes, to_proto
+from .rules import rule_for
 
 logger = logging.getLogger(__name__)
 
 
 class Surgery:
-    """Context a rule's ``rewrite`` sees: the analysis, kept masks, and a safe constant setter."""
+    """The :class:`~onnxprune.graph.rules.context.RewriteContext` a rule's ``rewrite`` sees.
+
+    Kept-channel masks of the analysed tensors, their labels and shapes, and
+    a constant setter that never changes a constant another node still uses.
+    """
 
     def __init__(self, analysis: Analysis, removed: Iterable[int]) -> None:
-        self.a = analysis
+        self.analysis = analysis
         self.removed = np.array(sorted({int(r) for r in removed}), dtype=np.int64)
         self._keep: dict[str, Optional[np.ndarray]] = {}
         self._fresh = 0
@@ -39,9 +44,15 @@ class Surgery:
         if t is None or isinstance(t, gs.Constant):
             return None
         if t.name not in self._keep:
-            mask = self.a.keep_mask(t.name, self.removed)
+            mask = self.analysis.keep_mask(t.name, self.removed)
             self._keep[t.name] = None if mask is None or mask.all() else mask
         return self._keep[t.name]
+
+    def labels(self, t: gs.Tensor) -> Optional[Labels]:
+        return self.analysis.get(t)
+
+    def shape(self, t: gs.Tensor) -> tuple[int, ...]:
+        return self.analysis.shape(t)
 
     def set_const(self, node: gs.Node, index: int, values: np.ndarray) -> None:
         """Replace a constant input of ``node``; a constant shared with other nodes is copied first."""

@@ -13,107 +13,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import InvalidArgumentError, OnnxPruneError
+from ..errors import OnnxPruneError
+from ..scoring.registry import CRITERIA
+from .args import (_add_calib_args, _add_model_args, _add_oracle_args, _add_target_args, _input_shapes,
+                   _preprocess)
 
 logger = logging.getLogger(__name__)
 
 
-def _input_shapes(values: Optional[Sequence[str]]) -> Optional[dict[str, list[int]]]:
-    """``name:1x3x224x224`` (or ``1,3,224,224``) -> {name: [1, 3, 224, 224]}."""
-    if not values:
-        return None
-    out: dict[str, list[int]] = {}
-    for v in values:
-        name, sep, dims = v.rpartition(":")
-        if not sep or not name:
-            raise InvalidArgumentError(f"--input-shape {v!r}: expected NAME:1x3x224x224")
-        try:
-            out[name] = [int(d) for d in dims.replace(",", "x").split("x")]
-        except ValueError:
-            raise InvalidArgumentError(f"--input-shape {v!r}: dims must be integers") from None
-    return out
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="input .onnx file (never modified)")
-    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
-                   help="concrete input size for dynamic dims, e.g. x:1x3x640x640 (repeatable)")
-
-
-def _round_to(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return value
-
-
-def _add_target_args(p: argparse.ArgumentParser) -> None:
-    t = p.add_mutually_exclusive_group()
-    t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
-    t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
-    t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
-    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
-                   help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
-                        "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
-    p.add_argument("--max-layer-ratio", type=float, default=0.9,
-                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
-    p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
-
-
-def _add_calib_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("calibration data")
-    g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
-    g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
-    g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
-    g.add_argument("--scale", type=float, default=1 / 255, help="pixel scale (default 1/255)")
-    g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
-    g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
-    g.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
-    g.add_argument("--nhwc", action="store_true", help="the model takes NHWC input")
-    g.add_argument("--grayscale", action="store_true")
-
-
-def _add_oracle_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("oracle")
-    g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
-                   help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
-                        "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
-    g.add_argument("--ranking", default="per_mac", choices=["per_mac", "raw", "flops_reg"],
-                   help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
-    g.add_argument("--flops-lambda", type=float, default=1.0)
-    g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
-
-
-def _preprocess(args):
-    from .calibration import Preprocess
-    floats = lambda s: tuple(float(v) for v in s.split(",")) if s else None  # noqa: E731
-    size = None
-    if args.size:
-        try:
-            h, w = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            raise InvalidArgumentError(f"--size {args.size!r}: expected HxW, e.g. 224x224") from None
-        size = (h, w)
-    kw = dict(size=size, resize=args.resize, scale=args.scale, channel_order="BGR" if args.bgr else "RGB",
-              layout="NHWC" if args.nhwc else "NCHW", grayscale=args.grayscale)
-    if args.mean:
-        kw["mean"] = floats(args.mean)
-    if args.std:
-        kw["std"] = floats(args.std)
-    return Preprocess(**kw)
-
-
 def _config(args, criterion: str):
-    from .pipeline import PruneConfig
+    from ..config import PruneConfig
     return PruneConfig(
         criterion=criterion, percentage=getattr(args, "percentage", None),
         target_macs=getattr(args, "target_macs", None), target_params=getattr(args, "target_params", None),
@@ -140,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove the least important kernels and write a smaller model")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
-    p.add_argument("--criterion", default=None,
-                   help="oracle (default with --calib), magnitude (default without), energy, energy_rel, l2, "
-                        "random, bn_scale, activation_mean, activation_std")
+    p.add_argument("--criterion", default=None, choices=list(CRITERIA),
+                   help="oracle (default with --calib), magnitude (default without), or another registered criterion")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
     p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
@@ -161,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="scores .json to write")
-    p.add_argument("--criterion", default="oracle")
+    p.add_argument("--criterion", default="oracle", choices=list(CRITERIA))
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     _add_calib_args(p)
     _add_oracle_args(p)
@@ -175,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="prune the embedded digits CNN end to end")
     p.add_argument("-o", "--output", help="where to write the pruned demo model (default: a temp folder)")
     p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--files", metavar="DIR", help="only write the demo model, images/ and calib.npz to DIR "
+                                                  "(to try the README's commands on)")
 
     try:
-        from .sparsity.cli import add_sparsify_parser
+        from .sparsify import add_sparsify_parser
     except ImportError:  # pragma: no cover - package always ships it
         add_sparsify_parser = None
     if add_sparsify_parser is not None:
@@ -186,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_inspect(args) -> int:
-    from .api import inspect
+    from ..api import inspect
     rep = inspect(args.model, _input_shapes(args.input_shape), args.exclude)
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
-    from .report import _fmt
+    from ..report import _fmt
     rows = [("layer", "op", "kernels", "prunable", "MACs", "params", "group")]
     for l in rep.layers:
         rows.append((l.name, l.op, str(l.kernels), str(l.prunable_kernels), f"{l.macs:,}", f"{l.params:,}",
@@ -223,17 +133,11 @@ def _write_report(report, path: Optional[str]) -> None:
 
 
 def _cmd_score(args) -> int:
-    from .api import kernel_scores
-    from .pipeline import load_calibration, score_units, _input_shapes_from
-    from .prepare import prepare
-    from .graph.io import load_model
-    from .scores_io import save_scores
+    from ..api import kernel_scores
+    from ..pipeline import prepare_run, score_units
+    from ..scores_io import save_scores
     config = _config(args, args.criterion)
-    calibration = None
-    if args.calib:
-        calibration = load_calibration(args.calib, load_model(args.model), preprocess=_preprocess(args),
-                                       batch_size=args.batch_size, limit=args.calib_limit)
-    p = prepare(args.model, _input_shapes_from(calibration, config.input_shapes), args.exclude)
+    p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args))
     scores = score_units(p, config, calibration)
     save_scores(args.output, kernel_scores(p, scores),
                 {"criterion": args.criterion, "samples": len(calibration) if calibration else 0,
@@ -244,27 +148,23 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_prune(args) -> int:
+    from dataclasses import replace
+
+    from ..api import prune_model, scores_from_kernels
+    from ..pipeline import run_pruning
     criterion = args.criterion or ("oracle" if args.calib else "magnitude")
-    if args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random"):
-        from .pipeline import run_pruning
-        from .api import scores_from_kernels
-        config = _config(args, criterion)
-        scores = None
-        prepared = None
-        if args.scores:
-            from .prepare import prepare
-            from .scores_io import load_scores
-            prepared = prepare(args.model, config.input_shapes, config.nodes_to_exclude)
-            scores = scores_from_kernels(prepared, load_scores(args.scores))
-        res = run_pruning(args.model, args.output, args.calib, config,
-                          preprocess=_preprocess(args) if args.calib else None, scores=scores, prepared=prepared)
-        return _print_result(res, args)
-    from .api import prune_model
-    res = prune_model(args.model, args.output, criterion=criterion, percentage=args.percentage,
-                      target_macs=args.target_macs, target_params=args.target_params, exclude=args.exclude,
-                      round_to=args.round_to, max_layer_ratio=args.max_layer_ratio, min_kernels=args.min_kernels,
-                      cost_aware=args.cost_aware, input_shapes=_input_shapes(args.input_shape),
-                      verify=not args.no_verify, seed=args.seed)
+    config = _config(args, criterion)
+    if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
+        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none", measure=False)
+        return _print_result(prune_model(args.model, args.output, config=config), args)
+    scores = prepared = None
+    if args.scores:
+        from ..prepare import prepare
+        from ..scores_io import load_scores
+        prepared = prepare(args.model, config.input_shapes, config.nodes_to_exclude)
+        scores = scores_from_kernels(prepared, load_scores(args.scores))
+    res = run_pruning(args.model, args.output, args.calib, config, preprocess=_preprocess(args), scores=scores,
+                      prepared=prepared)
     return _print_result(res, args)
 
 
@@ -278,14 +178,17 @@ def _print_result(res, args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    from .api import apply_plan
+    from ..api import apply_plan
     res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
                      verify=not args.no_verify)
     return _print_result(res, args)
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo, write_demo_files
+    if args.files:
+        print(f"wrote model.onnx, images/ and calib.npz to {write_demo_files(args.files)}")
+        return 0
     print(run_demo(args.output, target_macs=args.target_macs))
     return 0
 
@@ -300,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     handler = COMMANDS.get(args.command)
     if handler is None:
-        from .sparsity.cli import run_sparsify
+        from .sparsify import run_sparsify
         handler = run_sparsify
     try:
         return int(handler(args) or 0)

@@ -1,0 +1,69 @@
+"""The one calibration path every command takes: any source -> a checked, cached, replayable dataset.
+
+``prune``, ``score``, ``sparsify`` and the HALCON handle all come through
+``load_calibration``: a folder of images, an .npy/.npz (uint8 images or float
+model inputs), arrays, an onnxruntime CalibrationDataReader or an iterable of
+feed dicts is opened by ``open_calibration`` (checked against the model's
+inputs) and cached, because finite-difference scoring and recovery read the
+samples many times.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError
+from .cache import DEFAULT_CACHE_BYTES, CachedDataset
+from .preprocess import Preprocess
+from .source import open_calibration
+from .validate import model_input_shapes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Calibration:
+    """Calibration samples cached in memory, replayable for every scoring pass."""
+
+    dataset: CachedDataset
+    batch_size: int
+
+    def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
+        return list(self.dataset.batches_with_labels(self.batch_size))
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """The batches without labels."""
+        return [f for f, _ in self.batches()]
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        return self.dataset.labels
+
+    def input_shapes(self) -> Optional[dict[str, tuple[int, ...]]]:
+        """Shapes of one sample batch (batch axis 1): the sizes to probe a dynamic model with."""
+        first = next(iter(self.dataset.batches(1)), None)
+        return {k: tuple(v.shape) for k, v in first.items()} if first else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,
+                     batch_size: int = 32, limit: Optional[int] = None,
+                     cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
+    """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable)."""
+    if isinstance(source, Calibration):
+        return source
+    if isinstance(source, CachedDataset):
+        return Calibration(source, batch_size)
+    reader = open_calibration(source, model_input_shapes(model), preprocess=preprocess, batch_size=batch_size,
+                              limit=limit)
+    dataset = CachedDataset(reader, cache_bytes, limit=limit)
+    if len(dataset) == 0:
+        raise CalibrationError("the calibration data holds no samples")
+    return Calibration(dataset, batch_size)

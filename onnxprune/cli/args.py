@@ -1,0 +1,123 @@
+"""Argument groups every verb shares (model, targets, calibration data, oracle) and their parsing.
+
+One definition per group, so ``prune``, ``score`` and ``sparsify`` take exactly the same
+calibration flags and build the same Preprocess from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from ..errors import InvalidArgumentError
+
+
+def _input_shapes(values: Optional[Sequence[str]]) -> Optional[dict[str, list[int]]]:
+    """``name:1x3x224x224`` (or ``1,3,224,224``) -> {name: [1, 3, 224, 224]}."""
+    if not values:
+        return None
+    out: dict[str, list[int]] = {}
+    for v in values:
+        name, sep, dims = v.rpartition(":")
+        if not sep or not name:
+            raise InvalidArgumentError(f"--input-shape {v!r}: expected NAME:1x3x224x224")
+        try:
+            out[name] = [int(d) for d in dims.replace(",", "x").split("x")]
+        except ValueError:
+            raise InvalidArgumentError(f"--input-shape {v!r}: dims must be integers") from None
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                   help="concrete input size for dynamic dims, e.g. x:1x3x640x640 (repeatable)")
+
+
+def _round_to(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
+    t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
+    t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
+                        "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
+    p.add_argument("--max-layer-ratio", type=float, default=0.9,
+                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
+    p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
+
+
+def _add_calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
+    g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
+    g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
+    g.add_argument("--scale", type=float, default=None, help="pixel scale (default 1/255)")
+    g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
+    g.add_argument("--nhwc", action="store_true", help="the model takes NHWC input")
+    g.add_argument("--grayscale", action="store_true")
+
+
+def _add_oracle_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("oracle")
+    g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
+                   help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
+                        "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
+    g.add_argument("--ranking", default="per_mac", choices=["per_mac", "raw", "flops_reg"],
+                   help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
+    g.add_argument("--flops-lambda", type=float, default=1.0)
+    g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
+
+
+_PREPROCESS_FLAGS = ("size", "resize", "scale", "mean", "std", "bgr", "nhwc", "grayscale")
+
+
+def _preprocess(args):
+    """The Preprocess the flags describe; None for a data file given without any preprocessing flag.
+
+    Float model inputs in an .npy/.npz are fed unchanged, so they must not get
+    a Preprocess by default (uint8 images in such a file get the default one,
+    with a warning, inside ``open_calibration``); a folder of images always
+    needs one. A flag given with float inputs is an error there, not ignored.
+    """
+    from pathlib import Path
+
+    from ..calibration import Preprocess
+    calib = getattr(args, "calib", None)
+    given = any(getattr(args, f, None) not in (None, False) for f in _PREPROCESS_FLAGS)
+    if not given and (calib is None or not Path(calib).is_dir()):
+        return None
+    floats = lambda s: tuple(float(v) for v in s.split(",")) if s else None  # noqa: E731
+    size = None
+    if args.size:
+        try:
+            h, w = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise InvalidArgumentError(f"--size {args.size!r}: expected HxW, e.g. 224x224") from None
+        size = (h, w)
+    kw = dict(size=size, resize=args.resize, scale=1 / 255 if args.scale is None else args.scale,
+              channel_order="BGR" if args.bgr else "RGB", layout="NHWC" if args.nhwc else "NCHW",
+              grayscale=args.grayscale)
+    if args.mean:
+        kw["mean"] = floats(args.mean)
+    if args.std:
+        kw["std"] = floats(args.std)
+    return Preprocess(**kw)
