@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 from ..errors import VerificationError
-from ..graph.probe import DEFAULT_SPATIAL, PROBE_BATCH, graph_input_dims
+from ..graph.probe import resolve_input_shapes
 from ..runtime import make_session
 from ..sparsity.config import SUPPORTED_OP_TYPES, SparsifyConfig
 from ..sparsity.history import pass_record, read_history, write_history
@@ -45,9 +45,7 @@ logger = logging.getLogger(__name__)
 
 Feeds = list[dict[str, np.ndarray]]
 
-# Zero tolerance. verify_equivalent's relative figure divides by max(peak, atol / rtol), which is 0 for an
-# all-zero output at atol = 0; the smallest positive double keeps it defined and still refuses every
-# difference a float32 output can show (its smallest step is 1.4e-45).
+# Zero tolerance: storage and masking must not change a single bit of the outputs.
 _EXACT = {"rtol": 0.0, "atol": 0.0}
 
 # Bytes a sparse tensor costs beyond its payload (names, dims, field tags); a weight is
@@ -61,15 +59,9 @@ def verification_feeds(model: onnx.ModelProto, calibration: Mapping[str, np.ndar
     if calibration:
         n = min(2, min(len(v) for v in calibration.values()))
         return [{k: np.ascontiguousarray(v[:n]) for k, v in calibration.items()}], "calibration samples"
-    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    shapes, dtypes = {}, {}
-    for name, dims in graph_input_dims(model).items():
-        # Dynamic axes: batch PROBE_BATCH, others DEFAULT_SPATIAL (real samples avoid the guess).
-        shapes[name] = tuple(d if isinstance(d, int) else (PROBE_BATCH if i == 0 else DEFAULT_SPATIAL)
-                             for i, d in enumerate(dims))
-        dtypes[name] = helper.tensor_dtype_to_np_dtype(types.get(name) or onnx.TensorProto.FLOAT)
-        if any(not isinstance(d, int) for d in dims[1:]):
-            logger.info("input %s has dynamic axes; verifying on random inputs of shape %s", name, shapes[name])
+    shapes = resolve_input_shapes(model)  # the sizes the channel analysis probes with, same defaults
+    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+              for i in model.graph.input if i.name in shapes}
     return uniform_inputs(shapes, n=1, dtypes=dtypes), "random inputs"
 
 
