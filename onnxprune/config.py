@@ -49,6 +49,7 @@ class PruneConfig:
     batch_size: int = 32
     cache_bytes: int = 2 << 30
     recover: str = "auto"
+    augment: int = 0
     refit_between_steps: bool = False
     measure: bool = True
     input_shapes: Optional[dict[str, tuple[int, ...]]] = None
@@ -69,6 +70,8 @@ class PruneConfig:
             raise InvalidArgumentError("gradual start and gamma are fractions in (0, 1]")
         if self.recover not in RECOVERY_MODES:
             raise InvalidArgumentError(f"unknown recovery {self.recover!r}; choose auto, lsq, bias or none")
+        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
+            raise InvalidArgumentError(f"augment is a number of rounds >= 0, got {self.augment!r}")
         if self.batch_size < 1:
             raise InvalidArgumentError("batch size must be positive")
         self.target  # validates the target

@@ -105,7 +105,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     passes: list[Pass] = [PruneChannelsPass(p.analysis, removed, verify=config.verify, extra_feeds=extra)]
     if calibration is not None and config.recover != "none":
         from .passes.recover import RecoverPass  # recovery pulls in least squares: only when it runs
-        passes.append(RecoverPass(p, removed, calibration, config.recover))
+        fit_data = calibration.augmented(config.augment, config.seed) if config.augment else calibration
+        passes.append(RecoverPass(p, removed, fit_data, config.recover))
     run = Pipeline(passes)(p.model)
     surgery = run.result_of(PruneChannelsPass.name)
     verification = surgery.details.get("verification")

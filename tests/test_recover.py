@@ -115,3 +115,73 @@ def test_recover_pass_reports_what_it_fitted_and_refuses_non_finite_outputs(monk
     monkeypatch.setattr(rec, "_recover", broken)
     with pytest.raises(PostconditionError, match="recover: output .* is not finite"):
         rec.RecoverPass(p, removed, cal)(pruned)
+
+
+def linear_residual():
+    """x -> a (1x1, 3->6) -> s (1x1, 6->4) ----------------.
+       x -> h (1x1, 3->12) -> p (1x1, 12->4) -> Add(p, s) -> out
+
+    Everything is affine, so a layer whose input still spans x (3 channels)
+    can reproduce any affine function of x exactly.
+    """
+    b = Builder()
+    s = b.conv(b.conv("x", 3, 6, k=1), 6, 4, k=1)
+    p = b.conv(b.conv("x", 3, 12, k=1), 12, 4, k=1)
+    b.output(b.op("Add", [p, s]))
+    return b.build()
+
+
+def _residual_case():
+    model = linear_residual()
+    p = prepare(model)
+    widths = {t.name: t.dims[0] for t in p.model.graph.initializer if len(t.dims) == 4}
+    convs = {widths[n.input[1]]: n.name for n in p.model.graph.node if n.op_type == "Conv"}
+    a_node, h_node = convs[6], convs[12]
+    # a keeps 2 of 6 channels: s cannot be repaired (rank 2 < 3); h keeps 9 of 12: p still sees all of x
+    removed = sorted([p.analysis.unit_of_kernel(a_node, c) for c in range(4)]
+                     + [p.analysis.unit_of_kernel(h_node, c) for c in range(3)])
+    data = np.random.default_rng(3).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    cal = load_calibration({"x": data[:30]}, model, batch_size=8)
+    pruned, ver = build_pruned(p, removed)
+    assert ver.max_rel_error < 1e-5
+    return p, removed, pruned, cal, {"x": data[30:]}
+
+
+def test_residual_target_absorbs_the_skip_path_error_exactly():
+    """Fitted to Add_orig - s_pruned, p makes the Add output exact although s stays wrong;
+    fitted to its own output it leaves the Add off by exactly the error of s."""
+    p, removed, pruned, cal, test = _residual_case()
+    residual, note = recover(p, removed, pruned, cal, "lsq", ridge=1e-12, target="residual")
+    own, _ = recover(p, removed, pruned, cal, "lsq", ridge=1e-12, target="own")
+    assert note.startswith("least-squares re-fit of 2 layer(s)")
+    ref = make_session(p.model).run(None, test)[0]
+    scale = float(np.abs(ref).max())
+    err_residual = float(np.abs(make_session(residual).run(None, test)[0] - ref).max()) / scale
+    err_own = float(np.abs(make_session(own).run(None, test)[0] - ref).max()) / scale
+    assert err_residual < 1e-4
+    assert err_own > 1e-2
+    # own target: p is exact, so the Add's error is exactly the error s carries
+    add = next(n for n in p.model.graph.node if n.op_type == "Add")
+    skip = add.input[1]
+    from onnxprune.graph.subgraph import expose
+    got = make_session(expose(own, [skip])).run(None, test)
+    want = make_session(expose(p.model, [skip])).run(None, test)
+    np.testing.assert_allclose(got[0] - want[0], got[1] - want[1], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_residual_target_only_where_the_skip_path_comes_first():
+    """Sites feeding no Add, or an Add whose other addend is computed after them, keep their own target."""
+    import onnxprune.passes.recover as rec
+    p, removed, pruned, _, _ = _residual_case()
+    sites = rec._sites(p.analysis, np.array(removed), pruned, "pruned")
+    rec._residual_addends(p.analysis, pruned, sites)
+    add = next(n for n in pruned.graph.node if n.op_type == "Add")
+    marked = {s.node: (s.residual, s.add_output) for s in sites}
+    assert len(sites) == 2
+    # topological order a, s, h, p: s's other addend p comes later, p's other addend s comes first
+    s_site, p_site = sites
+    assert marked[s_site.node] == (None, None)
+    assert marked[p_site.node] == (s_site.output, add.output[0])
+    with pytest.raises(ValueError, match="unknown least-squares target"):
+        recover(p, removed, pruned, load_calibration({"x": np.zeros((4, 3, 8, 8), np.float32)}, p.original),
+                "lsq", target="skip")

@@ -9,6 +9,7 @@ finite-difference scoring.
 
 from __future__ import annotations
 
+from .augment import Augment
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .dataset import Calibration, load_calibration
 from .folder import ImageFolderReader, find_images, image_geometry, read_labels_file
@@ -37,6 +38,7 @@ from .validate import Dims, ModelInputs, format_dims, model_input_shapes, valida
 
 __all__ = [
     "ArrayReader",
+    "Augment",
     "Calibration",
     "load_calibration",
     "BatchReader",

@@ -5,7 +5,8 @@
 model inputs), arrays, an onnxruntime CalibrationDataReader or an iterable of
 feed dicts is opened by ``open_calibration`` (checked against the model's
 inputs) and cached, because finite-difference scoring and recovery read the
-samples many times.
+samples many times. ``Calibration.augmented`` adds random-resized-crop and
+flip copies of image samples (:mod:`.augment`) for least squares.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 import onnx
 
 from ..errors import CalibrationError
+from .augment import Augment, augment_arrays
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
+from .readers import ArrayReader
 from .source import open_calibration
 from .validate import model_input_shapes
 
@@ -51,6 +54,23 @@ class Calibration:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def augmented(self, rounds: int, seed: int = 0, spec: Optional[Augment] = None) -> "Calibration":
+        """These samples, each followed by ``rounds`` random-resized-crop / flip copies (seeded).
+
+        For image inputs only (CalibrationError otherwise); the copies are
+        cached like the originals and count against the same memory budget.
+        """
+        spec = spec if spec is not None else Augment(rounds=rounds, seed=seed)
+        if spec.rounds == 0:
+            return self
+        batches = self.batches()
+        names = list(batches[0][0])
+        arrays = {k: np.concatenate([f[k] for f, _ in batches]) for k in names}
+        labels = self.labels
+        arrays, labels = augment_arrays(arrays, labels, spec)
+        reader = ArrayReader(arrays, labels=labels, batch_size=self.batch_size, source=f"{self.dataset.source} (augmented)")
+        return Calibration(CachedDataset(reader, self.dataset.max_bytes * (spec.rounds + 1)), self.batch_size)
 
 
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,

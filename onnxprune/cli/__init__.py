@@ -32,7 +32,7 @@ def _config(args, criterion: str):
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
-        recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
+        recover=getattr(args, "recover", "none"), augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
         verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty())
 
 
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_oracle_args(p)
     p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
                    help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="least squares also fits N random-resized-crop/flip copies of each calibration image "
+                        "(default 0)")
     p.add_argument("--steps", type=int, default=1, help="iterative schedule: reach the target in N steps, re-scoring")
     p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
     p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")

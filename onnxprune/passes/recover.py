@@ -13,6 +13,14 @@ After (``lsq``): L's remaining weights and bias are re-fitted by ridge least
         towards the plain sliced weights; its strength is chosen per layer
         on a held-back fifth of the calibration samples, and a fit is kept
         only when it beats the plain weights there (:mod:`onnxprune.lsq`).
+        The target is asymmetric (pruned inputs, original outputs), so each
+        fit also absorbs the error of the fits before it.
+Residual targets (``target="residual"``): when L's only consumer is an
+        Add whose other addend r is computed before L (the skip path), L is
+        fitted to the original *Add output* minus the pruned model's r, so
+        that L also repairs the error carried on the residual stream (Kwon
+        et al., NeurIPS 2022; El Halabi et al., NeurIPS 2022). Every other
+        layer keeps its own output as the target.
 
 :class:`RecoverPass` is the same as a :class:`~onnxprune.passes.base.Pass`;
 recovery is inexact by design, so its ``ensures`` checks structure and
@@ -41,6 +49,8 @@ from .base import Pass, PassResult
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 20000
+TARGETS = ("own", "residual")
+DEFAULT_TARGET = "own"
 
 
 @dataclass
@@ -57,6 +67,13 @@ class _Site:
     target: Optional[np.ndarray] = None
     in_mean: Optional[np.ndarray] = None
     hw: int = 0
+    residual: Optional[str] = None  # the other addend of the Add the layer feeds (residual targets)
+    add_output: Optional[str] = None  # that Add's output: the original value the fit aims at
+
+    @property
+    def aim(self) -> str:
+        """The original tensor the fit's target comes from."""
+        return self.add_output or self.output
 
 
 def _stream(model: onnx.ModelProto, names: list[str], batches):
@@ -111,6 +128,36 @@ def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, sco
     return sites
 
 
+def _residual_addends(analysis: Analysis, pruned: onnx.ModelProto, sites: list[_Site]) -> None:
+    """Mark the sites whose output goes only into an Add with a skip path computed before them.
+
+    The other addend must be a run-time tensor of the same shape (no
+    broadcast, no constant) produced earlier in the topological order, so it
+    cannot depend on the site's own output and is final when the site is
+    fitted.
+    """
+    nodes = list(pruned.graph.node)
+    order = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    outputs = {o.name for o in pruned.graph.output}
+    shapes = analysis.probe.shapes
+    for s in sites:
+        users = readers.get(s.output, [])
+        if len(users) != 1 or s.output in outputs or users[0].op_type != "Add" or len(users[0].input) != 2:
+            continue
+        add = users[0]
+        other = add.input[1] if add.input[0] == s.output else add.input[0]
+        if other == s.output or other not in order or order[other] > order[s.output]:
+            continue
+        if shapes.get(other) is None or tuple(shapes.get(other)) != tuple(shapes.get(s.output, ())) \
+                or tuple(shapes.get(add.output[0], ())) != tuple(shapes[other]):
+            continue
+        s.residual, s.add_output = other, add.output[0]
+
+
 def _weights(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, Optional[np.ndarray]]:
     inits = {t.name: t for t in model.graph.initializer}
     W = numpy_helper.to_array(inits[node.input[1]])
@@ -138,7 +185,7 @@ def _sample_positions(sites: list[_Site], first: dict, n_img: int, max_rows: int
     for s in sites:
         if s.op != "Conv":
             continue
-        y = first[s.output]
+        y = first[s.aim]
         s.hw = y.shape[2] * y.shape[3]
         per = max(1, min(s.hw, max_rows // max(n_img, 1)))
         flat = np.stack([rng.choice(s.hw, per, replace=False) for _ in range(n_img)])
@@ -148,7 +195,7 @@ def _sample_positions(sites: list[_Site], first: dict, n_img: int, max_rows: int
 def _gather(a: Analysis, sites: list[_Site], batches: list, n_img: int, mode: str, max_rows: int, rng) -> None:
     """One streamed pass of the original model: targets at sampled positions for least squares,
     input means for bias compensation (each input once, however many sites read it)."""
-    outputs = sorted({s.output for s in sites}) if mode == "lsq" else []
+    outputs = sorted({s.aim for s in sites}) if mode == "lsq" else []
     inputs = sorted({s.input for s in sites}) if mode == "bias" else []
     targets: dict[str, list] = {s.node: [] for s in sites}
     sums: dict[str, np.ndarray] = {}
@@ -158,16 +205,12 @@ def _gather(a: Analysis, sites: list[_Site], batches: list, n_img: int, mode: st
         if b0 == 0 and outputs:
             _sample_positions(sites, out, n_img, max_rows, rng)
         for s in sites if outputs else ():
-            y = out[s.output]
+            y = out[s.aim]
             if s.op == "Conv":
                 if y.shape[2] * y.shape[3] != s.hw:
                     raise CalibrationError(
                         "calibration samples of different spatial sizes cannot be re-fitted together")
-                oy, ox = s.positions[0][b0:b1], s.positions[1][b0:b1]
-                t = y[np.arange(b1 - b0)[:, None], :, oy, ox]  # [n, P, C]
-                targets[s.node].append(t.reshape(-1, y.shape[1])[:, s.keep_out])
-            else:
-                targets[s.node].append(y.reshape(-1, y.shape[-1])[:, s.keep_out])
+            targets[s.node].append(_at(y, s, b0, b1)[:, s.keep_out])
         for name in inputs:
             x = out[name]
             axis = channel_axis[name] if channel_axis[name] is not None else x.ndim - 1
@@ -192,15 +235,27 @@ def _bias_shift(a: Analysis, s: _Site, attrs: dict) -> np.ndarray:
             ).astype(np.float32)
 
 
+def _at(y: np.ndarray, s: _Site, i0: int, i1: int) -> np.ndarray:
+    """Rows of ``y`` (a site's output, or a tensor of its shape) at the site's sampled positions."""
+    if s.op != "Conv":
+        return y.reshape(-1, y.shape[-1])
+    oy, ox = s.positions[0][i0:i1], s.positions[1][i0:i1]
+    return y[np.arange(i1 - i0)[:, None], :, oy, ox].reshape(-1, y.shape[1])
+
+
 def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope: str, max_rows: int,
-             ridge: Optional[float], seed: int) -> tuple[onnx.ModelProto, str, int]:
+             ridge: Optional[float], seed: int, target: str = DEFAULT_TARGET) -> tuple[onnx.ModelProto, str, int]:
     if mode == "auto":
         mode = "lsq"
+    if target not in TARGETS:
+        raise ValueError(f"unknown least-squares target {target!r}; choose one of {', '.join(TARGETS)}")
     a: Analysis = p.analysis
     rem = np.array(sorted(removed), dtype=np.int64)
     sites = _sites(a, rem, pruned, scope)
     if not sites or not len(rem):
         return pruned, "nothing to recover", 0
+    if mode == "lsq" and target == "residual":
+        _residual_addends(a, pruned, sites)
     batches = [f for f, _ in calibration.batches()]
     n_img = sum(next(iter(f.values())).shape[0] for f in batches)
     n_train = max(1, int(round(n_img * 0.8))) if n_img >= 5 else n_img
@@ -219,17 +274,21 @@ def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope:
             _set_weights(model, node, W, b0 + _bias_shift(a, s, attrs))
             fitted += 1
             continue
-        parts = []
-        for i0, i1, out in _stream(prefix(model, [s.input]), [s.input], batches):
+        parts, skip = [], []
+        names = [s.input] + ([s.residual] if s.residual else [])
+        for i0, i1, out in _stream(prefix(model, names), names, batches):
             x = out[s.input]
             if s.op == "Conv":
                 parts.append(_conv_rows(x, node, W.shape, (s.positions[0][i0:i1], s.positions[1][i0:i1])))
             else:
                 parts.append(x.reshape(-1, x.shape[-1]))
+            if s.residual:  # the pruned model's skip path, already carrying the upstream error
+                skip.append(_at(out[s.residual], s, i0, i1))
         rows = np.concatenate(parts, axis=0)
         del parts
+        aim = s.target - np.concatenate(skip, axis=0) if skip else s.target
         per_img = s.positions[0].shape[1] if s.op == "Conv" else rows.shape[0] // n_img
-        fit = fit_toward(rows, s.target, M, b0, n_train * per_img, ridge)
+        fit = fit_toward(rows, aim, M, b0, n_train * per_img, ridge)
         if fit is None or not fit.improves:
             kept_plain += 1
             continue
@@ -243,14 +302,18 @@ def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope:
 
 
 def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq", *,
-            scope: str = "pruned", max_rows: int = MAX_ROWS, ridge: float | None = None, seed: int = 0):
+            scope: str = "pruned", max_rows: int = MAX_ROWS, ridge: float | None = None, seed: int = 0,
+            target: str = DEFAULT_TARGET):
     """Return (recovered model, one-line summary). ``p`` is the Prepared original.
 
     ``mode`` is ``lsq`` (or ``auto``) or ``bias``; ``scope="all"`` also
     re-fits the layers after the first changed one, which see its error.
     ``ridge`` fixes the relative ridge strength instead of choosing it.
+    ``target``: ``own`` (each layer's original output) or ``residual``
+    (layers feeding a residual Add aim at its original output minus the
+    pruned skip path).
     """
-    model, summary, _ = _recover(p, removed, pruned, calibration, mode, scope, max_rows, ridge, seed)
+    model, summary, _ = _recover(p, removed, pruned, calibration, mode, scope, max_rows, ridge, seed, target)
     return model, summary
 
 
@@ -260,16 +323,17 @@ class RecoverPass(Pass):
     name = "recover"
 
     def __init__(self, prepared: Any, removed: Iterable[int], calibration: Any, mode: str = "lsq",
-                 scope: str = "pruned") -> None:
+                 scope: str = "pruned", target: str = DEFAULT_TARGET) -> None:
         self.prepared = prepared
         self.removed = sorted(int(r) for r in removed)
         self.calibration = calibration
         self.mode = mode
         self.scope = scope
+        self.target = target
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         recovered, summary, fitted = _recover(self.prepared, self.removed, model, self.calibration, self.mode,
-                                              self.scope, MAX_ROWS, None, 0)
+                                              self.scope, MAX_ROWS, None, 0, self.target)
         return PassResult(recovered, modified=fitted > 0, notes=(summary,))
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
