@@ -227,6 +227,9 @@ def _write(rows: list, args) -> None:
              "of the CTC-greedy label sequence with the original's. '(no recovery)': the same plan before least "
              "squares. Wall time: scoring + selection + surgery + verification + recovery, 2 cores shared with "
              "other jobs.\n\n")
+    for model, flag in (("ppocrv4_det.onnx", "det"), ("ppocrv4_rec.onnx", "rec")):
+        if not any(r["model"] == model for r in rows):
+            text += f"No {model} rows yet: `python benchmarks/accuracy_ocr.py --model {flag}` adds them.\n\n"
     cols = list(dict.fromkeys(c for r in rows for c in r))
     text += table(rows, cols)
     write_section("accuracy-ocr", text)
