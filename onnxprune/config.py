@@ -28,12 +28,17 @@ class PruneConfig:
     ``gradual_gamma`` (N2D2's Gradual mode), make the schedule iterative;
     with ``refit_between_steps`` the survivors are scored after the
     recovery re-fit of the previous step (recovery in the loop).
+    ``target_latency`` is a kept fraction of the time measured with
+    ``latency_provider`` (None: the default), ``latency_batch`` and
+    ``latency_threads`` (0: onnxruntime's default); tables are cached in
+    ``latency_cache`` (None: ``~/.cache/onnxprune/latency``). It is one-shot.
     """
 
     criterion: str = "oracle"
     percentage: Optional[float] = None
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
+    target_latency: Optional[float] = None
     nodes_to_exclude: tuple[str, ...] = ()
     round_to: int | str = "auto"
     max_layer_ratio: float = 0.9
@@ -55,6 +60,10 @@ class PruneConfig:
     verify: bool = True
     seed: int = 0
     progress: bool = False
+    latency_provider: Optional[str] = None
+    latency_batch: int = 1
+    latency_threads: int = 0
+    latency_cache: Optional[str] = None
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
@@ -73,14 +82,24 @@ class PruneConfig:
             raise InvalidArgumentError("batch size must be positive")
         self.target  # validates the target
         self.constraints
+        if self.target_latency is not None:
+            if self.steps > 1 or self.gradual_start is not None:
+                raise InvalidArgumentError("--target-latency is one-shot: drop --steps/--gradual-*")
+            self.latency_settings
 
     @property
     def target(self) -> Target:
-        return Target(self.percentage, self.target_macs, self.target_params).effective
+        return Target(self.percentage, self.target_macs, self.target_params, self.target_latency).effective
 
     @property
     def constraints(self) -> Constraints:
         return Constraints(self.max_layer_ratio, self.min_kernels, self.round_to)
+
+    @property
+    def latency_settings(self):
+        from .latency.measure import LatencySettings
+        return LatencySettings(self.latency_provider, self.latency_batch, self.latency_threads,
+                               cache_dir=self.latency_cache)
 
     @property
     def needs_data(self) -> bool:

@@ -47,18 +47,42 @@ def _fidelity(model: onnx.ModelProto, reference_outputs: list[np.ndarray], feeds
     return fid
 
 
-def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed) -> None:
+def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed,
+             config: PruneConfig = PruneConfig()) -> None:
     """Latency (median, same provider) before/after, and fidelity to the original on calibration data."""
     from .report import measure_latency
     from .runtime import make_session
-    one = {k: v[:1] for k, v in random_feed.items()}
-    report.before.latency_ms = measure_latency(p.model, one)
-    report.after.latency_ms = measure_latency(final, one)
+    if config.target.latency is not None:
+        _measure_latency_target(p, final, report, config)
+    else:
+        one = {k: v[:1] for k, v in random_feed.items()}
+        report.before.latency_ms = measure_latency(p.model, one)
+        report.after.latency_ms = measure_latency(final, one)
     feeds = calibration.batches()[-1][0] if calibration is not None else random_feed
     ref = make_session(p.model).run(None, feeds)
     report.after.fidelity = _fidelity(final, ref, feeds)
     if final is not pruned:
         report.extra["fidelity_before_recovery"] = _fidelity(pruned, ref, feeds)
+
+
+def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config: PruneConfig) -> None:
+    """The final model timed interleaved with the dense one as configured; a miss is reported and logged."""
+    from .latency.measure import feeds_for, time_interleaved
+    settings = config.latency_settings
+    feed = feeds_for(p.model, p.with_batch(settings.batch))
+    t = time_interleaved({"dense": p.model, "pruned": final}, {"dense": feed, "pruned": feed}, settings)
+    dense, pruned = t["dense"], t["pruned"]
+    report.before.latency_ms, report.after.latency_ms = dense.median, pruned.median
+    fraction = pruned.median / max(dense.median, 1e-12)
+    target = config.target.latency
+    info = {"target": target, "measured_fraction": fraction, "speedup": dense.median / max(pruned.median, 1e-12),
+            "dense_ms": [dense.median, dense.low, dense.high], "pruned_ms": [pruned.median, pruned.low, pruned.high],
+            "where": settings.describe(), "missed_by": max(0.0, fraction - target)}
+    report.extra["latency"] = info
+    if fraction > target:
+        logger.warning("latency target missed: measured %.1f%% of the dense model's time (%s), target %.0f%% "
+                       "(over by %.1f points)", 100 * fraction, settings.describe(), 100 * target,
+                       100 * (fraction - target))
 
 
 def _input_shapes(calibration: Optional[Calibration], given) -> Optional[dict]:
@@ -111,7 +135,7 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     verification = surgery.details.get("verification")
     report = build_report(p, run.model, removed, verification)
     if config.measure:
-        _measure(p, surgery.model, run.model, report, calibration, uniform_inputs(p.input_shapes, n=1)[0])
+        _measure(p, surgery.model, run.model, report, calibration, uniform_inputs(p.input_shapes, n=1)[0], config)
     recovery = run.result_of("recover")
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]

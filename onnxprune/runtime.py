@@ -41,13 +41,19 @@ def default_providers() -> list[str]:
 
 
 def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None = None,
-                 *, threads: int = 0, optimize: bool = True):
-    """An InferenceSession on a model held in memory."""
+                 *, threads: int = 0, optimize: bool = True, spin: bool = True):
+    """An InferenceSession on a model held in memory.
+
+    ``spin=False`` stops idle worker threads from spinning: sessions timed in
+    turn would otherwise steal each other's cores.
+    """
     rt = ort()
     so = rt.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()

@@ -68,6 +68,8 @@ def rank_scores(p: Prepared, scores: dict[int, float], config: PruneConfig) -> t
 def _schedule(config: PruneConfig) -> list[Target]:
     """Intermediate targets of an iterative run (the last one is the final target)."""
     t = config.target
+    if t.latency is not None:
+        return [t]
     kind = "percentage" if t.percentage is not None else ("macs" if t.macs is not None else "params")
     final_removed = t.percentage / 100 if kind == "percentage" else 1 - (t.macs if kind == "macs" else t.params)
     if config.gradual_start is not None:
@@ -129,6 +131,19 @@ def _step_target(original: Prepared, current: Prepared, removed_orig: list[int],
     return Target(params=min(1.0, target.params * original.cost.dense_params / max(current.cost.dense_params, 1)))
 
 
+def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) -> list[int]:
+    """Units to remove for ``config.target_latency``: the measured table, the knapsack, a measured check."""
+    from .allocation.latency import select_latency
+    from .latency.table import build_table
+    if config.layer_norm:
+        scores = _normalise(p, scores)
+    round_to = config.round_to if isinstance(config.round_to, int) else None
+    table = build_table(p.analysis, config.latency_settings, round_to)
+    choice = select_latency(p.analysis, scores, config.target.latency, table, config.constraints,
+                            measure=config.measure)
+    return choice.removed
+
+
 def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
                scores: Optional[dict[int, float]] = None, *, iterate_from: Optional[dict[int, float]] = None) -> list[int]:
     """Roots (of the original model ``p``) to remove, one-shot or iterative.
@@ -140,6 +155,9 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
     if not p.analysis.prunable_units:
         raise NothingToPruneError("no prunable layer: every channel group is frozen (see `onnxprune inspect`)")
     schedule = _schedule(config)
+    if config.target.latency is not None:
+        unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        return latency_units(p, unit_scores, config)
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
         keys, cost_aware = rank_scores(p, unit_scores, config)

@@ -29,25 +29,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """What to reach: ``percentage`` of prunable kernels removed, or a kept fraction of MACs/params."""
+    """What to reach: ``percentage`` of prunable kernels removed, or a kept fraction of MACs/params/latency.
+
+    ``latency`` is the kept fraction of the dense model's *measured* time
+    (onnxprune.allocation.latency selects for it).
+    """
 
     percentage: Optional[float] = None
     macs: Optional[float] = None
     params: Optional[float] = None
+    latency: Optional[float] = None
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.percentage, self.macs, self.params) if v is not None]
+        given = [v for v in (self.percentage, self.macs, self.params, self.latency) if v is not None]
         if len(given) > 1:
-            raise InvalidArgumentError("give only one of percentage, target MACs, target params")
+            raise InvalidArgumentError("give only one of percentage, target MACs, target params, target latency")
         if self.percentage is not None and not 0 <= self.percentage < 100:
             raise InvalidArgumentError(f"percentage must be in [0, 100), got {self.percentage}")
-        for name, v in (("target MACs", self.macs), ("target params", self.params)):
+        for name, v in (("target MACs", self.macs), ("target params", self.params),
+                        ("target latency", self.latency)):
             if v is not None and not 0 < v <= 1:
                 raise InvalidArgumentError(f"{name} is the kept fraction and must be in (0, 1], got {v}")
 
     @property
     def effective(self) -> "Target":
-        if self.percentage is None and self.macs is None and self.params is None:
+        if self.percentage is None and self.macs is None and self.params is None and self.latency is None:
             return Target(percentage=10.0)
         return self
 
@@ -57,6 +63,8 @@ class Target:
             return f"{t.percentage:g}% of prunable kernels"
         if t.macs is not None:
             return f"<= {t.macs:.0%} of MACs"
+        if t.latency is not None:
+            return f"<= {t.latency:.0%} of measured latency"
         return f"<= {t.params:.0%} of parameters"
 
 

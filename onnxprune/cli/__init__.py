@@ -26,6 +26,9 @@ def _config(args, criterion: str):
     return PruneConfig(
         criterion=criterion, percentage=getattr(args, "percentage", None),
         target_macs=getattr(args, "target_macs", None), target_params=getattr(args, "target_params", None),
+        target_latency=getattr(args, "target_latency", None),
+        latency_provider=getattr(args, "latency_provider", None), latency_batch=getattr(args, "latency_batch", 1),
+        latency_threads=getattr(args, "latency_threads", 0), latency_cache=getattr(args, "latency_cache", None),
         nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", "auto"),
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
         ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_sparsify_parser = None
     if add_sparsify_parser is not None:
         add_sparsify_parser(sub)
+    from .sweep import add_sweep_parser
+    add_sweep_parser(sub)
     return parser
 
 
@@ -155,7 +160,8 @@ def _cmd_prune(args) -> int:
     criterion = args.criterion or ("oracle" if args.calib else "magnitude")
     config = _config(args, criterion)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none", measure=False)
+        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none",
+                         measure=config.target_latency is not None)
         return _print_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None
     if args.scores:
@@ -202,6 +208,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handler = COMMANDS.get(args.command)
+    if args.command == "sweep":
+        from .sweep import run_sweep
+        handler = run_sweep
     if handler is None:
         from .sparsify import run_sparsify
         handler = run_sparsify

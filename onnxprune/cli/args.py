@@ -51,6 +51,9 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
     t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
     t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
+    t.add_argument("--target-latency", type=float,
+                   help="keep at most this fraction of the dense model's latency, measured on --latency-provider "
+                        "at --latency-batch with --latency-threads (widths chosen from a measured table)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
@@ -59,6 +62,18 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-layer-ratio", type=float, default=0.9,
                    help="never remove more than this fraction of one layer's kernels (default 0.9)")
     p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
+    _add_latency_args(p)
+
+
+def _add_latency_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("latency (with --target-latency)")
+    g.add_argument("--latency-provider", help="onnxruntime execution provider to time on (default: CUDA when "
+                                              "available, else CPU), e.g. CPUExecutionProvider")
+    g.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at (default 1)")
+    g.add_argument("--latency-threads", type=int, default=0,
+                   help="intra-op threads latency is measured with (default 0: onnxruntime's choice)")
+    g.add_argument("--latency-cache", metavar="DIR",
+                   help="where measured latency tables are kept (default ~/.cache/onnxprune/latency)")
 
 
 def _add_calib_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,148 @@
+"""Selection under a latency budget: a knapsack over the measured table, checked by measuring the result.
+
+Per group, the options are the table's widths (widest first); an option's
+cost is the measured time of the group's layers at that width, its loss the
+summed scores of the units removed to reach it, lowest-scored first within
+the group. The knapsack (:mod:`.knapsack`) keeps the most importance whose
+predicted time fits ``fraction`` of the dense model's measured time.
+
+The prediction adds the groups' changes independently; a layer between two
+pruned groups saves more than either group's table says, and whole models
+fuse ops the pieces run apart. So the chosen model is built and *measured*
+(interleaved with the dense model), and the budget handed to the knapsack is
+corrected from the measured ratio for a few rounds; the widest choice whose
+measured time meets the target wins (none meeting it: the fastest measured).
+
+Depth hook: a group the analysis marks ``droppable`` (a residual branch
+whose removal leaves the identity) gets one more option, width 0, costing
+nothing for its layers and losing all of its scores; until the analysis
+sets that flag the option never appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..graph.analysis import Analysis
+from ..latency.measure import LatencySettings, Timing, feeds_for, time_interleaved
+from ..latency.table import LatencyTable
+from ..selection import Constraints, _Budget
+from .knapsack import Option, solve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyChoice:
+    """Units to remove, the kept width per group, the predicted and (when measured) the measured time."""
+
+    removed: list[int]
+    widths: dict[int, int]
+    predicted_ms: float
+    measured: Optional[Timing] = None
+    dense: Optional[Timing] = None
+
+    @property
+    def measured_fraction(self) -> Optional[float]:
+        if self.measured is None or self.dense is None:
+            return None
+        return self.measured.median / max(self.dense.median, 1e-12)
+
+
+def min_width(n: int, constraints: Constraints) -> int:
+    """The narrowest width a group of ``n`` units may keep under the per-layer limits."""
+    return max(constraints.min_kernels, math.ceil(n * (1 - constraints.max_layer_ratio) - 1e-9), 1)
+
+
+def group_options(analysis: Analysis, table: LatencyTable, scores: dict[int, float], gid: int,
+                  constraints: Constraints) -> list[Option]:
+    """The knapsack options of group ``gid``: payload (gid, width, units removed), widest first."""
+    group = analysis.groups[gid]
+    units = sorted((r for r in group.units if r in scores), key=lambda r: (scores[r], r))
+    n = len(group.units)
+    gl = table.groups[gid]
+    lowest = min_width(n, constraints)
+    cum = np.concatenate([[0.0], np.cumsum([scores[r] for r in units])])
+    opts = []
+    for w, t in sorted(zip(gl.widths, gl.times), key=lambda x: -x[0]):
+        drop = n - w
+        if w < lowest or drop > len(units):
+            continue
+        opts.append(Option(cost=max(t.median, 0.0), loss=float(cum[drop]), payload=(gid, w, tuple(units[:drop]))))
+    if getattr(group, "droppable", False) and len(units) == n:  # depth: the branch goes (see the docstring)
+        opts.append(Option(cost=0.0, loss=float(cum[n]), payload=(gid, 0, tuple(units))))
+    return opts or [Option(cost=gl.dense, loss=0.0, payload=(gid, n, ()))]
+
+
+def choose(analysis: Analysis, table: LatencyTable, scores: dict[int, float], fraction: float,
+           constraints: Constraints = Constraints()) -> LatencyChoice:
+    """The knapsack's choice for a predicted time of ``fraction`` of the dense model."""
+    gids = sorted(table.groups)
+    options = [group_options(analysis, table, scores, g, constraints) for g in gids]
+    dense_parts = sum(table.groups[g].dense for g in gids)
+    budget = dense_parts - (1 - fraction) * table.dense.median
+    pick = solve(options, budget) if budget >= 0 else None
+    if pick is None:
+        logger.warning("latency %.0f%% cannot be reached by narrowing within the per-layer limits (predicted); "
+                       "taking the fastest widths", fraction * 100)
+        pick = [int(np.argmin([o.cost for o in opts])) for opts in options]
+    chosen = [opts[i].payload for opts, i in zip(options, pick)]
+    order = [r for _, _, units in chosen for r in units]
+    budget_check = _Budget(analysis, constraints)
+    removed = [r for r in order if budget_check.take(r)]
+    widths = {g: w for g, w, _ in chosen}
+    return LatencyChoice(sorted(removed), widths, table.predicted(widths))
+
+
+def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float, table: LatencyTable,
+                   constraints: Constraints = Constraints(), measure: bool = True,
+                   rounds: int = 6) -> LatencyChoice:
+    """Units to remove for a *measured* time of at most ``fraction`` of the dense model's (see module docstring)."""
+    choice = choose(analysis, table, scores, fraction, constraints)
+    if not measure:
+        return choice
+    from ..graph.surgery import prune_channels
+    settings = table.settings
+    shapes = {k: (settings.batch,) + tuple(v[1:]) for k, v in analysis.probe.input_shapes.items()}
+    feed = feeds_for(analysis.proto, shapes)
+    aim, points = fraction, []
+    seen: dict[tuple, LatencyChoice] = {}
+    for i in range(rounds):
+        key = tuple(choice.removed)
+        if key not in seen:
+            pruned = prune_channels(analysis, choice.removed)
+            t = time_interleaved({"dense": analysis.proto, "pruned": pruned}, {"dense": feed, "pruned": feed}, settings)
+            seen[key] = LatencyChoice(choice.removed, choice.widths, choice.predicted_ms, t["pruned"], t["dense"])
+        ratio = seen[key].measured_fraction
+        logger.info("latency round %d: aimed at %.3f, predicted %.3f, measured %.3f of dense (target %.3f)",
+                    i + 1, aim, choice.predicted_ms / table.dense.median, ratio, fraction)
+        points.append((aim, ratio, key))
+        if fraction * 0.97 <= ratio <= fraction:
+            break
+        aim = _next_aim(points, fraction)
+        if aim is None:
+            break
+        choice = choose(analysis, table, scores, aim, constraints)
+    met = [(a, seen[k]) for a, r, k in points if r <= fraction]
+    if met:
+        return max(met, key=lambda m: m[0])[1]
+    return min(seen.values(), key=lambda c: c.measured_fraction)
+
+
+def _next_aim(points: list[tuple[float, float, tuple]], fraction: float) -> Optional[float]:
+    """The next predicted fraction to ask the knapsack for: interpolate between the closest measured
+    points on either side of the target, else step by the measured/predicted ratio."""
+    below = [(a, r) for a, r, _ in points if r <= fraction]
+    above = [(a, r) for a, r, _ in points if r > fraction]
+    if below and above:
+        (a0, r0), (a1, r1) = max(below), min(above)
+        if abs(a1 - a0) < 1e-3 or r1 <= r0:
+            return None
+        return a0 + (fraction - r0) * (a1 - a0) / (r1 - r0)
+    a, r, _ = points[-1]
+    return float(min(1.0, max(a * fraction / max(r, 1e-6), 1e-3)))
