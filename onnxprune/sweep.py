@@ -114,8 +114,13 @@ def _quality(out: np.ndarray, ref: np.ndarray, labels: Optional[np.ndarray]) -> 
 
 def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
           kind: str = "macs", config: PruneConfig = PruneConfig(), eval_source: Any = None,
-          preprocess: Optional[Preprocess] = None, write_models: bool = True) -> SweepResult:
-    """Prune ``model_input`` to each kept fraction in ``budgets`` (of MACs or measured latency) and report."""
+          preprocess: Optional[Preprocess] = None, write_models: bool = True,
+          kernel_scores: Optional[dict[str, list[float]]] = None) -> SweepResult:
+    """Prune ``model_input`` to each kept fraction in ``budgets`` (of MACs or measured latency) and report.
+
+    ``kernel_scores`` (layer -> one score per kernel, as ``onnxprune score``
+    writes them) replaces the scoring step.
+    """
     from .report_html import write_sweep_report
     if kind not in BUDGET_KINDS:
         raise InvalidArgumentError(f"unknown budget kind {kind!r}; choose macs or latency")
@@ -124,7 +129,11 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     base = replace(config, percentage=None, target_macs=None, target_params=None, target_latency=None, steps=1,
                    gradual_start=None, gradual_gamma=None)
     p, calibration = prepare_run(model_input, calibration_source, base, preprocess=preprocess)
-    scores = score_units(p, base, calibration)
+    if kernel_scores is not None:
+        from .api import scores_from_kernels
+        scores = scores_from_kernels(p, kernel_scores)
+    else:
+        scores = score_units(p, base, calibration)
     used = len(calibration) if calibration is not None else 0
     inputs, labels, where = _held_out(calibration_source, eval_source, p.original, base, preprocess, used)
     notes = []

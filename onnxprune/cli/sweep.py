@@ -19,6 +19,7 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--eval", help="evaluation data (with labels: accuracy), never calibrated on; default: the "
                                   "calibration file's rows after --calib-limit")
     p.add_argument("--criterion", default="oracle", choices=list(CRITERIA))
+    p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")
     p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
@@ -36,8 +37,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         from ..errors import CalibrationError
         raise CalibrationError("sweep needs calibration data: pass --calib DIR|FILE")
     config = _config(args, args.criterion)
+    kernel_scores = None
+    if args.scores:
+        from ..scores_io import load_scores
+        kernel_scores = load_scores(args.scores)
     res = sweep(args.model, args.calib, parse_budgets(args.budgets), args.out, kind=args.budget_kind, config=config,
-                eval_source=args.eval, preprocess=_preprocess(args), write_models=not args.no_models)
+                eval_source=args.eval, preprocess=_preprocess(args), write_models=not args.no_models,
+                kernel_scores=kernel_scores)
     print(f"{'budget':>8} {'MACs kept':>10} {'latency ms':>11} {'speed-up':>9} {res.quality_name}")
     print(f"{'dense':>8} {'100.0%':>10} {res.dense_latency.median:>11.3f} {'1.00x':>9} {res.dense_quality:.2%}")
     for pt in res.points:

@@ -132,6 +132,7 @@ def build_piece(analysis: Analysis, nodes: Sequence[onnx.NodeProto], keep: Width
             shape[lab.axis] = int(mask.sum())
         shapes[name] = tuple(shape)
     del sub.graph.output[:]
-    for node in sub.graph.node:  # outputs untyped beyond their element type: onnxruntime infers the rest
-        sub.graph.output.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    for node in sub.graph.node:  # rank only: the sizes change with the width
+        rank = len(analysis.probe.shapes.get(node.output[0], (0, 0)))
+        sub.graph.output.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, [None] * rank))
     return sub, shapes
