@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from ..graph.analysis import Analysis
-from ..latency.measure import LatencySettings, Timing, feeds_for, time_interleaved
+from ..latency.measure import Timing, feeds_for, time_interleaved
 from ..latency.table import LatencyTable
 from ..selection import Constraints, _Budget
 from .knapsack import Option, solve

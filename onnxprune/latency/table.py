@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-import numpy as np
-
 from ..graph.analysis import Analysis, Group
 from .cache import TableCache, table_key
 from .measure import LatencySettings, Timing, feeds_for, time_interleaved
@@ -71,16 +69,6 @@ class LatencyTable:
     def predicted(self, widths: dict[int, int]) -> float:
         """Whole-model time with group ``gid`` at ``widths[gid]`` (others dense): additive in the groups."""
         return self.dense.median + sum(self.groups[g].ms(w) - self.groups[g].dense for g, w in widths.items())
-
-    def fast_widths(self, gid: int, slack: float = 0.02) -> list[int]:
-        """Widths no slower than any wider one (within ``slack``): the steps worth stopping at."""
-        g = self.groups[gid]
-        out, best = [], math.inf
-        for w, t in sorted(zip(g.widths, g.times), key=lambda x: -x[0]):
-            if t.median < best * (1 + slack) or w == g.widths[-1]:
-                out.append(w)
-            best = min(best, t.median)
-        return sorted(out)
 
 
 def _group_key(analysis: Analysis, group: Group, widths: list[int]) -> str:
@@ -138,7 +126,3 @@ def build_table(analysis: Analysis, settings: LatencySettings = LatencySettings(
                 table.cached, dense.text(), settings.describe())
     return table
 
-
-def width_of(analysis: Analysis, group: Group, removed: np.ndarray) -> int:
-    """Kept units of ``group`` once ``removed`` are gone."""
-    return int(len(group.units) - np.isin(np.array(group.units), removed).sum())
