@@ -18,9 +18,11 @@ and the range is over the three. Run: python benchmarks/latency.py [--skip-effne
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +57,18 @@ def table_seconds(p, cfg: PruneConfig, name: str) -> None:
     print("table", name, TABLE_SECONDS[name], flush=True)
 
 
+def cached_scores(p, criterion: str, cal, name: str) -> dict:
+    """Scores of every unit, kept in the temp folder between runs of this script (scoring dominates its time)."""
+    path = Path(tempfile.gettempdir()) / f"onnxprune-latency-bench-{name}-{criterion}.json"
+    if path.exists():
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    t0 = time.perf_counter()
+    scores = score_units(p, PruneConfig(criterion=criterion), cal)
+    print(f"{criterion} scores {time.perf_counter() - t0:.0f} s", flush=True)
+    path.write_text(json.dumps({str(k): v for k, v in scores.items()}))
+    return scores
+
+
 def _fmt(t: tuple, dense: tuple) -> str:
     return f"{t[0]:.2f} ({t[1]:.2f}-{t[2]:.2f}) {dense[0] / t[0]:.2f}x"
 
@@ -72,9 +86,7 @@ def resnet56(rows: list) -> None:
     p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
     cal_score = load_calibration({"input": xc[perm[:128]]}, p.original, batch_size=64)
     cal_fit = load_calibration({"input": xc[perm[:256]]}, p.original, batch_size=64)
-    t0 = time.perf_counter()
-    scores = score_units(p, PruneConfig(criterion="oracle"), cal_score)
-    print(f"oracle scores {time.perf_counter() - t0:.0f} s", flush=True)
+    scores = cached_scores(p, "oracle", cal_score, "resnet56")
     models, meta = {"dense": p.original}, {"dense": ("dense", 1.0, None, None)}
     for batch in (1, 32):
         cfg = PruneConfig(criterion="oracle", target_latency=0.5, latency_batch=batch, latency_threads=2,
@@ -86,7 +98,7 @@ def resnet56(rows: list) -> None:
         lat = res.report.extra["latency"]
         meta[key] = (key, res.report.after.macs / res.report.before.macs, lat["measured_fraction"], secs)
         print(key, f"{secs:.0f} s", lat, flush=True)
-    for m in (0.5, 0.4, 0.3, 0.25, 0.2):
+    for m in (0.5, 0.4, 0.3, 0.25):
         cfg = PruneConfig(criterion="oracle", target_macs=m, measure=False)
         res, secs = _prune(p, scores, cal_fit, cfg)
         key = f"--target-macs {m}"
@@ -112,9 +124,7 @@ def efficientnet(rows: list) -> None:
     xc, xe = imagenet_images(cf), imagenet_images(ef)
     p = prepare(SHARED / "models" / "efficientnet_lite0.onnx", exclude=HIDDEN_ONLY)
     cal = load_calibration({"input": xc}, p.original, batch_size=25)
-    t0 = time.perf_counter()
-    scores = score_units(p, PruneConfig(criterion="energy"), cal)
-    print(f"energy scores {time.perf_counter() - t0:.0f} s", flush=True)
+    scores = cached_scores(p, "energy", cal, "efficientnet_hidden")
     models, meta = {"dense": p.original}, {"dense": ("dense", 1.0, None, None)}
     for key, cfg in (("--target-latency 0.7 (table at batch 1)",
                       PruneConfig(criterion="energy", target_latency=0.7, latency_batch=1, latency_threads=2,

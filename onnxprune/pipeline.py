@@ -77,6 +77,7 @@ def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config:
     target = config.target.latency
     info = {"target": target, "measured_fraction": fraction, "speedup": dense.median / max(pruned.median, 1e-12),
             "dense_ms": [dense.median, dense.low, dense.high], "pruned_ms": [pruned.median, pruned.low, pruned.high],
+            "fastest_round_fraction": pruned.low / max(dense.low, 1e-12),
             "where": settings.describe(), "missed_by": max(0.0, fraction - target)}
     report.extra["latency"] = info
     if fraction > target:

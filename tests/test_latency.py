@@ -22,6 +22,7 @@ from onnxprune.errors import InvalidArgumentError
 from onnxprune.latency import LatencySettings, LatencyTable, TableCache, Timing, build_table, candidate_widths
 from onnxprune.latency import table as table_mod
 from onnxprune.latency.cache import table_key
+from onnxprune.latency.model import LatencyModel
 from onnxprune.latency.pieces import WidthMasks, build_piece, group_nodes
 from onnxprune.latency.table import GroupLatency
 from onnxprune.prepare import prepare
@@ -116,6 +117,25 @@ def _synthetic(p, curves: dict[int, dict[int, float]], dense: float) -> LatencyT
     return t
 
 
+def test_model_multiplies_the_two_sides_of_a_layer():
+    """conv2 sits between group A (its input) and group B (its output): its time scales with r_A * r_B."""
+    p = prepare(chain_flatten_gemm())
+    a = p.analysis
+    ga, gb = (next(g.id for g in a.groups if not g.frozen and len(g.units) == n) for n in (8, 6))
+    table = _synthetic(p, {ga: {w: w / 8 for w in range(1, 9)}, gb: {w: w / 6 for w in range(1, 7)}}, 10.0)
+    model = LatencyModel(a, table)
+    assert model.predict({}) == pytest.approx(10.0)
+    total = sum(layer.macs for layer in a.layers.values())
+    share = {name: layer.macs / total for name, layer in a.layers.items()}
+    conv1, conv2 = (n.name for n in group_nodes(a, a.groups[ga]))
+    gemm = next(name for name in a.layers if name not in (conv1, conv2))
+    want = 10.0 * (share[conv1] * 0.5 + share[conv2] * 0.5 * (3 / 6) + share[gemm] * (3 / 6))
+    assert model.predict({ga: 4, gb: 3}) == pytest.approx(want)
+    # the separable costs add up to the prediction at the point they are linearised around
+    at = {ga: 4, gb: 3}
+    assert model.group_cost(ga, 4, at) + model.group_cost(gb, 3, at) == pytest.approx(want)
+
+
 def test_knapsack_over_a_synthetic_table_matches_brute_force():
     p = prepare(chain_flatten_gemm())
     a = p.analysis
@@ -128,13 +148,14 @@ def test_knapsack_over_a_synthetic_table_matches_brute_force():
         curves[gid] = {w: 0.1 + w / n + (0.3 if w % 2 else 0.0) for w in range(1, n + 1)}  # odd widths slow
     dense = 2.0
     table = _synthetic(p, curves, dense)
+    model = LatencyModel(a, table)
     cons = Constraints(max_layer_ratio=0.9)
     for fraction in (0.9, 0.7, 0.5):
         choice = choose(a, table, scores, fraction, cons)
-        budget = sum(curves[g][len(a.groups[g].units)] for g in gids) - (1 - fraction) * dense
-        opts = [group_options(a, table, scores, g, cons) for g in gids]
+        opts = [group_options(a, model, scores, g, cons) for g in gids]
         best = min((sum(o.loss for o in combo) for combo in itertools.product(*opts)
-                    if sum(o.cost for o in combo) <= budget), default=None)
+                    if model.predict({o.payload[0]: o.payload[1] for o in combo}) <= fraction * dense + 1e-12),
+                   default=None)
         got = sum(scores[r] for r in choice.removed)
         assert best is not None and got == pytest.approx(best, abs=1e-9)
         assert choice.predicted_ms <= fraction * dense + 1e-9
@@ -153,17 +174,18 @@ def test_options_respect_limits_and_the_depth_hook_is_inert_until_set():
     p = prepare(chain_flatten_gemm())
     a = p.analysis
     gid = next(g.id for g in a.groups if not g.frozen and len(g.units) == 8)
-    table = _synthetic(p, {gid: {w: float(w) for w in range(1, 9)}}, 10.0)
+    model = LatencyModel(a, _synthetic(p, {gid: {w: float(w) for w in range(1, 9)}}, 10.0))
     scores = {r: 1.0 for r in a.prunable_units}
     cons = Constraints(max_layer_ratio=0.5)
-    opts = group_options(a, table, scores, gid, cons)
+    opts = group_options(a, model, scores, gid, cons)
     assert [o.payload[1] for o in opts] == [8, 7, 6, 5, 4] and min_width(8, cons) == 4
     assert all(o.loss == 8 - o.payload[1] for o in opts)
+    assert [o.cost for o in opts] == sorted((o.cost for o in opts), reverse=True)
     group = a.groups[gid]
     assert not getattr(group, "droppable", False)
     group.droppable = True  # what the depth analysis will set for a removable residual branch
     try:
-        opts = group_options(a, table, scores, gid, cons)
+        opts = group_options(a, model, scores, gid, cons)
         assert opts[-1].payload[1] == 0 and opts[-1].cost == 0 and opts[-1].loss == 8
     finally:
         del group.droppable

@@ -1,14 +1,19 @@
 """Selection under a latency budget: a knapsack over the measured table, checked by measuring the result.
 
 Per group, the options are the table's widths (widest first); an option's
-cost is the measured time of the group's layers at that width, its loss the
-summed scores of the units removed to reach it, lowest-scored first within
-the group. The knapsack (:mod:`.knapsack`) keeps the most importance whose
-predicted time fits ``fraction`` of the dense model's measured time.
+loss is the summed scores of the units removed to reach it, lowest-scored
+first within the group; its cost the group's part of the predicted time
+(:class:`onnxprune.latency.model.LatencyModel`: each layer's time scaled by
+the measured relative speed of the groups on both of its sides). The
+knapsack (:func:`.knapsack.solve`, its budget searched so that the full,
+non-separable prediction fits, then a few rounds with the costs linearised
+around the choice while that lowers the loss within the budget) keeps the
+most importance whose predicted time fits ``fraction`` of the dense model's
+measured time.
 
-The prediction adds the groups' changes independently; a layer between two
-pruned groups saves more than either group's table says, and whole models
-fuse ops the pieces run apart. So the chosen model is built and *measured*
+The prediction takes a layer's share of the time from its MACs, which
+per-op overhead (most of the time at batch 1) breaks, and whole models fuse
+ops the pieces run apart. So the chosen model is built and *measured*
 (interleaved with the dense model), and the budget handed to the knapsack is
 corrected from the measured ratio for a few rounds; the widest choice whose
 measured time meets the target wins (none meeting it: the fastest measured).
@@ -30,6 +35,7 @@ import numpy as np
 
 from ..graph.analysis import Analysis
 from ..latency.measure import Timing, feeds_for, time_interleaved
+from ..latency.model import LatencyModel
 from ..latency.table import LatencyTable
 from ..selection import Constraints, _Budget
 from .knapsack import Option, solve
@@ -49,9 +55,12 @@ class LatencyChoice:
 
     @property
     def measured_fraction(self) -> Optional[float]:
+        """Pruned over dense time, from the fastest round of each: a busy machine only ever adds time,
+        so the minima compare what the models cost (medians moved 2x between identical runs at a load of 7x
+        the cores)."""
         if self.measured is None or self.dense is None:
             return None
-        return self.measured.median / max(self.dense.median, 1e-12)
+        return self.measured.low / max(self.dense.low, 1e-12)
 
 
 def min_width(n: int, constraints: Constraints) -> int:
@@ -59,36 +68,54 @@ def min_width(n: int, constraints: Constraints) -> int:
     return max(constraints.min_kernels, math.ceil(n * (1 - constraints.max_layer_ratio) - 1e-9), 1)
 
 
-def group_options(analysis: Analysis, table: LatencyTable, scores: dict[int, float], gid: int,
-                  constraints: Constraints) -> list[Option]:
+def group_options(analysis: Analysis, model: LatencyModel, scores: dict[int, float], gid: int,
+                  constraints: Constraints, current: Optional[dict[int, int]] = None) -> list[Option]:
     """The knapsack options of group ``gid``: payload (gid, width, units removed), widest first."""
     group = analysis.groups[gid]
     units = sorted((r for r in group.units if r in scores), key=lambda r: (scores[r], r))
     n = len(group.units)
-    gl = table.groups[gid]
+    gl = model.table.groups[gid]
     lowest = min_width(n, constraints)
     cum = np.concatenate([[0.0], np.cumsum([scores[r] for r in units])])
     opts = []
-    for w, t in sorted(zip(gl.widths, gl.times), key=lambda x: -x[0]):
+    for w in sorted(gl.widths, reverse=True):
         drop = n - w
         if w < lowest or drop > len(units):
             continue
-        opts.append(Option(cost=max(t.median, 0.0), loss=float(cum[drop]), payload=(gid, w, tuple(units[:drop]))))
+        opts.append(Option(cost=max(model.group_cost(gid, w, current or {}), 0.0), loss=float(cum[drop]),
+                           payload=(gid, w, tuple(units[:drop]))))
     if getattr(group, "droppable", False) and len(units) == n:  # depth: the branch goes (see the docstring)
         opts.append(Option(cost=0.0, loss=float(cum[n]), payload=(gid, 0, tuple(units))))
-    return opts or [Option(cost=gl.dense, loss=0.0, payload=(gid, n, ()))]
+    return opts or [Option(cost=model.group_cost(gid, n), loss=0.0, payload=(gid, n, ()))]
 
 
 def choose(analysis: Analysis, table: LatencyTable, scores: dict[int, float], fraction: float,
-           constraints: Constraints = Constraints()) -> LatencyChoice:
+           constraints: Constraints = Constraints(), iterations: int = 4) -> LatencyChoice:
     """The knapsack's choice for a predicted time of ``fraction`` of the dense model."""
+    model = LatencyModel(analysis, table)
     gids = sorted(table.groups)
-    options = [group_options(analysis, table, scores, g, constraints) for g in gids]
-    dense_parts = sum(table.groups[g].dense for g in gids)
-    budget = dense_parts - (1 - fraction) * table.dense.median
-    pick = solve(options, budget) if budget >= 0 else None
+    budget = fraction * model.dense_ms - model.constant_ms
+
+    def widths_of(options, pick):
+        return {g: opts[i].payload[1] for g, opts, i in zip(gids, options, pick)}
+
+    def loss_of(options, pick):
+        return sum(opts[i].loss for opts, i in zip(options, pick))
+
+    options = [group_options(analysis, model, scores, g, constraints) for g in gids]
+    pick = _largest_fitting(options, budget, lambda pk: model.predict(widths_of(options, pk)) - model.constant_ms)
+    for _ in range(iterations if pick is not None else 0):
+        # costs linearised around the current choice (LatencyModel.group_cost); kept only when better and within
+        # the budget under the full prediction
+        current = widths_of(options, pick)
+        opts2 = [group_options(analysis, model, scores, g, constraints, current) for g in gids]
+        pick2 = solve(opts2, budget)
+        if pick2 is None or model.predict(widths_of(opts2, pick2)) - model.constant_ms > budget \
+                or loss_of(opts2, pick2) >= loss_of(options, pick) - 1e-12:
+            break
+        options, pick = opts2, pick2
     if pick is None:
-        logger.warning("latency %.0f%% cannot be reached by narrowing within the per-layer limits (predicted); "
+        logger.info("latency %.0f%% cannot be reached by narrowing within the per-layer limits (predicted); "
                        "taking the fastest widths", fraction * 100)
         pick = [int(np.argmin([o.cost for o in opts])) for opts in options]
     chosen = [opts[i].payload for opts, i in zip(options, pick)]
@@ -96,7 +123,7 @@ def choose(analysis: Analysis, table: LatencyTable, scores: dict[int, float], fr
     budget_check = _Budget(analysis, constraints)
     removed = [r for r in order if budget_check.take(r)]
     widths = {g: w for g, w, _ in chosen}
-    return LatencyChoice(sorted(removed), widths, table.predicted(widths))
+    return LatencyChoice(sorted(removed), widths, model.predict(widths))
 
 
 def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float, table: LatencyTable,
@@ -134,6 +161,34 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     return min(seen.values(), key=lambda c: c.measured_fraction)
 
 
+def _largest_fitting(options: list[list[Option]], budget: float, exact) -> Optional[list[int]]:
+    """The knapsack's choice for the largest separable budget whose choice meets ``budget`` under ``exact``.
+
+    The separable costs over-state a layer between two narrowed groups
+    ((a + b) / 2 against a * b), so the separable budget searched for can be
+    far above the true one (beyond :func:`solve_exact`'s range): bisect it
+    between the cheapest and the dense choice.
+    """
+    lo = sum(min(o.cost for o in opts) for opts in options)
+    hi = sum(max(o.cost for o in opts) for opts in options)
+    best = None
+    if budget < 0:
+        return None
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        pick = solve(options, mid)
+        if pick is not None and exact(pick) <= budget:
+            best, lo = pick, mid
+        else:
+            hi = mid
+        if hi - lo < 1e-4 * max(hi, 1e-9):
+            break
+    if best is None:
+        cheapest = [int(np.argmin([o.cost for o in opts])) for opts in options]
+        best = cheapest if exact(cheapest) <= budget else None
+    return best
+
+
 def _next_aim(points: list[tuple[float, float, tuple]], fraction: float) -> Optional[float]:
     """The next predicted fraction to ask the knapsack for: interpolate between the closest measured
     points on either side of the target, else step by the measured/predicted ratio."""
@@ -145,4 +200,5 @@ def _next_aim(points: list[tuple[float, float, tuple]], fraction: float) -> Opti
             return None
         return a0 + (fraction - r0) * (a1 - a0) / (r1 - r0)
     a, r, _ = points[-1]
-    return float(min(1.0, max(a * fraction / max(r, 1e-6), 1e-3)))
+    step = min(max(fraction / max(r, 1e-6), 0.67), 1.5)  # one noisy measurement must not throw the aim far
+    return float(min(1.0, max(a * step, 1e-3)))

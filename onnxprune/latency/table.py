@@ -66,10 +66,6 @@ class LatencyTable:
     groups: dict[int, GroupLatency] = field(default_factory=dict)
     cached: int = 0
 
-    def predicted(self, widths: dict[int, int]) -> float:
-        """Whole-model time with group ``gid`` at ``widths[gid]`` (others dense): additive in the groups."""
-        return self.dense.median + sum(self.groups[g].ms(w) - self.groups[g].dense for g, w in widths.items())
-
 
 def _group_key(analysis: Analysis, group: Group, widths: list[int]) -> str:
     return f"{'|'.join(group.layers)}#{len(group.units)}#{','.join(map(str, widths))}"
@@ -90,8 +86,7 @@ def measure_group(analysis: Analysis, group: Group, widths: list[int], settings:
 
 
 def build_table(analysis: Analysis, settings: LatencySettings = LatencySettings(),
-                round_to: Union[int, str, None] = None, min_width: Optional[dict[int, int]] = None,
-                cache: Optional[TableCache] = None) -> LatencyTable:
+                round_to: Union[int, str, None] = None, cache: Optional[TableCache] = None) -> LatencyTable:
     """Measure (or read from the cache) the table of every prunable group and the dense model's time."""
     cache = cache if cache is not None else TableCache(settings.cache_dir)
     key = table_key(analysis.proto, settings)
@@ -109,7 +104,7 @@ def build_table(analysis: Analysis, settings: LatencySettings = LatencySettings(
         if group.frozen:
             continue
         n = len(group.units)
-        widths = candidate_widths(n, round_to, (min_width or {}).get(group.id, 1))
+        widths = candidate_widths(n, round_to)
         gkey = _group_key(analysis, group, widths)
         if gkey in entries:
             e = entries[gkey]
