@@ -149,28 +149,35 @@ def efficientnet(rows: list) -> None:
         print(rows[-1], flush=True)
 
 
+INTRO = ("\nThe machine was shared with other jobs while this ran (2 cores, load average 13-22 from other helpers' "
+         "benchmarks): every model is timed interleaved with the dense one, the whole timing repeated three times; "
+         "ms is the median of the three (each the median over rounds of the best of several runs), the range is "
+         "over the three. 'time kept when pruned': the pruned model's share of the dense time as the pruning run "
+         "itself measured and reported it (the table's batch, medians of one interleaved timing). 'wall s': selection (the table "
+         "read from the cache, its build time below) + the measured check + surgery + recovery, scores shared. "
+         "ResNet-56: oracle (KL) on 128 calibration images, least squares on 256, top-1 on cifar10_dev (5,000). "
+         "EfficientNet-Lite0: energy scores on the first 250 images of imagenet_dev, expansion channels only, "
+         "least squares on the same 250, top-1 on the other 250.\n\n")
+
+
+def write(rows: list) -> None:
+    text = header("Latency targets: --target-latency vs --target-macs (onnxruntime CPU, 2 threads)") + INTRO
+    text += table(rows, list(rows[0]))
+    text += "\nLatency tables (fresh cache, 2 threads): " + "; ".join(
+        f"{k}: {s:.0f} s for {g} groups, {w} widths" for k, (s, g, w) in TABLE_SECONDS.items()) + ".\n"
+    write_section("latency-target", text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-effnet", action="store_true")
     args = ap.parse_args()
     rows: list = []
     resnet56(rows)
-    text = header("Latency targets: --target-latency vs --target-macs (onnxruntime CPU, 2 threads)")
-    text += ("\nThe machine was shared with other jobs while this ran (2 cores for several helpers): every model "
-             "is timed interleaved with the dense one, the whole timing repeated three times; ms is the median of "
-             "the three (each the median over rounds of the best of several runs), the range is over the three. "
-             "'time kept when pruned': the pruned model's measured share of the dense time in the run's own "
-             "check (the table's batch), before recovery. 'wall s': selection (table from the cache where "
-             "present) + surgery + recovery, scores shared. ResNet-56: oracle (KL) on 128 calibration images, "
-             "least squares on 256, top-1 on cifar10_dev (5,000). EfficientNet-Lite0: energy scores on the "
-             "first 250 images of imagenet_dev, expansion channels only, least squares on the same 250, top-1 "
-             "on the other 250.\n\n")
+    write(rows)
     if not args.skip_effnet:
         efficientnet(rows)
-    text += table(rows, list(rows[0]))
-    text += "\nLatency tables (fresh cache, 2 threads): " + "; ".join(
-        f"{k}: {s:.0f} s for {g} groups, {w} widths" for k, (s, g, w) in TABLE_SECONDS.items()) + ".\n"
-    write_section("latency-target", text)
+        write(rows)
 
 
 if __name__ == "__main__":
