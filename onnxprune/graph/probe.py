@@ -82,19 +82,30 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
 
 
 _NP_OF_ONNX = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
     onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.BOOL: np.bool_,
 }
 
 
+def np_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX element type (0, unknown, is float32)."""
+    return np.dtype(_NP_OF_ONNX.get(elem_type or onnx.TensorProto.FLOAT, np.float32))
+
+
+def input_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
+    """numpy dtype of every real (non-initializer) input: what a feed must hold (float16 models too)."""
+    inits = {t.name for t in proto.graph.initializer}
+    return {i.name: np_dtype(i.type.tensor_type.elem_type) for i in proto.graph.input if i.name not in inits}
+
+
 def random_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal float inputs of the given shapes (ints get zeros)."""
     rng = np.random.default_rng(seed)
-    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    types = input_dtypes(proto)
     feeds = {}
     for name, shape in shapes.items():
-        dtype = _NP_OF_ONNX.get(types.get(name, onnx.TensorProto.FLOAT), np.float32)
+        dtype = types.get(name, np.dtype(np.float32))
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
