@@ -84,3 +84,134 @@ def test_ppocr_cls_head_prunes():
     convs, kernels, reasons = _prunable(path, input_shapes={"x": [1, 3, 48, 192]})
     assert (convs, kernels) == (53, 3146)  # 52 and 2946 with the target left at run time
     assert not any("Reshape" in r for r in reasons)
+
+
+# ---------------------------------------------------------------- opsets 11-22 (item 2)
+def opset11_model() -> onnx.ModelProto:
+    """At opset 11, every op whose signature later changes (attributes that became inputs):
+
+    Conv(8) -> BN -> Relu -> Pad(spatial) -> Conv(12) -> Clip -> Split(4, 8 | attr) -> Conv each
+    -> Concat -> Resize(x2) -> Conv(6) -> ReduceMean(axes attr, keepdims) -> Squeeze(axes attr)
+    -> Unsqueeze(axes attr) -> Squeeze -> Gemm(3)
+    """
+    b = Builder(opset=11)
+    h = b.op("Relu", [b.bn(b.conv("x", 3, 8), 8)])
+    h = b.op("Pad", [h, b.const(np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64))], mode="constant")
+    h = b.op("Clip", [b.conv(h, 8, 12), b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))])
+    s1, s2 = b.op("Split", [h], n_out=2, axis=1, split=[4, 8])
+    h = b.op("Concat", [b.conv(s1, 4, 5, k=1), b.conv(s2, 8, 7, k=1)], axis=1)
+    h = b.op("Resize", [h, b.const(np.zeros(0, np.float32)), b.const(np.array([1, 1, 2, 2], np.float32))],
+             mode="nearest")
+    h = b.op("ReduceMean", [b.op("Relu", [b.conv(h, 12, 6)])], axes=[2, 3], keepdims=1)
+    h = b.op("Squeeze", [h], axes=[2, 3])
+    h = b.op("Squeeze", [b.op("Unsqueeze", [h], axes=[2])], axes=[2])
+    b.output(b.gemm(h, 6, 3), 2)
+    return b.build()
+
+
+def _plan(model, **kw) -> dict:
+    res = _prune(model, **kw)
+    return res.plan.remove
+
+
+def test_every_opset_prunes_to_the_same_plan():
+    base = opset11_model()
+    want = _plan(base)
+    assert sum(len(v) for v in want.values()) > 0
+    for version in range(12, 23):
+        converted = version_converter.convert_version(base, version)
+        assert converted.opset_import[0].version == version
+        assert _plan(converted) == want, f"opset {version}"
+
+
+@pytest.mark.parametrize("version", [18, 20, 22])
+def test_resnet20_at_other_opsets(version):
+    path = shared_path("models", "resnet20_cifar10.onnx")
+    base = onnx.load(str(path))
+    converted = version_converter.convert_version(base, version)
+    assert _plan(converted) == _plan(base)
+
+
+# ---------------------------------------------------------------- tf2onnx / Keras and PyTorch dynamo (item 2)
+def _nhwc_builder(opset: int = 13) -> Builder:
+    b = Builder(opset=opset)
+    b.inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])]
+    return b
+
+
+def _dense(b: Builder, h: str, fin: int, fout: int) -> str:
+    """Keras Dense as tf2onnx writes it: MatMul by a [in, out] constant, then Add of the bias."""
+    w = b.const((b.rng.standard_normal((fin, fout)) * 0.3).astype(np.float32))
+    return b.op("Add", [b.op("MatMul", [h, w]), b.const(b.rng.standard_normal(fout).astype(np.float32))])
+
+
+def keras_model(head: str) -> onnx.ModelProto:
+    """NHWC x -> Transpose(0,3,1,2) -> Conv(8) -> Relu -> Conv(16) -> Relu -> head -> Dense(10) -> Relu -> Dense(4)
+
+    heads: ``reducemean`` ReduceMean([2,3], keepdims=0); ``nhwc_reshape`` Transpose(0,2,3,1) ->
+    ReduceMean([1,2]) -> Reshape([-1, 16]); ``squeeze`` GlobalAveragePool -> Squeeze([2,3]);
+    ``nhwc_flatten`` Transpose(0,2,3,1) -> Reshape([-1, 8*8*16]) (channel innermost);
+    ``nhwc_dense`` Transpose(0,2,3,1) -> Dense(16) on the last axis -> Relu -> ReduceMean([1,2], keepdims=0);
+    ``squeeze_all`` GlobalAveragePool -> Squeeze without axes.
+    """
+    b = _nhwc_builder()
+    h = b.op("Transpose", ["x"], perm=[0, 3, 1, 2])
+    h = b.op("Relu", [b.conv(h, 3, 8)])
+    h = b.op("Relu", [b.conv(h, 8, 16)])
+    width = 16
+    if head == "reducemean":
+        h = b.op("ReduceMean", [h], axes=[2, 3], keepdims=0)
+    elif head == "nhwc_reshape":
+        h = b.op("ReduceMean", [b.op("Transpose", [h], perm=[0, 2, 3, 1])], axes=[1, 2], keepdims=1)
+        h = b.op("Reshape", [h, b.const(np.array([-1, 16], np.int64))])
+    elif head == "squeeze":
+        h = b.op("Squeeze", [b.op("GlobalAveragePool", [h]), b.const(np.array([2, 3], np.int64))])
+    elif head == "nhwc_flatten":
+        h = b.op("Transpose", [h], perm=[0, 2, 3, 1])
+        h = b.op("Reshape", [h, b.const(np.array([-1, 8 * 8 * 16], np.int64))])
+        width = 8 * 8 * 16
+    elif head == "nhwc_dense":
+        h = b.op("Relu", [_dense(b, b.op("Transpose", [h], perm=[0, 2, 3, 1]), 16, 16)])
+        h = b.op("ReduceMean", [h], axes=[1, 2], keepdims=0)
+    elif head == "squeeze_all":
+        h = b.op("Squeeze", [b.op("GlobalAveragePool", [h])])
+    h = b.op("Relu", [_dense(b, h, width, 10)])
+    b.output(_dense(b, h, 10, 4), 2)
+    return b.build()
+
+
+@pytest.mark.parametrize("head", ["reducemean", "nhwc_reshape", "squeeze", "nhwc_flatten", "nhwc_dense",
+                                  "squeeze_all"])
+def test_keras_patterns(head):
+    model = keras_model(head)
+    convs, kernels, reasons = _prunable(model)
+    extra = 16 if head == "nhwc_dense" else 0  # the channels-last Dense is a prunable layer too
+    assert (convs, kernels) == (3 + (extra > 0), 8 + 16 + 10 + extra), reasons  # convs and hidden Dense
+    _prune(model)
+
+
+def dynamo_model() -> onnx.ModelProto:
+    """PyTorch dynamo export (opset 18): asymmetric pads on a Conv and in a Pad node (axes input),
+    ReduceMean with an axes input and keepdims=0, then Gemm(transB) heads.
+
+    x -> Conv(8, pads 0,0,1,1, s2) -> Relu -> Pad([1,0]|[0,1] on H, W via axes) -> Conv(12, valid)
+      -> Relu -> ReduceMean(axes=[-1,-2], keepdims=0) -> Gemm(6) -> Relu -> Gemm(3)
+    """
+    b = Builder(opset=18)
+    w = b.const((b.rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32))
+    h = b.op("Relu", [b.op("Conv", ["x", w], kernel_shape=[3, 3], pads=[0, 0, 1, 1], strides=[2, 2])])
+    h = b.op("Pad", [h, b.const(np.array([1, 0, 0, 1], np.int64)), b.const(np.array(0, np.float32)),
+                     b.const(np.array([2, 3], np.int64))], mode="constant")
+    w = b.const((b.rng.standard_normal((12, 8, 3, 3)) * 0.3).astype(np.float32))
+    h = b.op("Relu", [b.op("Conv", [h, w], kernel_shape=[3, 3])])
+    h = b.op("ReduceMean", [h, b.const(np.array([-1, -2], np.int64))], keepdims=0)
+    h = b.op("Relu", [b.gemm(h, 12, 6)])
+    b.output(b.gemm(h, 6, 3), 2)
+    return b.build()
+
+
+def test_dynamo_patterns():
+    model = dynamo_model()
+    convs, kernels, reasons = _prunable(model)
+    assert (convs, kernels) == (3, 8 + 12 + 6), reasons
+    _prune(model)
