@@ -215,3 +215,108 @@ def test_dynamo_patterns():
     convs, kernels, reasons = _prunable(model)
     assert (convs, kernels) == (3, 8 + 12 + 6), reasons
     _prune(model)
+
+
+# ---------------------------------------------------------------- several inputs (item 3)
+def multi_input_model(kind: str) -> onnx.ModelProto:
+    """``scalar``: x -> Conv(8) -> Relu -> GAP -> Flatten -> Gemm(6) -> * s[N,1] -> Relu -> Gemm(3)
+    ``two_images``: Conv(8)(a) + Conv(8)(b) -> Relu -> Conv(6)
+    ``mask``: x -> Conv(8) -> Relu -> * m[N,1,8,8] -> Conv(6)
+    """
+    b = Builder()
+    img = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3, 8, 8])  # noqa: E731
+    if kind == "scalar":
+        b.inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1]))
+        h = b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [b.conv("x", 3, 8)])])])
+        h = b.op("Relu", [b.op("Mul", [b.gemm(h, 8, 6), "s"])])
+        b.output(b.gemm(h, 6, 3), 2)
+    elif kind == "two_images":
+        b.inputs = [img("a"), img("b")]
+        h = b.op("Relu", [b.op("Add", [b.conv("a", 3, 8), b.conv("b", 3, 8)])])
+        b.output(b.conv(h, 8, 6), 4)
+    else:
+        b.inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 1, 8, 8]))
+        h = b.op("Mul", [b.op("Relu", [b.conv("x", 3, 8)]), "m"])
+        b.output(b.conv(h, 8, 6), 4)
+    return b.build()
+
+
+_MULTI = {"scalar": ((2, 14), {"x": (3, 8, 8), "s": (1,)}), "two_images": ((2, 16), {"a": (3, 8, 8), "b": (3, 8, 8)}),
+          "mask": ((1, 8), {"x": (3, 8, 8), "m": (1, 8, 8)})}
+
+
+def _multi_data(kind: str, n: int = 24) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    data = {k: rng.uniform(-1, 1, (n,) + s).astype(np.float32) for k, s in _MULTI[kind][1].items()}
+    if kind == "mask":
+        data["m"] = (data["m"] > 0).astype(np.float32)
+    return data
+
+
+@pytest.mark.parametrize("kind", sorted(_MULTI))
+def test_multi_input_data_free(kind):
+    model = multi_input_model(kind)
+    convs, kernels, reasons = _prunable(model)
+    assert (convs, kernels) == _MULTI[kind][0], reasons
+    _prune(model)
+
+
+@pytest.mark.parametrize("kind", sorted(_MULTI))
+def test_multi_input_calibrated_per_input_name(kind, tmp_path):
+    """Calibration arrays keyed by input name: arrays in Python, an .npz through the command line."""
+    model = multi_input_model(kind)
+    data = _multi_data(kind)
+    res = onnxprune.prune_static(model, None, data,
+                                 config=onnxprune.PruneConfig(percentage=30, criterion="oracle", recover="lsq"))
+    assert res.report.removed_kernels > 0 and "least-squares" in res.report.extra["recovery"]
+    src, npz, out = tmp_path / "m.onnx", tmp_path / "calib.npz", tmp_path / "p.onnx"
+    onnx.save(model, str(src))
+    np.savez(npz, **data)
+    from onnxprune.cli import main
+    assert main(["prune", str(src), "-o", str(out), "--calib", str(npz), "--percentage", "30"]) in (0, None)
+    assert out.exists()
+
+
+# ---------------------------------------------------------------- dynamic shapes (item 3)
+def dynamic_model(record: str) -> onnx.ModelProto:
+    """x [N,3,H,W] -> Conv(8) -> Relu -> Flatten -> Gemm(8*6*6 -> 4): runs only at 6x6.
+
+    The size is recorded as ``value_info`` (of a Cast of the input), ``metadata`` (imgsz) or by a
+    second input with ``fixed`` dims (a mask); ``none`` records nothing.
+    """
+    b = Builder(shape=(None, 3, None, None))
+    b.inputs[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    b.inputs[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    x = b.op("Cast", ["x"], to=TensorProto.FLOAT)
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    if record == "fixed":
+        b.inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 1, 6, 6]))
+        h = b.op("Mul", [h, "m"])
+    b.output(b.gemm(b.op("Flatten", [h]), 8 * 36, 4), 2)
+    model = b.build()
+    if record == "value_info":
+        model.graph.value_info.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 3, 6, 6]))
+    elif record == "metadata":
+        helper.set_model_props(model, {"imgsz": "[6, 6]"})
+    return model
+
+
+@pytest.mark.parametrize("record", ["value_info", "metadata", "fixed"])
+def test_dynamic_sizes_from_the_file(record):
+    model = dynamic_model(record)
+    rep = onnxprune.inspect(model)
+    assert rep.input_shapes["x"][2:] == (6, 6)
+    _prune(model)
+
+
+def test_dynamic_sizes_nothing_recorded_asks_for_input_shape(tmp_path, capsys):
+    model = dynamic_model("none")
+    with pytest.raises(onnxprune.errors.InvalidArgumentError, match="--input-shape"):
+        onnxprune.inspect(model)
+    assert onnxprune.inspect(model, input_shapes={"x": [1, 3, 6, 6]}).prunable_kernel_num == 8
+    path = tmp_path / "d.onnx"
+    onnx.save(model, str(path))
+    from onnxprune.cli import main
+    assert main(["inspect", str(path)]) not in (0, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--input-shape" in err[0]

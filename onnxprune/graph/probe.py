@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -50,8 +51,11 @@ def graph_input_dims(proto: onnx.ModelProto) -> dict[str, list]:
 
 
 def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | None = None,
-                         batch: int = PROBE_BATCH) -> dict[str, tuple[int, ...]]:
-    """Concrete input shapes: user-given ones, else declared dims with batch and spatial defaults."""
+                         batch: int = PROBE_BATCH, *, recorded: Optional[dict[str, dict[int, int]]] = None,
+                         warn: bool = True) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes: user-given ones, else declared dims with batch and ``recorded`` sizes
+    ({input: {axis: size}}, see :mod:`.sizes`), else the spatial default."""
+    recorded = recorded or {}
     given = dict(given or {})
     out: dict[str, tuple[int, ...]] = {}
     for name, dims in graph_input_dims(proto).items():
@@ -71,10 +75,13 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
                 shape.append(d)
             elif i == 0:
                 shape.append(batch)
+            elif i in recorded.get(name, {}):
+                shape.append(int(recorded[name][i]))
             else:
                 shape.append(DEFAULT_SPATIAL)
-                logger.warning("input %s dim %d is dynamic; probing with %d (pass input_shapes to choose)",
-                               name, i, DEFAULT_SPATIAL)
+                if warn:
+                    logger.warning("input %s dim %d is dynamic; probing with %d (pass input_shapes to choose)",
+                                   name, i, DEFAULT_SPATIAL)
         out[name] = tuple(shape)
     if given:
         raise InvalidArgumentError(f"unknown input name(s) {sorted(given)}; the model has {sorted(out)}")

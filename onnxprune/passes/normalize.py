@@ -19,7 +19,8 @@ import onnx
 
 from ..errors import InvalidModelError, VerificationError
 from ..graph.normalize import normalize
-from ..graph.probe import input_dtypes, resolve_input_shapes
+from ..graph.probe import input_dtypes
+from ..graph.sizes import choose_input_shapes
 from ..runtime import make_session
 from ..verify import uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
@@ -38,7 +39,7 @@ class NormalizePass(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         normal = normalize(model)
-        shapes = resolve_input_shapes(normal, self.given)
+        shapes = choose_input_shapes(model, self.given)  # the file as given: its value_info records sizes
         folded = len(model.graph.node) - len(normal.graph.node)
         return PassResult(normal, True, (f"{len(normal.graph.node)} nodes ({folded:+d} folded away)"
                                          if folded else f"{len(normal.graph.node)} nodes",),

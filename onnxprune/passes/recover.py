@@ -63,9 +63,10 @@ def _stream(model: onnx.ModelProto, names: list[str], batches):
     """The named tensors, batch by batch: whole activations of every calibration sample at once
     would not fit in memory for big models (EfficientNet-Lite0: GBs per layer for 500 images)."""
     sess = make_session(expose(model, names))
+    wanted = {i.name for i in sess.get_inputs()}  # a prefix of a several-input model reads only some inputs
     start = 0
     for feeds in batches:
-        out = dict(zip(names, sess.run(names, feeds)))
+        out = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
         n = next(iter(out.values())).shape[0]
         yield start, start + n, out
         start += n
