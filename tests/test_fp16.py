@@ -134,10 +134,11 @@ def test_onnxconverter_keep_io_types():
 
 
 @pytest.mark.parametrize("criterion", ["oracle", "energy"])
-def test_half_scoring_and_recovery(criterion):
+@pytest.mark.parametrize("variant", ["fp16", "cast_island"])
+def test_half_scoring_and_recovery(criterion, variant):
     """Data-aware scoring and least squares on a float16 model fed float32 calibration arrays:
     the re-fit happens (in float32/64) and is written back as float16."""
-    half = to_half(chain_flatten_gemm())
+    half = (to_half if variant == "fp16" else cast_island)(chain_flatten_gemm())
     x = np.random.default_rng(2).uniform(-1, 1, (20, 3, 8, 8)).astype(np.float32)
     res = onnxprune.prune_static(half, None, {"x": x},
                                  config=onnxprune.PruneConfig(percentage=30, criterion=criterion, recover="lsq"))

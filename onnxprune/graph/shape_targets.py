@@ -71,7 +71,7 @@ def _shape_dims(t: gs.Tensor, data: gs.Tensor) -> Optional[list[int]]:
     starts, ends = (np.asarray(c.values).reshape(-1) for c in consts[:2])
     axes = np.asarray(consts[2].values).reshape(-1) if len(consts) > 2 else np.zeros(1, np.int64)
     steps = np.asarray(consts[3].values).reshape(-1) if len(consts) > 3 else np.ones(1, np.int64)
-    if len(starts) != 1 or int(axes[0]) not in (0, -1 if len(dims) == 1 else 0):
+    if len(starts) != 1 or int(axes[0]) not in (0, -1) or int(steps[0]) == 0:  # a shape is 1-d
         return None
     return dims[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
 
