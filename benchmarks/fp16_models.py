@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from core_models import SHAPES  # the input sizes the core table probes the dynamic models at
 from common import SHARED, Timer, accuracy, cifar, header, table, write_section
 import onnxprune
 from onnxprune.graph.probe import input_dtypes
 from onnxprune.runtime import make_session
 
-SHAPES = {"ppocr_mobile_cls.onnx": {"x": [1, 3, 48, 192]}, "ppocrv4_det.onnx": {"x": [1, 3, 640, 640]},
-          "ppocrv4_rec.onnx": {"x": [1, 3, 48, 320]}}
 VARIANTS = ("fp32", "fp16", "fp16 io")
 
 

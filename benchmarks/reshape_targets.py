@@ -12,12 +12,11 @@ from unittest import mock
 
 import onnx
 
+from core_models import SHAPES  # the input sizes the core table probes the dynamic models at
 from common import SHARED, Timer, header, table, write_section
 import onnxprune
 from onnxprune.graph import normalize as normalize_module
 
-SHAPES = {"ppocr_mobile_cls.onnx": {"x": [1, 3, 48, 192]}, "ppocrv4_det.onnx": {"x": [1, 3, 640, 640]},
-          "ppocrv4_rec.onnx": {"x": [1, 3, 48, 320]}}
 
 
 def runtime_targets(model: onnx.ModelProto) -> int:
