@@ -22,6 +22,7 @@ from .calibration.dataset import Calibration, load_calibration
 from .config import RANKINGS, PruneConfig
 from .errors import CalibrationError
 from .graph.io import ModelLike, check_output_path, load_model, save_model_atomic
+from .graph.probe import input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
 from .plan import PruningPlan
@@ -136,7 +137,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     verification = surgery.details.get("verification")
     report = build_report(p, run.model, removed, verification)
     if config.measure:
-        _measure(p, surgery.model, run.model, report, calibration, uniform_inputs(p.input_shapes, n=1)[0], config)
+        _measure(p, surgery.model, run.model, report, calibration,
+                 uniform_inputs(p.input_shapes, n=1, dtypes=input_dtypes(p.model))[0], config)
     recovery = run.result_of("recover")
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]

@@ -23,6 +23,35 @@ logger = logging.getLogger(__name__)
 
 RTOL = 1e-4
 ATOL = 1e-5
+HALF_EPS = float(np.finfo(np.float16).eps)
+HALF_RTOL = 8 * HALF_EPS
+HALF_ATOL = HALF_RTOL * 1e-2
+
+
+def computes_in_half(model: onnx.ModelProto) -> bool:
+    """True when any weight or activation of ``model`` is float16 (a float16 model or a Cast island)."""
+    half = onnx.TensorProto.FLOAT16
+    g = model.graph
+    return (any(t.data_type == half for t in g.initializer)
+            or any(v.type.tensor_type.elem_type == half for v in list(g.input) + list(g.value_info) + list(g.output))
+            or any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute) for n in g.node))
+
+
+def tolerance(model: onnx.ModelProto) -> tuple[float, float]:
+    """(rtol, atol) for comparing two models that differ only by exact surgery.
+
+    float32: 1e-4 of the output peak (summation order changes with the channel count).
+    float16: every op rounds its result to float16 (unit roundoff eps/2 = 2**-11); removing
+    channels changes the summation order of each consumer, so any intermediate may land one
+    rounding step (eps of its magnitude) away from the reference, and such one-ulp flips pass
+    through every later layer, so a deep network can drift by a few eps of the output. 8 eps
+    (7.8e-3) of the output peak leaves room over what the shared models and their float16
+    versions show (at most 1.1e-3, about 1 eps: PP-OCRv4 det with float32 I/O; see the float16
+    section of benchmarks/RESULTS.md), while one wrong channel moves the output by far more
+    (tests/test_fp16.py). The absolute floor (1% of that, for a unit peak) keeps outputs near
+    zero everywhere (a sigmoid map on noise) from failing on float16 noise.
+    """
+    return (HALF_RTOL, HALF_ATOL) if computes_in_half(model) else (RTOL, ATOL)
 
 
 @dataclass
@@ -59,9 +88,16 @@ def check_structure(model: onnx.ModelProto) -> None:
 
 
 def verify_equivalent(model: onnx.ModelProto, reference: onnx.ModelProto,
-                      feeds: Iterable[dict[str, np.ndarray]], *, rtol: float = RTOL, atol: float = ATOL,
-                      what: str = "exactness vs masked reference", structure: bool = True) -> VerificationResult:
-    """Raise VerificationError unless ``model`` computes what ``reference`` computes."""
+                      feeds: Iterable[dict[str, np.ndarray]], *, rtol: Optional[float] = None,
+                      atol: Optional[float] = None, what: str = "exactness vs masked reference",
+                      structure: bool = True) -> VerificationResult:
+    """Raise VerificationError unless ``model`` computes what ``reference`` computes.
+
+    Tolerances default to :func:`tolerance` of ``reference`` (float32 or float16).
+    """
+    default_rtol, default_atol = tolerance(reference)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
     result = VerificationResult()
     if structure:
         check_structure(model)

@@ -28,8 +28,6 @@ _QUANT_OPS = {
     "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
     "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
 }
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT}
-_HALF_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -77,7 +75,13 @@ def opset_version(proto: onnx.ModelProto) -> int:
 
 
 def check_supported(proto: onnx.ModelProto, source: str = "model") -> None:
-    """Raise UnsupportedModelError for quantized, half-precision or too-old models."""
+    """Raise UnsupportedModelError for quantized, bfloat16 or too-old models.
+
+    float16 models (and float32 models with float16 bodies between Casts) are
+    pruned as they are. bfloat16 is refused: numpy has no bfloat16, and
+    onnxruntime's CPU provider runs no bfloat16 Conv (the ONNX spec allows
+    bfloat16 Conv only from opset 22), so nothing could be verified.
+    """
     version = opset_version(proto)
     if version < MIN_OPSET:
         raise UnsupportedModelError(
@@ -90,12 +94,16 @@ def check_supported(proto: onnx.ModelProto, source: str = "model") -> None:
             f"{source}: quantized models are not supported (found {', '.join(quant)}); "
             "prune the float model, then quantize"
         )
-    half = [t.name for t in proto.graph.initializer if t.data_type in _HALF_TYPES]
-    half += [i.name for i in proto.graph.input if i.type.tensor_type.elem_type in _HALF_TYPES]
+    bf16 = onnx.TensorProto.BFLOAT16
+    half = [t.name for t in proto.graph.initializer if t.data_type == bf16]
+    half += [v.name for v in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output)
+             if v.type.tensor_type.elem_type == bf16]
+    half += [n.name or n.op_type for n in proto.graph.node
+             if n.op_type == "Cast" and any(a.name == "to" and a.i == bf16 for a in n.attribute)]
     if half:
         raise UnsupportedModelError(
-            f"{source}: float16/bfloat16 models are not supported (e.g. {half[0]}); "
-            "prune the float32 model, then convert"
+            f"{source}: bfloat16 models are not supported (e.g. {half[0]!r}): onnxruntime's CPU provider has no "
+            "bfloat16 kernels to verify the pruned model with; prune the float32 or float16 model, then convert"
         )
 
 

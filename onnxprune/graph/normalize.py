@@ -17,13 +17,32 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidModelError
+from .shape_targets import constant_reshape_targets
 
 logger = logging.getLogger(__name__)
 
 
+def _drop_io_value_info(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without value_info entries for graph inputs/outputs.
+
+    They only repeat the declared type, and when stale they override it on
+    import: onnxconverter_common's float16 conversion with keep_io_types
+    leaves a float16 value_info for a float32 graph output.
+    """
+    io = {v.name for v in list(proto.graph.input) + list(proto.graph.output)}
+    if not any(v.name in io for v in proto.graph.value_info):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept = [v for v in out.graph.value_info if v.name not in io]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out
+
+
 def to_graph(proto: onnx.ModelProto) -> gs.Graph:
     """Import a proto into onnx-graphsurgeon with all constants folded."""
-    graph = gs.import_onnx(proto)
+    graph = gs.import_onnx(_drop_io_value_info(proto))
     _constant_nodes_to_constants(graph)
     try:
         graph.fold_constants(fold_shapes=True, error_ok=True)
@@ -93,6 +112,21 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
 
 
+def _fold_reshape_targets(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant targets for Reshapes whose run-time target only copies dims (:mod:`.shape_targets`).
+
+    Runs on the shape-inferred model: which dims a ``Shape`` slice reads depends on the rank.
+    """
+    inits = {t.name for t in proto.graph.initializer}
+    if not any(n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in inits for n in proto.graph.node):
+        return proto
+    graph = gs.import_onnx(proto)
+    if not constant_reshape_targets(graph):
+        return proto
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return infer_shapes(to_proto(graph, proto))
+
+
 def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Folded, cleaned, topologically sorted, shape-inferred copy of ``proto``."""
     graph = to_graph(proto)
@@ -106,6 +140,7 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
             tensor.shape = None
     out = to_proto(graph, proto)
     out = infer_shapes(out)
+    out = _fold_reshape_targets(out)
     if not out.graph.node:
         raise InvalidModelError("the model folds to a constant: nothing to prune")
     return out

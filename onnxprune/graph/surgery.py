@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from .analysis import Analysis
 from .channels import Labels
 from .normalize import infer_shapes, to_proto
+from .probe import np_dtype
 from .rules import rule_for
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,10 @@ def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelPr
         rank = len(analysis.probe.shapes[edge.tensor])
         shape = [1] * rank
         shape[lab.axis] = keep.shape[0]
-        mask = gs.Constant(f"__onnxprune_mask_{i}", keep.astype(np.float32).reshape(shape))
+        dtype = np_dtype(analysis.probe.dtypes.get(edge.tensor, 0))  # float16 in a float16 body
+        mask = gs.Constant(f"__onnxprune_mask_{i}", keep.astype(dtype).reshape(shape))
         src = tensors[edge.tensor]
-        dst = gs.Variable(f"{edge.tensor}__masked_{i}", dtype=np.float32)
+        dst = gs.Variable(f"{edge.tensor}__masked_{i}", dtype=dtype)
         graph.nodes.append(gs.Node("Mul", f"__onnxprune_mask_mul_{i}", inputs=[src, mask], outputs=[dst]))
         nodes[edge.node].inputs[edge.input_index] = dst
     graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -91,11 +91,9 @@ def cpu_model() -> str:
 
 def feeds_for(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs in [-1, 1) of the given shapes (non-float inputs: zeros of their type)."""
-    from onnx import helper
+    from ..graph.probe import input_dtypes
     from ..verify import uniform_inputs
-    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-              for i in model.graph.input if i.type.tensor_type.elem_type}
-    return uniform_inputs({k: tuple(v) for k, v in shapes.items()}, n=1, seed=seed, dtypes=dtypes)[0]
+    return uniform_inputs({k: tuple(v) for k, v in shapes.items()}, n=1, seed=seed, dtypes=input_dtypes(model))[0]
 
 
 def time_interleaved(models: Mapping[Hashable, onnx.ModelProto | bytes], feeds: Mapping[Hashable, dict],

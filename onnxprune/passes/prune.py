@@ -19,6 +19,7 @@ import onnx
 
 from ..errors import VerificationError
 from ..graph.analysis import Analysis
+from ..graph.probe import input_dtypes
 from ..graph.surgery import masked_reference, prune_channels
 from ..verify import VerificationResult, uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
@@ -60,7 +61,8 @@ class PruneChannelsPass(Pass):
         if not self.verify:
             return PassResult(result.model, result.modified, result.notes + ("exactness not verified",))
         reference = masked_reference(self.analysis, self.removed)
-        feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1) + self.extra_feeds
+        feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1,
+                               dtypes=input_dtypes(self.analysis.proto)) + self.extra_feeds
         try:
             verification = verify_equivalent(result.model, reference, feeds)
         except VerificationError as exc:

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import CalibrationError, VerificationError
 from ..graph.analysis import Analysis
@@ -63,9 +63,10 @@ def _stream(model: onnx.ModelProto, names: list[str], batches):
     """The named tensors, batch by batch: whole activations of every calibration sample at once
     would not fit in memory for big models (EfficientNet-Lite0: GBs per layer for 500 images)."""
     sess = make_session(expose(model, names))
+    wanted = {i.name for i in sess.get_inputs()}  # a prefix of a several-input model reads only some inputs
     start = 0
     for feeds in batches:
-        out = dict(zip(names, sess.run(names, feeds)))
+        out = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
         n = next(iter(out.values())).shape[0]
         yield start, start + n, out
         start += n
@@ -119,15 +120,17 @@ def _weights(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, 
 
 
 def _set_weights(model: onnx.ModelProto, node: onnx.NodeProto, W: np.ndarray, B: np.ndarray) -> None:
+    """Store the re-fitted weights in the layer's own dtype (the fit is float32/64; a float16 model stays float16)."""
     inits = {t.name: t for t in model.graph.initializer}
-    inits[node.input[1]].CopyFrom(numpy_helper.from_array(W.astype(np.float32), node.input[1]))
+    dtype = helper.tensor_dtype_to_np_dtype(inits[node.input[1]].data_type)
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(W.astype(dtype), node.input[1]))
     if node.op_type == "MatMul":
         return
     if len(node.input) > 2 and node.input[2] in inits:
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(B.astype(np.float32), node.input[2]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(B.astype(dtype), node.input[2]))
     else:
         name = f"{node.name}__bias"
-        model.graph.initializer.append(numpy_helper.from_array(B.astype(np.float32), name))
+        model.graph.initializer.append(numpy_helper.from_array(B.astype(dtype), name))
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = name

@@ -49,12 +49,14 @@ from onnx import helper
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
+from ..graph.probe import np_dtype
 from ..runtime import DeviceRunner, default_providers, make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
 from .oracle_graph import MaskInput, add_activity_outputs, suffix_model
 
 logger = logging.getLogger(__name__)
 
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 @dataclass
@@ -133,14 +135,15 @@ class OracleScorer:
             tail[lab.axis - 1] = lab.size
             idx = len(self.masks)
             name = f"__oracle_mask_{idx}"
-            m = gs.Variable(name, dtype=np.float32, shape=["N"] + tail)
+            dtype = np_dtype(a.probe.dtypes.get(tensor, 0))  # float16 in a float16 body
+            m = gs.Variable(name, dtype=dtype, shape=["N"] + tail)
             graph.inputs.append(m)
-            out = gs.Variable(f"{tensor}__oracle_masked", dtype=np.float32)
+            out = gs.Variable(f"{tensor}__oracle_masked", dtype=dtype)
             mul = gs.Node("Mul", f"__oracle_mul_{idx}", inputs=[tensors[tensor], m], outputs=[out])
             graph.nodes.append(mul)
             for e in edges:
                 nodes[e.node].inputs[e.input_index] = out
-            self.masks.append(MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
+            self.masks.append(MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units], dtype))
             mul_names[idx] = mul.name
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.model = to_proto(graph, a.proto)
@@ -161,8 +164,9 @@ class OracleScorer:
         self.output_names = [o.name for o in self.model.graph.output]
         # all float activations of one sample: an upper bound of what a run keeps alive per row
         from ..graph.probe import PROBE_BATCH
-        self.sample_bytes = sum(4 * int(np.prod(sh)) // PROBE_BATCH for name, sh in a.probe.shapes.items()
-                                if sh and sh[0] == PROBE_BATCH and a.probe.dtypes.get(name) == onnx.TensorProto.FLOAT)
+        self.sample_bytes = sum(np_dtype(a.probe.dtypes[name]).itemsize * int(np.prod(sh)) // PROBE_BATCH
+                                for name, sh in a.probe.shapes.items()
+                                if sh and sh[0] == PROBE_BATCH and a.probe.dtypes.get(name) in _FLOATS)
         self.graph_input_names = {i.name for i in self.model.graph.input}
         self._layer_macs = self._node_macs()
         total = sum(self._layer_macs.values()) or 1.0
@@ -207,14 +211,14 @@ class OracleScorer:
         dtype = self.analysis.probe.dtypes.get(name)
         if name.startswith("__oracle_mask_") or name in self.graph_input_names:
             return True
-        return bool(shape) and shape[0] == PROBE_BATCH and dtype in (onnx.TensorProto.FLOAT, 0, None)
+        return bool(shape) and shape[0] == PROBE_BATCH and dtype in _FLOATS + (0, None)
 
     def _suffix_model(self, start: int, keep_masks: Optional[set[int]] = None) -> tuple[onnx.ModelProto, list[str]]:
         return suffix_model(self.model, start, keep_masks, self._is_batched, self.analysis.probe.dtypes)
 
     # ---------------------------------------------------------------- scoring
     def _ones(self, i: int, rows: int) -> np.ndarray:
-        return np.ones((rows,) + self.masks[i].shape_tail, dtype=np.float32)
+        return np.ones((rows,) + self.masks[i].shape_tail, dtype=self.masks[i].dtype)
 
     def _cost(self, base: list[np.ndarray], pert: list[np.ndarray], labels: Optional[np.ndarray]) -> np.ndarray:
         return oracle_cost(self.cost, base, pert, labels)
