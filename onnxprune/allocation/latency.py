@@ -119,9 +119,9 @@ def choose(analysis: Analysis, table: LatencyTable, scores: dict[int, float], fr
                        "taking the fastest widths", fraction * 100)
         pick = [int(np.argmin([o.cost for o in opts])) for opts in options]
     chosen = [opts[i].payload for opts, i in zip(options, pick)]
-    order = [r for _, _, units in chosen for r in units]
-    budget_check = _Budget(analysis, constraints)
-    removed = [r for r in order if budget_check.take(r)]
+    budget_check = _Budget(analysis, constraints)  # per-tensor limits; a dropped branch (width 0) is exempt
+    removed = [r for _, w, units in chosen if w == 0 for r in units]
+    removed += [r for _, w, units in chosen if w > 0 for r in units if budget_check.take(r)]
     widths = {g: w for g, w, _ in chosen}
     return LatencyChoice(sorted(removed), widths, model.predict(widths))
 
