@@ -18,12 +18,14 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ..errors import InvalidArgumentError, InvalidModelError, UnsupportedModelError
+from .tensors import check_input_dims, check_tensors
 
 logger = logging.getLogger(__name__)
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 MIN_OPSET = 11
+_PROTO_LIMIT = 2_000_000_000  # protobuf cannot serialise a message of 2 GiB or more
 _QUANT_OPS = {
     "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
     "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
@@ -33,11 +35,14 @@ _HALF_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
-    """Return a ModelProto from a path or a proto, refusing out-of-scope models.
+    """Return a ModelProto from a path or a proto, refusing out-of-scope and hostile models.
 
-    A proto given by the caller is copied, so nothing onnxprune does can
-    change the caller's object.
+    A file is read without its external data first; every tensor's location,
+    size and dims are checked (:mod:`.tensors`) before any data is read. A
+    proto given by the caller is copied, so nothing onnxprune does can change
+    the caller's object.
     """
+    base = None
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -49,8 +54,9 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
             raise InvalidModelError(f"{path}: no such file")
         if path.is_dir():
             raise InvalidModelError(f"{path}: is a folder, expected an .onnx file")
+        base = path.parent
         try:
-            proto = onnx.load(str(path), load_external_data=True)
+            proto = onnx.load(str(path), load_external_data=False)
         except DecodeError as exc:
             raise InvalidModelError(f"{path}: not an ONNX model or truncated protobuf ({exc})") from None
         except (OSError, ValueError, RuntimeError) as exc:
@@ -58,14 +64,32 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     if not proto.graph.node:
         raise InvalidModelError(f"{source}: not an ONNX model (the graph has no nodes)")
     check_supported(proto, source)
+    has_external = check_tensors(proto, base, source)
+    check_input_dims(proto, source)
     if check:
+        _run_checker(str(path) if has_external else proto, source)
+    if has_external:
         try:
-            onnx.checker.check_model(proto)
-        except (onnx.checker.ValidationError, ValueError) as exc:
-            # Models over 2 GB cannot be checked in memory; everything else must pass.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidModelError(f"{source}: fails the ONNX checker: {first}") from None
+            onnx.load_external_data_for_model(proto, str(base))
+        except Exception as exc:  # noqa: BLE001 - onnx raises its own ValidationError, OSError, ...
+            raise InvalidModelError(f"{source}: cannot read its external data ({_first_line(exc)})") from None
     return proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run_checker(model: Union[str, onnx.ModelProto], source: str) -> None:
+    """The ONNX checker, on the file when its data is external (it then reads no weights)."""
+    if isinstance(model, onnx.ModelProto) and model.ByteSize() > _PROTO_LIMIT:
+        logger.info("%s: over 2 GB in memory; the checker runs on the written model instead", source)
+        return
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - onnx's ValidationError has no stable base class
+        raise InvalidModelError(f"{source}: fails the ONNX checker: {_first_line(exc)}") from None
 
 
 def opset_version(proto: onnx.ModelProto) -> int:

@@ -22,7 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 def to_graph(proto: onnx.ModelProto) -> gs.Graph:
-    """Import a proto into onnx-graphsurgeon with all constants folded."""
+    """Import a proto into onnx-graphsurgeon with all constants folded.
+
+    Folding an If with a constant condition inlines its branch and renames the
+    branch's tensors inside the proto it was imported from, so a model with
+    sub-graphs is imported from a copy: the caller's proto must stay as it was.
+    """
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in proto.graph.node for a in node.attribute):
+        proto = _copy(proto)
     graph = gs.import_onnx(proto)
     _constant_nodes_to_constants(graph)
     try:
@@ -31,6 +39,12 @@ def to_graph(proto: onnx.ModelProto) -> gs.Graph:
         logger.warning("constant folding stopped early: %s", exc)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 def _constant_nodes_to_constants(graph: gs.Graph) -> None:
