@@ -116,7 +116,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
-    out = save_model_atomic(run.model, model_output) if model_output is not None else None
+    out = (save_model_atomic(run.model, model_output, use_external_data_format=config.use_external_data_format)
+           if model_output is not None else None)
     return PruneResult(run.model, plan, report, verification, out, removed)
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from ..errors import InvalidArgumentError, InvalidModelError, UnsupportedModelError
+from .external import needs_external, write_with_external_data
 from .tensors import check_input_dims, check_tensors
 
 logger = logging.getLogger(__name__)
@@ -144,37 +147,59 @@ def check_output_path(output: Union[str, os.PathLike], *inputs: Union[str, os.Pa
         raise InvalidArgumentError(f"output path {out} is a folder; give a file name")
     if not parent.exists():
         raise InvalidArgumentError(f"output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"output path {out}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise InvalidArgumentError(f"output folder {parent} is not writable")
     return out
 
 
-def save_model_atomic(proto: onnx.ModelProto, output: Union[str, os.PathLike], *,
-                      use_external_data_format: bool | None = None) -> Path:
-    """Write the model through a temporary file and rename it into place.
-
-    Models over ~1.8 GB are written with external data automatically (protobuf
-    cannot serialise more than 2 GB); the data file sits next to the model.
-    """
-    out = Path(output)
-    parent = out.resolve().parent
-    if use_external_data_format is None:
-        use_external_data_format = proto.ByteSize() > 1_800_000_000
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(parent))
-    os.close(fd)
-    tmp = Path(tmp_name)
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (same file system: renames out of it are atomic), always removed."""
     try:
-        if use_external_data_format:
-            data_name = out.name + ".data"
-            onnx.save_model(proto, str(tmp), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(tmp))
-        os.replace(tmp, out)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.resolve().parent)))
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        yield stage
     except OSError as exc:
         raise InvalidArgumentError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_model_atomic(proto: onnx.ModelProto, output: Union[str, os.PathLike], *,
+                      use_external_data_format: bool | None = None) -> Path:
+    """Write the model into a staging folder beside ``output``, then rename it into place.
+
+    With external data (forced, or automatic for models protobuf cannot hold
+    in one piece) the weights go to ``<output>.data`` beside the model; the
+    data file is renamed first, the model last, so no model is ever visible
+    whose data is incomplete. The written model is checked from disk before
+    the renames. ``proto`` itself is not changed.
+    """
+    out = Path(output)
+    if use_external_data_format is None:
+        use_external_data_format = needs_external(proto)
+    with _staging(out) as stage:
+        staged = stage / out.name
+        if use_external_data_format:
+            data_name = out.name + ".data"
+            write_with_external_data(proto, staged, data_name)
+            _run_checker(str(staged), str(out))
+            os.replace(stage / data_name, out.parent / data_name)
+        else:
+            onnx.save_model(proto, str(staged))
+        os.replace(staged, out)
     logger.info("wrote %s (%d bytes)", out, out.stat().st_size)
+    return out
+
+
+def write_text_atomic(output: Union[str, os.PathLike], text: str) -> Path:
+    """A text file (plan, scores, report) through the same staging and rename."""
+    out = Path(output)
+    with _staging(out) as stage:
+        (stage / out.name).write_text(text)
+        os.replace(stage / out.name, out)
     return out

@@ -136,5 +136,6 @@ def check_tensors(proto: onnx.ModelProto, base: Optional[Path], source: str) -> 
 def check_input_dims(proto: onnx.ModelProto, source: str) -> None:
     """Refuse graph inputs whose fixed dims alone are absurd (the probe would allocate them)."""
     for vi in proto.graph.input:
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        # Paddle writes dynamic dims as -1: only the positive, fixed ones count
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value") and d.dim_value > 0]
         element_count(dims, f"input {vi.name!r}", source)
