@@ -45,7 +45,7 @@ def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None
     """An InferenceSession on a model held in memory."""
     rt = ort()
     so = rt.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures come back as exceptions; the CLI prints them as one line
     if threads:
         so.intra_op_num_threads = threads
     if not optimize:
