@@ -55,7 +55,7 @@ class PruneConfig:
     verify: bool = True
     seed: int = 0
     progress: bool = False
-    use_external_data_format: Optional[bool] = None  # None: external data when the model needs it (> 1.8 GB)
+    use_external_data_format: Optional[bool] = None  # None: when the input has external data or is over 1.8 GB
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)

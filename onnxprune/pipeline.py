@@ -21,7 +21,7 @@ from .calibration import Preprocess
 from .calibration.dataset import Calibration, load_calibration
 from .config import RANKINGS, PruneConfig
 from .errors import CalibrationError
-from .graph.io import ModelLike, check_output_path, load_model, save_model_atomic
+from .graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
 from .plan import PruningPlan
@@ -116,7 +116,10 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
-    out = (save_model_atomic(run.model, model_output, use_external_data_format=config.use_external_data_format)
+    external = config.use_external_data_format
+    if external is None and has_external_data(model_input):
+        external = True
+    out = (save_model_atomic(run.model, model_output, use_external_data_format=external)
            if model_output is not None else None)
     return PruneResult(run.model, plan, report, verification, out, removed)
 

@@ -11,8 +11,9 @@ stubs plus the arrays for onnxruntime's ``add_initializer``.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -97,22 +98,28 @@ def write_with_external_data(proto: onnx.ModelProto, model_path: Path, data_name
     model_path.write_bytes(shell.SerializeToString())
 
 
-def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The graph with large initializers as data-less stubs, and those initializers as arrays.
+STUB_LOCATION = "onnxprune-weights.bin"
 
-    onnxruntime takes the arrays through ``SessionOptions.add_initializer``,
-    which uses the buffers as they are, so a session over a big model needs
-    no serialised copy of it.
+
+def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD, *,
+             with_arrays: bool = True) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph with large initializers as stubs pointing at external data, and (``with_arrays``)
+    those initializers as arrays.
+
+    onnxruntime takes the arrays through ``add_external_initializers``, so a
+    session over a big model needs no serialised copy of it; the checker and
+    shape inference need only the stubs.
     """
     arrays: dict[str, np.ndarray] = {}
 
     def strip(t: TensorProto) -> TensorProto:
         if not _is_large(t, threshold):
             return t
-        arrays[t.name] = numpy_helper.to_array(t)
+        if with_arrays:
+            arrays[t.name] = numpy_helper.to_array(t)
         stub = _stub(t)
         stub.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", "onnxprune-in-memory"), ("offset", "0"), ("length", str(len(t.raw_data)))):
+        for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(len(t.raw_data)))):
             entry = stub.external_data.add()
             entry.key, entry.value = key, value
         return stub
@@ -120,11 +127,35 @@ def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD) -> tuple[o
     return _shell(proto, strip), arrays
 
 
+def check_skeleton(stubs: onnx.ModelProto) -> None:
+    """The ONNX checker on a skeleton: it wants the data file to exist, never reads it, so an empty one does."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as tmp:
+        (Path(tmp) / STUB_LOCATION).write_bytes(b"")
+        (Path(tmp) / "model.onnx").write_bytes(stubs.SerializeToString())
+        onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
+
+
+def infer_large(proto: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """Shape inference on a model too big to serialise: run on its skeleton, copy the types back.
+
+    Returns ``proto`` itself with value_info and output types filled in.
+    """
+    inferred = onnx.shape_inference.infer_shapes(skeleton(proto, with_arrays=False)[0], **options)
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(proto.graph.output, inferred.graph.output):
+        mine.type.CopyFrom(theirs.type)
+    return proto
+
+
 def weight_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of raw initializer data (the figure memory use is compared against)."""
     return sum(len(t.raw_data) for t in proto.graph.initializer if t.HasField("raw_data"))
 
 
-def needs_external(proto: onnx.ModelProto, limit: Optional[int] = None) -> bool:
-    """True when ``proto`` cannot be serialised in one piece (or is over ``limit`` bytes)."""
-    return proto.ByteSize() > (limit if limit is not None else 1_800_000_000)
+LIMIT = 1_800_000_000  # bytes; protobuf refuses 2 GiB, and a margin keeps the skeleton's own size out of it
+
+
+def needs_external(proto: onnx.ModelProto) -> bool:
+    """True when ``proto`` cannot be serialised in one piece (tests lower LIMIT to exercise the path)."""
+    return proto.ByteSize() > LIMIT

@@ -20,15 +20,14 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ..errors import InvalidArgumentError, InvalidModelError, UnsupportedModelError
-from .external import needs_external, write_with_external_data
-from .tensors import check_input_dims, check_tensors
+from .external import check_skeleton, needs_external, skeleton, write_with_external_data
+from .tensors import check_input_dims, check_tensors, iter_tensors
 
 logger = logging.getLogger(__name__)
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 MIN_OPSET = 11
-_PROTO_LIMIT = 2_000_000_000  # protobuf cannot serialise a message of 2 GiB or more
 _QUANT_OPS = {
     "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
     "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
@@ -86,11 +85,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _run_checker(model: Union[str, onnx.ModelProto], source: str) -> None:
     """The ONNX checker, on the file when its data is external (it then reads no weights)."""
-    if isinstance(model, onnx.ModelProto) and model.ByteSize() > _PROTO_LIMIT:
-        logger.info("%s: over 2 GB in memory; the checker runs on the written model instead", source)
-        return
     try:
-        onnx.checker.check_model(model)
+        if isinstance(model, onnx.ModelProto) and needs_external(model):
+            check_skeleton(skeleton(model, with_arrays=False)[0])
+        else:
+            onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - onnx's ValidationError has no stable base class
         raise InvalidModelError(f"{source}: fails the ONNX checker: {_first_line(exc)}") from None
 
@@ -194,6 +193,17 @@ def save_model_atomic(proto: onnx.ModelProto, output: Union[str, os.PathLike], *
         os.replace(staged, out)
     logger.info("wrote %s (%d bytes)", out, out.stat().st_size)
     return out
+
+
+def has_external_data(model: ModelLike) -> bool:
+    """Whether a model file keeps (some of) its weights in external data: its output then does too."""
+    if isinstance(model, onnx.ModelProto):
+        return False
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - loading has already refused bad files with its own message
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(proto.graph))
 
 
 def write_text_atomic(output: Union[str, os.PathLike], text: str) -> Path:

@@ -17,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidModelError
+from .external import infer_large, needs_external
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference that never fails the pipeline: unknown shapes are probed later."""
     try:
+        if needs_external(proto):
+            return infer_large(proto, check_type=False, strict_mode=False, data_prop=True)
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001
         logger.warning("onnx shape inference failed (%s); continuing with probed shapes", exc)
