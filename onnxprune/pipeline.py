@@ -96,6 +96,7 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
                                  prepared=prepared, calibration=calibration)
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
+        p.analysis.release_weights()  # the criteria read the weights; the surgery reads its own copy
     removed = sorted(int(r) for r in removed)
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",

@@ -10,6 +10,7 @@ onnxprune rewrites and writes out.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -99,6 +100,21 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+_COLLECT_ABOVE = 64 << 20
+
+
+def export_freeing(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """:func:`to_proto`, then the graph's arrays freed at once: its nodes and tensors refer to each
+    other, so without a collection a big model's loaded weights would wait for the garbage collector."""
+    proto = to_proto(graph, like)
+    graph.nodes.clear()
+    graph.inputs.clear()
+    graph.outputs.clear()
+    if proto.ByteSize() > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
+        gc.collect()
+    return proto
+
+
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference that never fails the pipeline: unknown shapes are probed later."""
     try:
@@ -121,8 +137,7 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
             tensor.shape = None
-    out = to_proto(graph, proto)
-    out = infer_shapes(out)
+    out = infer_shapes(export_freeing(graph, proto))
     if not out.graph.node:
         raise InvalidModelError("the model folds to a constant: nothing to prune")
     return out

@@ -19,6 +19,7 @@ from ..errors import InvalidArgumentError, InvalidModelError
 from ..runtime import make_session
 from .external import needs_external, skeleton
 from .subgraph import expose
+from .tensors import MAX_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
                 if isinstance(d, int) and i > 0 and s != d:
                     raise InvalidArgumentError(f"input {name!r} dim {i} is fixed to {d} in the model, got {s}")
             shape[0] = batch if dims and not isinstance(dims[0], int) else shape[0]
+            if any(int(s) < 1 for s in shape) or int(np.prod([float(s) for s in shape])) > MAX_ELEMENTS:
+                raise InvalidArgumentError(f"input shape for {name!r} {shape} must have dims >= 1 and at most "
+                                           f"{MAX_ELEMENTS:,} elements")
             out[name] = tuple(int(s) for s in shape)
             continue
         shape = []
