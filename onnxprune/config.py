@@ -64,6 +64,7 @@ class PruneConfig:
     latency_batch: int = 1
     latency_threads: int = 0
     latency_cache: Optional[str] = None
+    use_external_data_format: Optional[bool] = None  # None: when the input has external data or is over 1.8 GB
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)

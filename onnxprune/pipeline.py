@@ -21,7 +21,7 @@ from .calibration import Preprocess
 from .calibration.dataset import Calibration, load_calibration
 from .config import RANKINGS, PruneConfig
 from .errors import CalibrationError
-from .graph.io import ModelLike, check_output_path, load_model, save_model_atomic
+from .graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
 from .graph.probe import input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
@@ -122,6 +122,7 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
                                  prepared=prepared, calibration=calibration)
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
+        p.analysis.release_weights()  # the criteria read the weights; the surgery reads its own copy
     removed = sorted(int(r) for r in removed)
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
@@ -143,7 +144,11 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
-    out = save_model_atomic(run.model, model_output) if model_output is not None else None
+    external = config.use_external_data_format
+    if external is None and has_external_data(model_input):
+        external = True
+    out = (save_model_atomic(run.model, model_output, use_external_data_format=external)
+           if model_output is not None else None)
     return PruneResult(run.model, plan, report, verification, out, removed)
 
 

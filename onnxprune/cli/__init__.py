@@ -36,11 +36,19 @@ def _config(args, criterion: str):
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
         recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
-        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty())
+        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
+        use_external_data_format=getattr(args, "use_external_data_format", None) or None)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its error as one line (the usage block is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"onnxprune: error: {self.prog.split(' ', 1)[-1]}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning of ONNX models.")
+    parser = _Parser(prog="onnxprune", description="Structured pruning of ONNX models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -67,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
     p.add_argument("--report", help="write the report as .json or .md")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--use-external-data-format", action="store_true",
+                   help="write the weights to OUTPUT.data beside the model (automatic over 1.8 GB)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
@@ -130,11 +140,9 @@ def _cmd_inspect(args) -> int:
 def _write_report(report, path: Optional[str]) -> None:
     if not path:
         return
-    p = Path(path)
-    if p.suffix == ".md":
-        p.write_text(report.markdown())
-    else:
-        p.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    from ..graph.io import write_text_atomic
+    text = report.markdown() if Path(path).suffix == ".md" else json.dumps(report.to_dict(), indent=2, default=str)
+    write_text_atomic(path, text)
 
 
 def _cmd_score(args) -> int:
@@ -142,6 +150,7 @@ def _cmd_score(args) -> int:
     from ..pipeline import prepare_run, score_units
     from ..scores_io import save_scores
     config = _config(args, args.criterion)
+    _check_outputs(args, args.output)
     p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args))
     scores = score_units(p, config, calibration)
     save_scores(args.output, kernel_scores(p, scores),
@@ -159,6 +168,7 @@ def _cmd_prune(args) -> int:
     from ..pipeline import run_pruning
     criterion = args.criterion or ("oracle" if args.calib else "magnitude")
     config = _config(args, criterion)
+    _check_outputs(args, args.output, args.save_plan, args.report)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
         config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none",
                          measure=config.target_latency is not None)
@@ -174,6 +184,15 @@ def _cmd_prune(args) -> int:
     return _print_result(res, args)
 
 
+def _check_outputs(args, *outputs: Optional[str]) -> None:
+    """Every file the command will write: none of them an input, each folder writable, before any work."""
+    from ..graph.io import check_output_path
+    inputs = [args.model] + [getattr(args, k, None) for k in ("calib", "scores", "plan")]
+    for out in outputs:
+        if out:
+            check_output_path(out, *inputs)
+
+
 def _print_result(res, args) -> int:
     if getattr(args, "save_plan", None):
         res.plan.save(args.save_plan)
@@ -185,6 +204,7 @@ def _print_result(res, args) -> int:
 
 def _cmd_apply(args) -> int:
     from ..api import apply_plan
+    _check_outputs(args, args.output)
     res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
                      verify=not args.no_verify)
     return _print_result(res, args)

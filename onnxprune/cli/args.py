@@ -120,7 +120,11 @@ def _preprocess(args):
     given = any(getattr(args, f, None) not in (None, False) for f in _PREPROCESS_FLAGS)
     if not given and (calib is None or not Path(calib).is_dir()):
         return None
-    floats = lambda s: tuple(float(v) for v in s.split(",")) if s else None  # noqa: E731
+    def floats(flag: str, text: Optional[str]):
+        try:
+            return tuple(float(v) for v in text.split(",")) if text else None
+        except ValueError:
+            raise InvalidArgumentError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.5,0.5,0.5") from None
     size = None
     if args.size:
         try:
@@ -132,7 +136,7 @@ def _preprocess(args):
               channel_order="BGR" if args.bgr else "RGB", layout="NHWC" if args.nhwc else "NCHW",
               grayscale=args.grayscale)
     if args.mean:
-        kw["mean"] = floats(args.mean)
+        kw["mean"] = floats("--mean", args.mean)
     if args.std:
-        kw["std"] = floats(args.std)
+        kw["std"] = floats("--std", args.std)
     return Preprocess(**kw)

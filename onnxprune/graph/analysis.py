@@ -86,6 +86,7 @@ class Analysis:
         self._frozen: list[tuple[np.ndarray, str]] = []
         self._const_users: dict[int, int] = {}
         self._run()
+        self.release_weights()
 
     # ---------------------------------------------------------------- API used by rules
     def shape(self, t: gs.Tensor) -> tuple[int, ...]:
@@ -154,6 +155,20 @@ class Analysis:
             if lt is not None:
                 self.freeze(lt.units, f"reaches graph output {out.name!r}")
         self._finish()
+
+    def release_weights(self) -> None:
+        """Let go of the weight arrays the rules (or a criterion) read: a second copy of the proto's weights.
+
+        onnx-graphsurgeon loads a constant on first access and keeps the array;
+        pointing it back at its TensorProto (which the proto keeps anyway) makes
+        it load again only if read again, so a big model is not held twice.
+        """
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+        inits = {t.name: t for t in self.proto.graph.initializer}
+        for t in self.graph.tensors().values():
+            if isinstance(t, gs.Constant) and t.name in inits and isinstance(t._values, np.ndarray) \
+                    and t._values.nbytes >= 1024:
+                t._values = LazyValues(inits[t.name])
 
     def _finish(self) -> None:
         uf = self.uf

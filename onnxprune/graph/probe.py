@@ -18,7 +18,9 @@ import onnx
 
 from ..errors import InvalidArgumentError, InvalidModelError
 from ..runtime import make_session
+from .external import needs_external, skeleton
 from .subgraph import expose
+from .tensors import MAX_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
                 if isinstance(d, int) and i > 0 and s != d:
                     raise InvalidArgumentError(f"input {name!r} dim {i} is fixed to {d} in the model, got {s}")
             shape[0] = batch if dims and not isinstance(dims[0], int) else shape[0]
+            if any(int(s) < 1 for s in shape) or int(np.prod([float(s) for s in shape])) > MAX_ELEMENTS:
+                raise InvalidArgumentError(f"input shape for {name!r} {shape} must have dims >= 1 and at most "
+                                           f"{MAX_ELEMENTS:,} elements")
             out[name] = tuple(int(s) for s in shape)
             continue
         shape = []
@@ -127,11 +132,14 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
              if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
     for vi in list(proto.graph.input) + list(proto.graph.output):
         typed[vi.name] = vi.type.tensor_type.elem_type
+    arrays = None
+    if needs_external(proto):  # expose a skeleton: copying a big model costs its size again
+        proto, arrays = skeleton(proto)
     exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
     names = [o.name for o in exposed.graph.output]
     del exposed.graph.value_info[:]
     try:
-        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False)
+        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False, initializers=arrays)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     feeds = random_inputs(proto, input_shapes)

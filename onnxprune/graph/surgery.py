@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
 from .channels import Labels
-from .normalize import infer_shapes, to_proto
+from .normalize import export_freeing, infer_shapes
 from .probe import np_dtype
 from .rules import rule_for
 
@@ -82,7 +82,7 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
         if isinstance(tensor, gs.Variable) and tensor.name not in keep_names:
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return infer_shapes(to_proto(graph, analysis.proto))
+    return infer_shapes(export_freeing(graph, analysis.proto))
 
 
 def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProto:
@@ -110,4 +110,5 @@ def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelPr
         graph.nodes.append(gs.Node("Mul", f"__onnxprune_mask_mul_{i}", inputs=[src, mask], outputs=[dst]))
         nodes[edge.node].inputs[edge.input_index] = dst
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return to_proto(graph, analysis.proto)
+    return export_freeing(graph, analysis.proto)
+
