@@ -28,6 +28,8 @@ class PruneConfig:
     ``gradual_gamma`` (N2D2's Gradual mode), make the schedule iterative;
     with ``refit_between_steps`` the survivors are scored after the
     recovery re-fit of the previous step (recovery in the loop).
+    ``executor``: where the oracle's tasks run, ``local`` threads or ``ray``
+    (the cluster at ``ray_address``; None starts a local Ray instance).
     """
 
     criterion: str = "oracle"
@@ -55,9 +57,15 @@ class PruneConfig:
     verify: bool = True
     seed: int = 0
     progress: bool = False
+    executor: str = "local"
+    ray_address: Optional[str] = None
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
+        from .executors import check_executor
+        check_executor(self.executor)
+        if self.ray_address is not None and self.executor != "ray":
+            raise InvalidArgumentError("a Ray address needs the ray executor (--executor ray)")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         if self.ranking not in RANKINGS:
             raise InvalidArgumentError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")

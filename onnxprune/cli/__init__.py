@@ -33,7 +33,8 @@ def _config(args, criterion: str):
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
         recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
-        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty())
+        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
+        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
