@@ -103,6 +103,9 @@ class RayExecutor(Executor):
         elif address is not None:
             logger.info("Ray is already initialised in this process; using that cluster, not %s", address)
         resources = ray.cluster_resources()
+        # a request above every node's memory would never be scheduled: cap it at the largest node's
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        self._max_memory = max([r.get("memory", 0) for r in nodes] or [0])
         n_gpus = int(resources.get("GPU", 0))
         self.use_gpus = (n_gpus > 0) if gpus is None else bool(gpus)
         slots = max(1, n_gpus if self.use_gpus and n_gpus else int(resources.get("CPU", 1)))
@@ -131,7 +134,8 @@ class RayExecutor(Executor):
             i = min(range(len(self._actors)), key=self._load.__getitem__)
             self._load[i] += 1
             return self._actors[i].run.remote(task.fn, *task.args), i
-        opts = {"memory": int(task.memory)} if task.memory > 0 else {}
+        memory = int(min(task.memory, 0.5 * self._max_memory)) if self._max_memory else int(task.memory)
+        opts = {"memory": memory} if memory > 0 else {}
         return self._run.options(num_cpus=1, max_retries=RETRIES, **opts).remote(task.fn, *task.args), None
 
     def defer(self, task: Task) -> Any:

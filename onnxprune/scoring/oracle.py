@@ -49,7 +49,7 @@ from ..graph.normalize import to_proto
 from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
 from .oracle_graph import MaskInput, suffix_model
-from .oracle_tasks import CutSpec, OraclePlan, context_bytes, cut_task, prefix_task
+from .oracle_tasks import CutSpec, OraclePlan, cut_task, prefix_task
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class OracleScorer:
         self.pairs_total = 0    # (unit, sample) pairs scored
         self.pairs_skipped = 0  # ... of which silent: no run needed
         self.seconds = 0.0
+        self.task_seconds: dict[tuple, float] = {}  # (batch, cut) -> wall time of its task where it ran
         self.context_bytes = 0  # bytes of the prefix results of the batches scored (what a cluster transfers)
         self._build()
 
@@ -176,10 +177,11 @@ class OracleScorer:
                                       int(self.max_activation_bytes // max(self.sample_bytes, 1))))
         self.graph_inputs = [i.name for i in self.model.graph.input if not i.name.startswith("__oracle_mask_")]
         self.frontier = sorted(frontier_names - set(self.graph_inputs))
-        on_executor_threads = not isinstance(self.executor, LocalExecutor)
+        # the prefix runs while workers run cuts: with the workers' thread count, not every core (whose
+        # spinning intra-op threads would compete with them)
         self.plan = OraclePlan(self.model, self.masks, self.unit_masks, self.cuts, self.frontier, batched,
                                self._dtypes(), self.cost, self.skip_silent, float(total), self.providers,
-                               self.executor.threads, self.executor.threads if on_executor_threads else 0,
+                               self.executor.threads, self.executor.threads,
                                self.io_binding, suffixes)
 
     def _dtypes(self) -> dict[str, int]:
@@ -251,6 +253,7 @@ class OracleScorer:
             self.pairs_total += r.pairs_total
             self.pairs_skipped += r.pairs_skipped
             self.perturbation_macs += r.macs
+            self.task_seconds[k] = r.seconds
         self._batches += len(sizes)
         self._count += sum(sizes)
         self.samples_seen += sum(sizes)

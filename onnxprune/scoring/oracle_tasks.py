@@ -18,6 +18,7 @@ the scores are the same floats.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -26,7 +27,7 @@ import onnx
 from onnx import helper
 
 from ..runtime import DeviceRunner, make_session
-from .oracle_cost import CostFn, oracle_cost
+from .oracle_cost import oracle_cost
 from .oracle_graph import MaskInput, add_activity_outputs, suffix_model
 
 
@@ -50,6 +51,7 @@ class CutResult:
     pairs_total: int         # (unit, sample) pairs scored
     pairs_skipped: int       # ... of which silent: no run needed
     macs: float              # MACs of the suffix runs
+    seconds: float = 0.0     # wall time of the task where it ran (for benchmarks and projections)
 
 
 class OraclePlan:
@@ -181,6 +183,7 @@ def _active(plan: OraclePlan, r: int, n: int, activity: Optional[list[np.ndarray
 def cut_task(plan: OraclePlan, batch: tuple[dict[str, np.ndarray], Optional[np.ndarray]], context: dict,
              cut_index: int) -> CutResult:
     """Every unit of one cut on one batch: per-unit cost sums (cuts touch disjoint units)."""
+    t0 = time.perf_counter()
     feeds, labels = batch
     cut = plan.cuts[cut_index]
     runner = plan.runner(cut_index)
@@ -242,7 +245,7 @@ def cut_task(plan: OraclePlan, batch: tuple[dict[str, np.ndarray], Optional[np.n
                              labels if full or labels is None else labels[own])
             sums[r] += float(c.sum())
         macs += cut.macs_fraction * plan.dense_macs * total_rows
-    return CutResult(sums, n * len(cut.units), skipped, macs)
+    return CutResult(sums, n * len(cut.units), skipped, macs, time.perf_counter() - t0)
 
 
 def context_bytes(context: Any) -> int:
