@@ -32,6 +32,8 @@ class PruneConfig:
     ``latency_provider`` (None: the default), ``latency_batch`` and
     ``latency_threads`` (0: onnxruntime's default); tables are cached in
     ``latency_cache`` (None: ``~/.cache/onnxprune/latency``). It is one-shot.
+    ``executor``: where the oracle's tasks run, ``local`` threads or ``ray``
+    (the cluster at ``ray_address``; None starts a local Ray instance).
     """
 
     criterion: str = "oracle"
@@ -65,9 +67,15 @@ class PruneConfig:
     latency_threads: int = 0
     latency_cache: Optional[str] = None
     use_external_data_format: Optional[bool] = None  # None: when the input has external data or is over 1.8 GB
+    executor: str = "local"
+    ray_address: Optional[str] = None
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
+        from .executors import check_executor
+        check_executor(self.executor)
+        if self.ray_address is not None and self.executor != "ray":
+            raise InvalidArgumentError("a Ray address needs the ray executor (--executor ray)")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         if self.ranking not in RANKINGS:
             raise InvalidArgumentError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")

@@ -32,7 +32,8 @@ def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrat
     request = ScoreRequest(batches=calibration.batches() if calibration is not None else None,
                            samples=len(calibration) if calibration is not None else 0,
                            batch_size=calibration.batch_size if calibration is not None else config.batch_size,
-                           seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress)
+                           seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress,
+                           executor=config.executor, ray_address=config.ray_address)
     return score(config.criterion, p.analysis, request)
 
 

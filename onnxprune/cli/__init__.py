@@ -37,7 +37,8 @@ def _config(args, criterion: str):
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
         recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
         verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
-        use_external_data_format=getattr(args, "use_external_data_format", None) or None)
+        use_external_data_format=getattr(args, "use_external_data_format", None) or None,
+        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None))
 
 
 class _Parser(argparse.ArgumentParser):

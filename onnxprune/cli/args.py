@@ -100,6 +100,12 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
                    help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
     g.add_argument("--flops-lambda", type=float, default=1.0)
     g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
+    g.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the oracle runs: local CPU workers (default) or a Ray cluster (pip install "
+                        "\"onnxprune[ray]\"); the scores are the same")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, as for ray.init (e.g. auto, or ray://head:10001); "
+                        "default: start a local Ray instance")
 
 
 _PREPROCESS_FLAGS = ("size", "resize", "scale", "mean", "std", "bgr", "nhwc", "grayscale")
