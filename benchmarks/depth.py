@@ -10,19 +10,23 @@ Rows: narrowing only (the default), ``--allow-block-removal`` (selection
 mixes drops and narrowing), and drops only (the k branches of lowest drop
 score per MAC saved).
 
-Run: python benchmarks/depth.py
+Run: python benchmarks/depth.py [--cache /tmp/resnet56_oracle128]
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from common import SHARED, Timer, accuracy, cifar, header, table, write_section
+from common import SHARED, Timer, accuracy, cached, cifar, header, table, write_section
 from onnxprune.compare import interleaved_latency
 from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
 from onnxprune.prepare import prepare
 from onnxprune.scoring.depth import drop_scores
 from onnxprune.selection import Constraints, Target, select
+
+CACHE = None  # --cache PREFIX: reuse the oracle and drop scores of ResNet-56 between benchmark runs
 
 BUDGETS = (0.5, 0.35)
 DROP_ONLY = (6, 9, 13)
@@ -38,6 +42,8 @@ def lowest_drops(p, dscores: dict[int, float], k: int) -> list[int]:
 
 
 def main() -> None:
+    global CACHE
+    CACHE = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
     xc_all, _ = cifar("calib")
     perm = np.random.default_rng(0).permutation(len(xc_all))
     xs, xf = xc_all[perm[:128]], xc_all[perm[:256]]
@@ -46,9 +52,10 @@ def main() -> None:
     cal_score = load_calibration({"input": xs}, p.original, batch_size=64)
     cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
     with Timer() as t_score:
-        scores = score_units(p, PruneConfig(criterion="oracle"), cal_score)
+        scores = cached(CACHE and CACHE + ".units.json",
+                        lambda: score_units(p, PruneConfig(criterion="oracle"), cal_score))
     with Timer() as t_drop:
-        dscores = drop_scores(p.analysis, cal_score.batches())
+        dscores = cached(CACHE and CACHE + ".drops.json", lambda: drop_scores(p.analysis, cal_score.batches()))
     print(f"oracle {t_score.seconds:.0f} s, drop scores of {len(dscores)} branches {t_drop.seconds:.0f} s", flush=True)
     plans: dict[str, list[int]] = {}
     for budget in BUDGETS:

@@ -11,14 +11,16 @@ int8: onnxruntime ``quantize_static``, QDQ, per-channel weights
 (onnxprune.passes.quantize.QuantizePass). Latency: onnxruntime CPU, every
 variant timed in turn, round after round.
 
-Run: python benchmarks/quantize.py
+Run: python benchmarks/quantize.py [--cache /tmp/resnet56_oracle128]
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from common import SHARED, Timer, accuracy, cifar, header, table, write_section
+from common import SHARED, Timer, accuracy, cached, cifar, header, table, write_section
 from onnxprune.calibration.dataset import load_calibration
 from onnxprune.compare import interleaved_latency
 from onnxprune.demo import _prune_demo, demo_data, demo_files
@@ -27,6 +29,8 @@ from onnxprune.pipeline import PruneConfig, run_pruning, score_units
 from onnxprune.prepare import prepare
 from onnxprune.scoring.depth import drop_scores
 from onnxprune.selection import Constraints, Target, select
+
+CACHE = None  # --cache PREFIX: reuse the oracle and drop scores of ResNet-56 between benchmark runs
 
 
 def rows_for(model_name: str, models: dict, x, y, feeds: dict, rounds: dict, notes: dict) -> list[dict]:
@@ -65,8 +69,9 @@ def resnet56() -> list[dict]:
     p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
     cal_score = load_calibration({"input": xs}, p.original, batch_size=64)
     cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
-    scores = score_units(p, PruneConfig(criterion="oracle"), cal_score)
-    dscores = drop_scores(p.analysis, cal_score.batches())
+    scores = cached(CACHE and CACHE + ".units.json",
+                    lambda: score_units(p, PruneConfig(criterion="oracle"), cal_score))
+    dscores = cached(CACHE and CACHE + ".drops.json", lambda: drop_scores(p.analysis, cal_score.batches()))
     models = {"dense fp32": p.original}
     config = PruneConfig(criterion="oracle", recover="lsq", measure=False)
     for label, allow in (("pruned 50% fp32", False), ("pruned 50% + drops fp32", True)):
@@ -94,6 +99,8 @@ def demo() -> list[dict]:
 
 
 def main() -> None:
+    global CACHE
+    CACHE = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
     rows = resnet56() + demo()
     text = header("Prune, then quantize: dense / pruned x fp32 / int8")
     text += ("\nint8: onnxruntime `quantize_static`, QDQ, per-channel int8 weights, int8 activations, MinMax "

@@ -209,8 +209,23 @@ def test_drop_scores_and_allow_drop_end_to_end(tmp_path):
     dq = drop_scores(pq.analysis, load_calibration(x, pq.original, batch_size=16).batches())
     assert dq[g.id] < 1e-3 * ds[g.id]
     out = tmp_path / "d.onnx"
-    res = prune_static(quiet, out, x, PruneConfig(target_macs=0.6, allow_drop=True, round_to=1, batch_size=16))
+    res = prune_static(quiet, out, x, PruneConfig(target_macs=0.6, allow_drop=True, round_to=1, batch_size=16,
+                                                  steps=2))  # the second step re-analyses the dropped model
     assert out.exists() and g.id in pq.analysis.dropped_groups(res.removed_units)
     assert res.report.after.macs <= 0.6 * res.report.before.macs
     kept = {lc.name: lc.after for lc in res.report.layers}
     assert kept[conv2] == 0
+
+
+@pytest.mark.parametrize("name, droppable", [("resnet20_cifar10.onnx", 9), ("ppocr_mobile_cls.onnx", 7)])
+def test_shared_models_drop_every_droppable_branch_exactly(name, droppable):
+    """ResNet-20: every block's first conv; the Paddle classifier: BN unfolded, hard-swish and SE inside the
+    branch (its constant flows through BN), checked by the pass against the masked reference."""
+    from conftest import shared_path
+    p = prepare(shared_path("models", name))
+    groups = p.analysis.droppable_groups()
+    assert len(groups) == droppable
+    removed = [r for g in groups for r in g.units]
+    result = PruneChannelsPass(p.analysis, removed)(p.model)
+    assert result.details["dropped_groups"] == [g.id for g in groups]
+    assert result.details["verification"].max_rel_error < 1e-5

@@ -36,6 +36,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
+from .channels import ShapeUnknownError
+
 logger = logging.getLogger(__name__)
 
 # ops that map a (spatially uniform) constant to a constant value by value: the chain from a zero-fed layer to
@@ -105,8 +107,8 @@ def _examine(analysis, gid: int, zero: set[str]) -> tuple[DropInfo | None, str |
                 other = live[0]
                 try:
                     same = analysis.shape(other) == analysis.shape(node.outputs[0])
-                except Exception:  # noqa: BLE001 - a missing shape is a refusal, said below
-                    same = False
+                except ShapeUnknownError as exc:
+                    return None, f"residual Add {node.name!r}: shape of {exc.tensor!r} unknown"
                 if not same:
                     return None, f"residual Add {node.name!r} broadcasts its other operand"
                 idx = next(i for i, t in enumerate(node.inputs) if t is not other)
@@ -167,8 +169,13 @@ def _zero_input_value(analysis, node: gs.Node) -> np.ndarray:
 
 
 def branch_constants(analysis, info: DropInfo) -> dict[tuple[str, int], np.ndarray]:
-    """The constant each of ``info.adds`` receives once the group is gone (evaluated with onnx.reference)."""
-    from onnx.reference import ReferenceEvaluator
+    """The constant each of ``info.adds`` receives once the group is gone.
+
+    Evaluated by onnxruntime, which also runs the masked reference the
+    surgery is checked against (onnx's reference evaluator computes
+    BatchNormalization differently enough to fail that check).
+    """
+    from ..runtime import make_session
 
     nodes = {n.name: n for n in analysis.graph.nodes}
     by_output = {n.output[0]: n for n in analysis.proto.graph.node if n.output}
@@ -188,7 +195,8 @@ def branch_constants(analysis, info: DropInfo) -> dict[tuple[str, int], np.ndarr
     outputs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in dict.fromkeys(w[2] for w in wanted)]
     graph = helper.make_graph(protos, "branch_constant", [], outputs, tensors)
     model = helper.make_model(graph, opset_imports=list(analysis.proto.opset_import))
-    values = dict(zip([o.name for o in outputs], ReferenceEvaluator(model).run(None, {})))
+    model.ir_version = analysis.proto.ir_version
+    values = dict(zip([o.name for o in outputs], make_session(model).run(None, {})))
     return {(a, i): np.asarray(values[t]) for a, i, t in wanted}
 
 
