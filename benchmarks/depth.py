@@ -8,7 +8,8 @@ interleaved with the dense one.
 
 Rows: narrowing only (the default), ``--allow-block-removal`` (selection
 mixes drops and narrowing), and drops only (the k branches of lowest drop
-score per MAC saved).
+score per MAC saved, without recovery: re-fitting every layer after the
+first dropped branch takes 10+ minutes a plan on a busy 2-core machine).
 
 Run: python benchmarks/depth.py [--cache /tmp/resnet56_oracle128]
 """
@@ -16,6 +17,7 @@ Run: python benchmarks/depth.py [--cache /tmp/resnet56_oracle128]
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -69,14 +71,17 @@ def main() -> None:
     rows = []
     config = PruneConfig(criterion="oracle", recover="lsq", measure=False)
     for name, removed in plans.items():
+        recover = not name.startswith("drop")  # drops only: the raw cost of dropping (least squares is slow there)
         with Timer() as t:
-            res = run_pruning(p.original, None, None, config, prepared=p, calibration=cal_fit, removed=removed)
+            res = run_pruning(p.original, None, None, replace(config, recover="lsq" if recover else "none"),
+                              prepared=p, calibration=cal_fit, removed=removed)
         models[name] = res.model
         dropped = p.analysis.dropped_groups(removed)
         macs = p.cost.evaluate(np.array(removed, dtype=np.int64))[0] / p.cost.dense_macs
         rows.append({"plan": name, "MACs kept": f"{macs:.1%}", "branches dropped": len(dropped),
                      "convs": sum(1 for n in res.model.graph.node if n.op_type == "Conv"),
-                     "top-1": f"{accuracy(res.model, xd, yd):.1%}", "prune + lsq (s)": f"{t.seconds:.0f}"})
+                     "recovery": "least squares" if recover else "none",
+                     "top-1": f"{accuracy(res.model, xd, yd):.1%}", "prune + recovery (s)": f"{t.seconds:.0f}"})
         print(rows[-1], flush=True)
     dense_acc = accuracy(p.original, xd, yd)
     rng = np.random.default_rng(0)
@@ -90,17 +95,18 @@ def main() -> None:
             d = lat[batch]["dense"][0]
             row[f"batch {batch} (ms, min-max)"] = f"{med:.2f} ({lo:.2f}-{hi:.2f}), {d / med:.2f}x"
     dense_row = {"plan": "dense", "MACs kept": "100%", "branches dropped": 0,
-                 "convs": sum(1 for n in p.model.graph.node if n.op_type == "Conv"), "top-1": f"{dense_acc:.1%}",
-                 "prune + lsq (s)": ""}
+                 "convs": sum(1 for n in p.model.graph.node if n.op_type == "Conv"), "recovery": "",
+                 "top-1": f"{dense_acc:.1%}", "prune + recovery (s)": ""}
     for batch in (1, 32):
         med, lo, hi = lat[batch]["dense"]
         dense_row[f"batch {batch} (ms, min-max)"] = f"{med:.2f} ({lo:.2f}-{hi:.2f})"
     rows.insert(0, dense_row)
     text = header("Depth as a lever: ResNet-56 with residual branches dropped")
+    took = (lambda t: "read from --cache" if CACHE else f"{t.seconds:.0f} s")  # noqa: E731
     text += (f"\nOracle scores (KL of the logits) of every kernel on 128 CIFAR-10 calibration images "
-             f"({t_score.seconds:.0f} s), whole-branch drop scores on the same images ({t_drop.seconds:.0f} s for "
+             f"({took(t_score)}), whole-branch drop scores on the same images ({took(t_drop)} for "
              f"{len(dscores)} branches), least-squares recovery on 256 (the layers after a dropped branch are re-fitted "
-             "too); top-1 on the 5,000 dev images. Widths `--round-to auto`. Latency: onnxruntime CPU, 2 threads; "
+             "too; the drops-only rows without recovery); top-1 on the 5,000 dev images. Widths `--round-to auto`. Latency: onnxruntime CPU, 2 threads; "
              "all models timed in turn, round after round (batch 1: 20 rounds of 10 runs, batch 32: 10 rounds of 3), "
              "each figure the median over rounds of the best run of a round, with the spread of the rounds; speed-up "
              "against the dense model timed in the same rounds. The machine was shared with other jobs.\n\n")

@@ -101,9 +101,15 @@ def demo() -> list[dict]:
 def main() -> None:
     global CACHE
     CACHE = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
-    rows = resnet56() + demo()
+    write(resnet56() + demo())
+
+
+def write(rows: list[dict]) -> None:
+    from onnxprune.passes.quantize import cpu_quant_types
+    act, reduce = cpu_quant_types()
     text = header("Prune, then quantize: dense / pruned x fp32 / int8")
-    text += ("\nint8: onnxruntime `quantize_static`, QDQ, per-channel int8 weights, int8 activations, MinMax "
+    text += (f"\nint8: onnxruntime `quantize_static`, QDQ, per-channel int8 weights{' (7-bit)' if reduce else ''}, "
+             f"{'uint8' if act == 'QUInt8' else 'int8'} activations (what onnxruntime advises for this CPU), MinMax "
              "calibration on the pruning's calibration data (ResNet-56: 256 CIFAR-10 training images; demo: 256 "
              "calibration digits), after onnxruntime's pre-processing (`quant_pre_process`). Pruned: oracle, "
              "score per MAC, 50% of the MACs, `--round-to auto`, least squares (ResNet-56 one-shot; demo: its own "
@@ -113,7 +119,8 @@ def main() -> None:
              "spread of the rounds; speed-up against dense fp32 in the same rounds. The machine was shared with "
              "other jobs. Fidelity: the int8 model against its fp32 model on the last calibration batch (what "
              "QuantizePass reports).\n\n")
-    text += table(rows, list(rows[0]))
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    text += table(rows, cols)
     write_section("quantize", text)
 
 
