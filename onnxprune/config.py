@@ -15,6 +15,7 @@ from .selection import Constraints, Target
 
 RANKINGS = ("per_mac", "raw", "flops_reg")
 RECOVERY_MODES = ("auto", "lsq", "bias", "none")
+QUANTIZE_MODES = ("int8",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PruneConfig:
     round_to: int | str = "auto"
     max_layer_ratio: float = 0.9
     min_kernels: int = 1
+    allow_drop: bool = False
     ranking: str = "per_mac"
     flops_lambda: float = 1.0
     layer_norm: bool = False
@@ -56,6 +58,7 @@ class PruneConfig:
     batch_size: int = 32
     cache_bytes: int = 2 << 30
     recover: str = "auto"
+    quantize: Optional[str] = None
     refit_between_steps: bool = False
     measure: bool = True
     input_shapes: Optional[dict[str, tuple[int, ...]]] = None
@@ -87,6 +90,8 @@ class PruneConfig:
             raise InvalidArgumentError("gradual start and gamma are fractions in (0, 1]")
         if self.recover not in RECOVERY_MODES:
             raise InvalidArgumentError(f"unknown recovery {self.recover!r}; choose auto, lsq, bias or none")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise InvalidArgumentError(f"unknown quantization {self.quantize!r}; choose {', '.join(QUANTIZE_MODES)}")
         if self.batch_size < 1:
             raise InvalidArgumentError("batch size must be positive")
         self.target  # validates the target
@@ -102,7 +107,7 @@ class PruneConfig:
 
     @property
     def constraints(self) -> Constraints:
-        return Constraints(self.max_layer_ratio, self.min_kernels, self.round_to)
+        return Constraints(self.max_layer_ratio, self.min_kernels, self.round_to, self.allow_drop)
 
     @property
     def latency_settings(self):

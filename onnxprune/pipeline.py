@@ -5,8 +5,9 @@
 :func:`run_pruning`; they differ only in where the units to remove come
 from (a criterion, a scores file, a saved plan). The model itself is changed
 only by passes (:mod:`onnxprune.passes`): channel surgery, whose ``ensures``
-is the exactness check, then recovery when calibration data is there. A
-failed pass stops the run before anything is written.
+is the exactness check, then recovery when calibration data is there, then
+int8 quantization when asked for. A failed pass stops the run before
+anything is written.
 """
 
 from __future__ import annotations
@@ -39,13 +40,8 @@ __all__ = ["PruneConfig", "RANKINGS", "Calibration", "load_calibration", "score_
 
 def _fidelity(model: onnx.ModelProto, reference_outputs: list[np.ndarray], feeds: dict) -> dict:
     """Relative L2 distance of the first output to the original's, and arg-max agreement when it is a score."""
-    from .runtime import make_session
-    out = make_session(model).run(None, feeds)[0].astype(np.float64)
-    ref = reference_outputs[0].astype(np.float64)
-    fid = {"rel_l2": float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))}
-    if ref.ndim >= 2 and ref.shape[-1] > 1:
-        fid["argmax_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).mean())
-    return fid
+    from .compare import output_fidelity
+    return output_fidelity(model, [reference_outputs[0]], [feeds])
 
 
 def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed,
@@ -118,6 +114,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
             and removed is None:
         raise CalibrationError(f"criterion {config.criterion!r} needs calibration data: pass --calib DIR|FILE "
                                "or a calibration_data_reader")
+    if config.quantize and calibration is None and calibration_source is None:
+        raise CalibrationError(f"--quantize {config.quantize} needs calibration data (static quantization "
+                               "calibrates activation ranges): pass --calib DIR|FILE or a calibration_data_reader")
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration)
     if removed is None:
@@ -144,12 +143,33 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
+    final = run.model
+    if config.quantize:
+        final = _quantize(p, run.model, calibration, config, report)
     external = config.use_external_data_format
     if external is None and has_external_data(model_input):
         external = True
-    out = (save_model_atomic(run.model, model_output, use_external_data_format=external)
+    out = (save_model_atomic(final, model_output, use_external_data_format=external)
            if model_output is not None else None)
-    return PruneResult(run.model, plan, report, verification, out, removed)
+    return PruneResult(final, plan, report, verification, out, removed)
+
+
+def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, config: PruneConfig, report) -> onnx.ModelProto:
+    """The pruned float model quantized (a verified pass); with ``measure``, the dense model too, for the
+    side-by-side table of dense/pruned x fp32/int8 (size, interleaved latency, fidelity to dense fp32)."""
+    from .passes.quantize import QuantizePass
+    result = QuantizePass(calibration, config.quantize)(pruned)
+    report.extra["quantization"] = result.notes[-1]
+    report.verification += f"\nquantize: {result.notes[-1]}"
+    if config.measure:
+        from .compare import compare_variants
+        dense_q = QuantizePass(calibration, config.quantize)(p.model).model
+        feeds = calibration.feeds()[-1:]
+        variants = compare_variants({"dense fp32": p.original, "pruned fp32": pruned,
+                                     f"dense {config.quantize}": dense_q, f"pruned {config.quantize}": result.model},
+                                    feeds, batches=(1, next(iter(feeds[0].values())).shape[0]))
+        report.variants = variants
+    return result.model
 
 
 def prune_static(model_input: ModelLike, model_output: Optional[PathLike], calibration_data_reader: Any,

@@ -49,6 +49,7 @@ class Report:
     prunable_kernels: int = 0
     verification: str = ""
     extra: dict = field(default_factory=dict)
+    variants: list = field(default_factory=list)  # compare.Variant rows: dense/pruned x fp32/int8
 
     @property
     def pruned_percentage(self) -> float:
@@ -83,6 +84,9 @@ class Report:
         out = [_fmt(rows)]
         out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
                    f"({self.pruned_percentage:.1f}%)")
+        if self.variants:
+            from .compare import variants_table
+            out.append(variants_table(self.variants).rstrip())
         if per_layer and self.layers:
             lrows = [("layer", "op", "kernels before", "after")]
             lrows += [(lc.name, lc.op, str(lc.before), str(lc.after)) for lc in self.layers if lc.before != lc.after]
@@ -106,6 +110,9 @@ class Report:
                          f"{lat['measured_fraction']:.1%}: {_target_text(lat)} |")
         if b.accuracy is not None and a.accuracy is not None:
             lines.append(f"| accuracy | {b.accuracy:.2%} | {a.accuracy:.2%} | |")
+        if self.variants:
+            from .compare import variants_table
+            lines += ["", variants_table(self.variants).rstrip()]
         lines.append("")
         lines.append(f"Pruned kernels: {self.removed_kernels} of {self.prunable_kernels} ({self.pruned_percentage:.1f}%).")
         if self.verification:
@@ -200,10 +207,11 @@ def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],
     before = ModelStats(count_params(p.original), p.cost.dense_macs, int(p.original.ByteSize()))
     after = ModelStats(count_params(pruned), macs_after, int(pruned.ByteSize()))
     layers = []
+    present = {n.name for n in pruned.graph.node}
     for layer in a.layers.values():
         keep = a.keep_mask(layer.output, rem)
-        layers.append(LayerChange(layer.name, layer.op, layer.kernels,
-                                  int(keep.sum()) if keep is not None else layer.kernels))
+        kept = int(keep.sum()) if keep is not None else layer.kernels
+        layers.append(LayerChange(layer.name, layer.op, layer.kernels, kept if layer.name in present else 0))
     removed_kernels = sum(len(a.unit_kernels[r]) for r in removed)
     prunable = sum(len(a.unit_kernels[r]) for r in a.prunable_units)
     return Report(before, after, layers, removed_kernels, prunable,

@@ -66,6 +66,17 @@ def rank_scores(p: Prepared, scores: dict[int, float], config: PruneConfig) -> t
     return scores, False
 
 
+def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
+                 scored_here: bool) -> Optional[dict[int, float]]:
+    """Whole-branch oracle scores when blocks may go and the unit scores are oracle costs on the same scale;
+    otherwise None (selection then scores a branch by the sum of its units' scores)."""
+    if not (config.allow_drop and scored_here and calibration is not None and config.criterion == "oracle"
+            and config.ranking in ("per_mac", "raw") and not config.layer_norm):
+        return None
+    from .scoring.depth import drop_scores
+    return drop_scores(p.analysis, calibration.batches(), config.oracle_cost)
+
+
 def _schedule(config: PruneConfig) -> list[Target]:
     """Intermediate targets of an iterative run (the last one is the final target)."""
     t = config.target
@@ -162,7 +173,8 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
         keys, cost_aware = rank_scores(p, unit_scores, config)
-        return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost)
+        return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost,
+                      _drop_scores(p, config, calibration, scores is None))
     tracker = _Tracker(p)
     current = p
     for i, target in enumerate(schedule):
@@ -174,7 +186,8 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         else:
             unit_scores = score_units(current, config, calibration)
         keys, cost_aware = rank_scores(current, unit_scores, config)
-        chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost)
+        chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost,
+                        _drop_scores(current, config, calibration, True))
         if not chosen:
             continue
         tracker.remove(current, chosen)

@@ -31,11 +31,13 @@ def _config(args, criterion: str):
         latency_threads=getattr(args, "latency_threads", 0), latency_cache=getattr(args, "latency_cache", None),
         nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", "auto"),
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
+        allow_drop=getattr(args, "allow_block_removal", False),
         ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
-        recover=getattr(args, "recover", "none"), input_shapes=_input_shapes(args.input_shape),
+        recover=getattr(args, "recover", "none"), quantize=getattr(args, "quantize", None),
+        input_shapes=_input_shapes(args.input_shape),
         verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
         use_external_data_format=getattr(args, "use_external_data_format", None) or None,
         executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None))
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_oracle_args(p)
     p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
                    help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="after pruning and recovery: onnxruntime static int8 quantization (QDQ, per-channel weights) "
+                        "with the same --calib data; the report compares dense/pruned x fp32/int8")
+    p.add_argument("--allow-block-removal", action="store_true",
+                   help="a group that lives inside a residual branch may lose every channel: the branch goes")
     p.add_argument("--steps", type=int, default=1, help="iterative schedule: reach the target in N steps, re-scoring")
     p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
     p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")
@@ -128,7 +135,8 @@ def _cmd_inspect(args) -> int:
     for g in rep.groups:
         layers = g.layers[0] + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else "")
         grows.append((str(g.id), str(g.units), str(g.kernels), layers,
-                      "prunable" if g.frozen_reason is None else f"frozen: {g.frozen_reason}"))
+                      ("prunable, droppable" if g.droppable else "prunable") if g.frozen_reason is None
+                      else f"frozen: {g.frozen_reason}"))
     print(_fmt(grows))
     print()
     print(f"input shapes probed: {rep.input_shapes}")

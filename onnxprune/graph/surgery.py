@@ -5,7 +5,8 @@ After:  the removed output channels are gone from W, BN's four vectors and
 W2's input axis; every other op whose constants or attributes depend on the
 channel count (Concat consumers, Split sizes, Slice bounds, channel Pad
 amounts, Reshape targets, grouped-conv ``group``) is rewritten by its rule in
-:mod:`onnxprune.graph.rules`. Shapes are re-inferred, dead nodes dropped and
+:mod:`onnxprune.graph.rules`. A droppable group removed entirely takes its
+residual branch with it (:mod:`onnxprune.graph.depth`). Shapes are re-inferred, dead nodes dropped and
 the graph toposorted.
 """
 
@@ -20,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
 from .channels import Labels
+from .depth import drop_branches
 from .normalize import export_freeing, infer_shapes
 from .probe import np_dtype
 from .rules import rule_for
@@ -72,6 +74,8 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
     graph = gs.import_onnx(analysis.proto)
     surgery = Surgery(analysis, removed)
     if len(surgery.removed):
+        if drop_branches(analysis, graph, surgery.removed):
+            graph.cleanup(remove_unused_graph_inputs=False)  # the emptied branches go before any rule sees them
         labelled = analysis.labels
         for node in graph.nodes:
             touches = any(getattr(t, "name", None) in labelled for t in list(node.inputs) + list(node.outputs))

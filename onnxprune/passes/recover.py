@@ -8,7 +8,9 @@ After (``bias``): L's bias absorbs the expected contribution of each removed
 After (``lsq``): L's remaining weights and bias are re-fitted by ridge least
         squares so that L's output, computed from the *pruned* model's
         activations, matches the *original* model's output at that point
-        (He et al., ICCV 2017). Layers are processed front to back, so each
+        (He et al., ICCV 2017). A dropped residual branch (graph/depth.py)
+        changes no channel count, so the layers that read the stream after it
+        are re-fitted too. Layers are processed front to back, so each
         fit sees the errors of the layers before it. The ridge term pulls
         towards the plain sliced weights; its strength is chosen per layer
         on a held-back fifth of the calibration samples, and a fit is kept
@@ -82,6 +84,7 @@ def _conv_rows(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple, pos) -> np.n
 def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, scope: str) -> list[_Site]:
     """Consumer layers to re-fit, in the pruned model's topological order."""
     nodes = {n.name: n for n in analysis.graph.nodes}
+    after_drop = _after_dropped_branches(analysis, removed, pruned)
     sites = []
     started = False
     for name in (n.name for n in pruned.graph.node):
@@ -96,7 +99,7 @@ def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, sco
         if node.op == "MatMul" and name not in analysis.layers:
             continue
         keep_in = analysis.keep_mask(x, removed)
-        changed = keep_in is not None and not keep_in.all()
+        changed = (keep_in is not None and not keep_in.all()) or name in after_drop
         if changed:
             started = True
         if not changed and not (scope == "all" and started):
@@ -110,6 +113,24 @@ def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, sco
             keep_out = np.ones(analysis.probe.shapes[out][1 if node.op != "MatMul" else -1], dtype=bool)
         sites.append(_Site(name, node.op, x, out, keep_in, keep_out))
     return sites
+
+
+def _after_dropped_branches(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto) -> set[str]:
+    """Layers that read a residual stream after a dropped branch (through non-layer ops): they see its error."""
+    adds = {a for g in analysis.dropped_groups(removed) for a, _ in analysis.drops[g].adds}
+    if not adds:
+        return set()
+    affected: set[str] = set()
+    layers: set[str] = set()
+    for node in pruned.graph.node:
+        if node.name in adds:
+            affected.update(node.output)
+        elif any(i in affected for i in node.input):
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                layers.add(node.name)
+            else:
+                affected.update(node.output)
+    return layers
 
 
 def _weights(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, Optional[np.ndarray]]:
