@@ -155,16 +155,16 @@ INTRO = ("\nThe machine was shared with other jobs while this ran (2 cores, load
          "over the three. 'time kept when pruned': the pruned model's share of the dense time as the pruning run "
          "itself measured and reported it (the table's batch, medians of one interleaved timing). 'wall s': selection (the table "
          "read from the cache, its build time below) + the measured check + surgery + recovery, scores shared. "
-         "ResNet-56: oracle (KL) on 128 calibration images, least squares on 256, top-1 on cifar10_dev (5,000). "
-         "EfficientNet-Lite0: energy scores on the first 250 images of imagenet_dev, expansion channels only, "
-         "least squares on the same 250, top-1 on the other 250.\n\n")
+         "ResNet-56: oracle (KL) on 128 calibration images, least squares on 256, top-1 on cifar10_dev (5,000).")
+EFF_INTRO = (" EfficientNet-Lite0: energy scores on the first 250 images of imagenet_dev, expansion channels only, "
+             "least squares on the same 250, top-1 on the other 250.")
 
 
 def write(rows: list, section: str = "latency-target") -> None:
     title = "Latency targets: --target-latency vs --target-macs (onnxruntime CPU, 2 threads)"
     if section != "latency-target":
         title += f", second run ({section}): MAC budgets near the latency model's measured time"
-    text = header(title) + INTRO
+    text = header(title) + INTRO + (EFF_INTRO if any(r["model"] != "ResNet-56" for r in rows) else "") + "\n\n"
     text += table(rows, list(rows[0]))
     text += "\nLatency tables (fresh cache, 2 threads): " + "; ".join(
         f"{k}: {s:.0f} s for {g} groups, {w} widths" for k, (s, g, w) in TABLE_SECONDS.items()) + ".\n"
