@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from builders import chain_flatten_gemm, inverted_residual, option_a_shortcut
+from builders import chain_flatten_gemm, inverted_residual, option_a_shortcut, residual_net
 from onnxprune.allocation.latency import choose, group_options, min_width
 from onnxprune.config import PruneConfig
 from onnxprune.errors import InvalidArgumentError
@@ -170,7 +170,7 @@ def test_knapsack_over_a_synthetic_table_matches_brute_force():
                 assert max(scores[r] for r in gone) <= min(scores[r] for r in kept)
 
 
-def test_options_respect_limits_and_the_depth_hook_is_inert_until_set():
+def test_options_respect_limits():
     p = prepare(chain_flatten_gemm())
     a = p.analysis
     gid = next(g.id for g in a.groups if not g.frozen and len(g.units) == 8)
@@ -181,14 +181,17 @@ def test_options_respect_limits_and_the_depth_hook_is_inert_until_set():
     assert [o.payload[1] for o in opts] == [8, 7, 6, 5, 4] and min_width(8, cons) == 4
     assert all(o.loss == 8 - o.payload[1] for o in opts)
     assert [o.cost for o in opts] == sorted((o.cost for o in opts), reverse=True)
-    group = a.groups[gid]
-    assert not getattr(group, "droppable", False)
-    group.droppable = True  # what the depth analysis will set for a removable residual branch
-    try:
-        opts = group_options(a, model, scores, gid, cons)
-        assert opts[-1].payload[1] == 0 and opts[-1].cost == 0 and opts[-1].loss == 8
-    finally:
-        del group.droppable
+
+
+def test_a_droppable_branch_gets_a_width_zero_option_only_with_allow_drop():
+    p = prepare(residual_net())
+    a = p.analysis
+    branch = a.droppable_groups()[0]
+    model = LatencyModel(a, _synthetic(p, {branch.id: {w: float(w) for w in range(1, 7)}}, 10.0))
+    scores = {r: 1.0 for r in a.prunable_units}
+    assert all(o.payload[1] > 0 for o in group_options(a, model, scores, branch.id, Constraints()))
+    opts = group_options(a, model, scores, branch.id, Constraints(allow_drop=True))
+    assert opts[-1].payload[1] == 0 and opts[-1].cost == 0 and opts[-1].loss == len(branch.units)
 
 
 def test_target_latency_validation():

@@ -18,10 +18,11 @@ ops the pieces run apart. So the chosen model is built and *measured*
 corrected from the measured ratio for a few rounds; the widest choice whose
 measured time meets the target wins (none meeting it: the fastest measured).
 
-Depth hook: a group the analysis marks ``droppable`` (a residual branch
-whose removal leaves the identity) gets one more option, width 0, costing
-nothing for its layers and losing all of its scores; until the analysis
-sets that flag the option never appears.
+Depth: with ``allow_drop`` (``--allow-block-removal``), a group the analysis
+proves ``droppable`` (a residual branch whose removal leaves the identity,
+:mod:`onnxprune.graph.depth`) gets one more option, width 0: its layers cost
+nothing, all of its units' scores are lost, and the per-tensor limits do not
+apply to it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def group_options(analysis: Analysis, model: LatencyModel, scores: dict[int, flo
             continue
         opts.append(Option(cost=max(model.group_cost(gid, w, current or {}), 0.0), loss=float(cum[drop]),
                            payload=(gid, w, tuple(units[:drop]))))
-    if getattr(group, "droppable", False) and len(units) == n:  # depth: the branch goes (see the docstring)
+    if constraints.allow_drop and group.droppable and len(units) == n:  # depth: the branch goes (docstring)
         opts.append(Option(cost=0.0, loss=float(cum[n]), payload=(gid, 0, tuple(units))))
     return opts or [Option(cost=model.group_cost(gid, n), loss=0.0, payload=(gid, n, ()))]
 
