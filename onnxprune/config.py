@@ -15,6 +15,7 @@ from .selection import Constraints, Target
 
 RANKINGS = ("per_mac", "raw", "flops_reg")
 RECOVERY_MODES = ("auto", "lsq", "bias", "none")
+ALLOCATIONS = ("auto", "sensitivity", "block", "greedy")
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,16 @@ class PruneConfig:
     ``gradual_gamma`` (N2D2's Gradual mode), make the schedule iterative;
     with ``refit_between_steps`` the survivors are scored after the
     recovery re-fit of the previous step (recovery in the loop).
+    ``allocation``: how a MAC/parameter budget is shared among groups —
+    ``sensitivity`` (measured output distortion of each group at a few
+    widths after the re-fit, then a knapsack; the units within a group by
+    the criterion), ``block`` (the same with the consumers' own error as
+    the loss), ``greedy`` (one global order of unit scores), ``auto``
+    (sensitivity with calibration data, one step and a MAC/parameter
+    target; greedy otherwise).
     """
 
-    criterion: str = "oracle"
+    criterion: str = "energy"
     percentage: Optional[float] = None
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
@@ -39,6 +47,7 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
     min_kernels: int = 1
     ranking: str = "per_mac"
+    allocation: str = "auto"
     flops_lambda: float = 1.0
     layer_norm: bool = False
     steps: int = 1
@@ -61,6 +70,8 @@ class PruneConfig:
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         if self.ranking not in RANKINGS:
             raise InvalidArgumentError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidArgumentError(f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
         if self.steps < 1:
             raise InvalidArgumentError("steps must be at least 1")
         if (self.gradual_start is None) != (self.gradual_gamma is None):
@@ -81,6 +92,14 @@ class PruneConfig:
     @property
     def constraints(self) -> Constraints:
         return Constraints(self.max_layer_ratio, self.min_kernels, self.round_to)
+
+    def allocation_for(self, has_data: bool) -> str:
+        """The allocation this run uses: ``auto`` resolved (sensitivity needs data, one step, a MAC/param target)."""
+        t = self.target
+        can = has_data and t.percentage is None and self.steps == 1 and self.gradual_start is None
+        if self.allocation == "auto":
+            return "sensitivity" if can else "greedy"
+        return self.allocation if can else "greedy"
 
     @property
     def needs_data(self) -> bool:

@@ -142,6 +142,12 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
     schedule = _schedule(config)
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        if config.allocation_for(calibration is not None) != "greedy":
+            from .allocation.by_sensitivity import plan_by_sensitivity  # least squares: only when it runs
+            removed = plan_by_sensitivity(p, config, calibration, rank_scores(p, unit_scores, config)[0])
+            if removed is not None:
+                return removed
+            logger.warning("no allocation by sensitivity meets %s: greedy selection", config.target.describe())
         keys, cost_aware = rank_scores(p, unit_scores, config)
         return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost)
     tracker = _Tracker(p)
