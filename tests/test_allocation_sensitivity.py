@@ -126,3 +126,19 @@ def test_allocation_setting():
     assert PruneConfig(percentage=20).allocation_for(True) == "greedy"
     assert PruneConfig(target_macs=0.5, steps=3).allocation_for(True) == "greedy"
     assert PruneConfig(target_params=0.5, allocation="greedy").allocation_for(True) == "greedy"
+
+
+def test_joint_distortion_of_one_group_is_its_curve_and_grows_with_more():
+    from onnxprune.allocation.sensitivity import Sensitivity
+    p = prepare(inverted_residual())
+    sens = Sensitivity(p.analysis, p.model, magnitude_scores(p.analysis), Constraints(round_to=1),
+                       [{"x": _data(48)}], cost="mse")
+    curves = sens.curves()
+    assert len(curves) == 2
+    for k, c in enumerate(curves):
+        for i in range(len(c.removed)):
+            choice = [0, 0]
+            choice[k] = i
+            assert sens.joint_loss(curves, choice) == pytest.approx(c.loss[i], rel=1e-4, abs=1e-9)
+    deepest = [len(c.removed) - 1 for c in curves]
+    assert sens.joint_loss(curves, deepest) > max(c.loss[-1] for c in curves)

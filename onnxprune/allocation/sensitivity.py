@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 
 from ..graph.analysis import Analysis
 from ..graph.layout import as_matrix, from_matrix, node_attrs
-from ..graph.subgraph import expose
+from ..graph.subgraph import expose, extract
 from ..lsq import GramSystem, conv_geometry, fit_gram, im2col
 from ..runtime import make_session
 from ..scoring.oracle_cost import oracle_cost
@@ -55,7 +55,8 @@ class _Site:
     node: onnx.NodeProto
     op: str
     weight: str
-    bias: Optional[str]
+    bias: Optional[str]  # bias input fed (for a Conv/Gemm without one, a zero bias the evaluation adds)
+    added_bias: bool
     w_shape: tuple[int, ...]
     matrix: np.ndarray  # original weight as [C_out, features]
     bias0: np.ndarray
@@ -131,9 +132,12 @@ def _sites(analysis: Analysis, model: onnx.ModelProto) -> dict[int, list[_Site]]
         M = as_matrix(node.op_type, attrs, W)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         b0 = numpy_helper.to_array(inits[bias]) if bias in inits else np.zeros(M.shape[0], np.float32)
+        added = bias is None and node.op_type in ("Conv", "Gemm")
+        if added:
+            bias = f"{node.name}__sensitivity_bias"
         refit = node.op_type in ("Conv", "Gemm") and not int(attrs.get("transA", 0))
         taps = M.shape[1] // lab.size
-        out.setdefault(gid, []).append(_Site(node, node.op_type, node.input[1], bias, tuple(W.shape), M,
+        out.setdefault(gid, []).append(_Site(node, node.op_type, node.input[1], bias, added, tuple(W.shape), M,
                                              b0.reshape(-1), taps, refit))
     return out
 
@@ -142,24 +146,38 @@ def _eval_model(model: onnx.ModelProto, sites: list[_Site]) -> onnx.ModelProto:
     """The model with every site's weight and bias as overridable inputs (a zero bias added where missing)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    inits = {t.name: t for t in m.graph.initializer}
     nodes = {n.name: n for n in m.graph.node}
     for s in sites:
-        node = nodes[s.node.name]
-        if s.op in ("Conv", "Gemm") and s.bias is None:
-            name = f"{node.name}__sensitivity_bias"
-            m.graph.initializer.append(numpy_helper.from_array(np.zeros(s.matrix.shape[0], np.float32), name))
+        if s.added_bias:
+            m.graph.initializer.append(numpy_helper.from_array(np.zeros(s.matrix.shape[0], np.float32), s.bias))
+            node = nodes[s.node.name]
             while len(node.input) < 3:
                 node.input.append("")
-            node.input[2] = name
-            s.bias = name
-            inits = {t.name: t for t in m.graph.initializer}
+            node.input[2] = s.bias
+    inits = {t.name: t for t in m.graph.initializer}
+    for s in sites:
         for name in (s.weight, s.bias):
             if name is not None and name in inits:
                 t = inits[name]
                 m.graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
     m.ir_version = max(m.ir_version, 4)
     return m
+
+
+def _suffix(model: onnx.ModelProto, sites: list[_Site]) -> tuple[onnx.ModelProto, list[str]]:
+    """The part of ``model`` from the first site on, with the sites' weights as inputs, and the tensors it is fed.
+
+    Everything before the first consumer of a group is the same whatever the
+    group loses, so it is computed once (the base run) and not per option;
+    only this group's weights are inputs, so every other layer keeps
+    onnxruntime's fast paths for constant weights.
+    """
+    names = {s.node.name for s in sites}
+    nodes = list(model.graph.node)
+    start = min(i for i, n in enumerate(nodes) if n.name in names)
+    sub, feeds = extract(model, nodes[start:], [o.name for o in model.graph.output], name="suffix")
+    weights = {x for s in sites for x in (s.weight, s.bias)}
+    return _eval_model(sub, sites), [f for f in feeds if f not in weights]
 
 
 def _collect(model: onnx.ModelProto, sites: list[_Site], feeds: list[dict], n_fit: int, max_rows: int,
@@ -248,15 +266,33 @@ class Sensitivity:
         n_fit = max(1, int(round(n_img * fit_fraction))) if n_img >= 5 else n_img
         _collect(model, all_sites, feeds, n_fit, max_rows, np.random.default_rng(seed))
         self.held = _held_back(feeds, n_fit)
-        self.session = make_session(_eval_model(model, all_sites))
-        self.base = [self.session.run(None, f) for f in self.held]
+        self.model = model
+        self.suffixes = {g: _suffix(model, self.sites_of[g]) for g in self.orders if self.sites_of.get(g)}
+        outputs = [o.name for o in model.graph.output]
+        graph_inputs = {i.name for i in model.graph.input}
+        cuts = sorted({x for _, feeds_of in self.suffixes.values() for x in feeds_of} - set(outputs) - graph_inputs)
+        base_session = make_session(expose(model, cuts))
+        self.base, self.cut_values = [], []
+        for f in self.held:
+            values = dict(zip(outputs + cuts, base_session.run(outputs + cuts, f)))
+            self.base.append([values[o] for o in outputs])
+            self.cut_values.append({**f, **values})
+        self._joint = None
+        self._sessions: dict[int, object] = {}
         self.option_feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
 
-    def loss(self, option: dict[str, np.ndarray]) -> float:
-        """Mean output distortion on the held-back samples with the given weights fed."""
-        losses = [oracle_cost(self.cost, b, self.session.run(None, {**f, **option}), None)
-                  for b, f in zip(self.base, self.held)]
-        return float(np.concatenate(losses).mean())
+    def _distortion(self, session, inputs: list[str], option: dict[str, np.ndarray]) -> float:
+        runs = [session.run(None, {**{x: v[x] for x in inputs}, **option}) for v in self.cut_values]
+        return float(np.concatenate([oracle_cost(self.cost, b, r, None) for b, r in zip(self.base, runs)]).mean())
+
+    def loss(self, gid: int, option: dict[str, np.ndarray]) -> float:
+        """Mean output distortion on the held-back samples with group ``gid``'s weights ``option`` fed."""
+        if gid not in self.suffixes:
+            return 0.0  # nothing multiplies its channels by weights: nothing downstream sees them
+        model, inputs = self.suffixes[gid]
+        if gid not in self._sessions:
+            self._sessions = {gid: make_session(model)}  # one group at a time: sessions are large
+        return self._distortion(self._sessions[gid], inputs, option)
 
     def curves(self) -> list[Curve]:
         out = []
@@ -277,7 +313,7 @@ class Sensitivity:
                     option.update(f)
                     proxy += p
                 self.option_feeds[(gid, i)] = option
-                curve.loss.append(self.loss(option))
+                curve.loss.append(self.loss(gid, option))
                 curve.proxy.append(proxy)
             out.append(curve)
             logger.info("sensitivity of group %d (%s): %s", gid, self.analysis.groups[gid].name,
@@ -286,10 +322,14 @@ class Sensitivity:
 
     def joint_loss(self, curves: list[Curve], choice: list[int]) -> float:
         """Distortion with every curve's chosen option applied together (each group's own re-fit)."""
+        if self._joint is None:
+            sites = [s for g in self.orders for s in self.sites_of.get(g, [])]
+            inputs = [i.name for i in self.model.graph.input if i.name not in {x for s in sites for x in (s.weight, s.bias)}]
+            self._joint = (make_session(_eval_model(self.model, sites)), inputs)
         option: dict[str, np.ndarray] = {}
         for c, i in zip(curves, choice):
             option.update(self.option_feeds.get((c.group, i), {}))
-        return self.loss(option)
+        return self._distortion(self._joint[0], self._joint[1], option)
 
 
 def measure_curves(analysis: Analysis, model: onnx.ModelProto, scores: dict[int, float], constraints: Constraints,
