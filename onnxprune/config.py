@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from .errors import InvalidArgumentError
+from .scoring.auto import AUTO
 from .scoring.registry import get_criterion
 from .selection import Constraints, Target
 
 RANKINGS = ("per_mac", "raw", "flops_reg")
 RECOVERY_MODES = ("auto", "lsq", "bias", "none")
 QUANTIZE_MODES = ("int8",)
+ALLOCATIONS = ("auto", "sensitivity", "spdy", "block", "greedy")
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,20 @@ class PruneConfig:
     ``latency_cache`` (None: ``~/.cache/onnxprune/latency``). It is one-shot.
     ``executor``: where the oracle's tasks run, ``local`` threads or ``ray``
     (the cluster at ``ray_address``; None starts a local Ray instance).
+    ``allocation``: how a MAC/parameter budget is shared among groups —
+    ``sensitivity`` (measured output distortion of each group at a few
+    widths after the re-fit, then a knapsack; the units within a group by
+    the criterion), ``spdy`` (the same, then SPDY's search of per-group
+    weights judged by the joint distortion on the held-back samples; it
+    over-fits them on EfficientNet-Lite0), ``block`` (the consumers' own
+    error as the loss), ``greedy`` (one global order of unit scores),
+    ``auto`` (greedy for the oracle, whose scores are output changes and
+    compare across layers; sensitivity for local criteria when there is
+    calibration data, one step and a MAC/parameter target; greedy
+    otherwise). ``criterion="auto"``: see :mod:`onnxprune.scoring.auto`.
     """
 
-    criterion: str = "oracle"
+    criterion: str = "auto"
     percentage: Optional[float] = None
     target_macs: Optional[float] = None
     target_params: Optional[float] = None
@@ -48,6 +61,7 @@ class PruneConfig:
     min_kernels: int = 1
     allow_drop: bool = False
     ranking: str = "per_mac"
+    allocation: str = "auto"
     flops_lambda: float = 1.0
     layer_norm: bool = False
     steps: int = 1
@@ -74,7 +88,8 @@ class PruneConfig:
     ray_address: Optional[str] = None
 
     def __post_init__(self) -> None:
-        get_criterion(self.criterion)
+        if self.criterion != AUTO:
+            get_criterion(self.criterion)
         from .executors import check_executor
         check_executor(self.executor)
         if self.ray_address is not None and self.executor != "ray":
@@ -82,6 +97,8 @@ class PruneConfig:
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         if self.ranking not in RANKINGS:
             raise InvalidArgumentError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidArgumentError(f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
         if self.steps < 1:
             raise InvalidArgumentError("steps must be at least 1")
         if (self.gradual_start is None) != (self.gradual_gamma is None):
@@ -115,6 +132,14 @@ class PruneConfig:
         return LatencySettings(self.latency_provider, self.latency_batch, self.latency_threads,
                                cache_dir=self.latency_cache)
 
+    def allocation_for(self, has_data: bool) -> str:
+        """The allocation this run uses: ``auto`` resolved (sensitivity needs data, one step, a MAC/param target)."""
+        t = self.target
+        can = has_data and t.percentage is None and self.steps == 1 and self.gradual_start is None
+        if self.allocation == "auto":
+            return "sensitivity" if can and self.criterion not in ("oracle", AUTO) else "greedy"
+        return self.allocation if can else "greedy"
+
     @property
     def needs_data(self) -> bool:
-        return get_criterion(self.criterion).needs_data
+        return self.criterion != AUTO and get_criterion(self.criterion).needs_data

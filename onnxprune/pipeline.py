@@ -13,6 +13,7 @@ anything is written.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from .plan import PruningPlan
 from .prepare import Prepared, prepare
 from .report import PathLike, PruneResult, build_report
 from .verify import uniform_inputs
-from .schedule import _schedule, plan_units, rank_scores, score_units
+from .schedule import _schedule, criterion_for, plan_units, rank_scores, score_units
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
                                "calibrates activation ranges): pass --calib DIR|FILE or a calibration_data_reader")
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration)
+    if scores is None and removed is None:
+        config = replace(config, criterion=criterion_for(p, config, calibration))
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
         p.analysis.release_weights()  # the criteria read the weights; the surgery reads its own copy

@@ -21,6 +21,7 @@ from .config import PruneConfig
 from .errors import NothingToPruneError
 from .graph.surgery import prune_channels
 from .prepare import Prepared, prepare
+from .scoring.auto import resolve_criterion
 from .scoring.registry import ScoreRequest, score
 from .selection import Target, select
 
@@ -34,7 +35,13 @@ def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrat
                            batch_size=calibration.batch_size if calibration is not None else config.batch_size,
                            seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress,
                            executor=config.executor, ray_address=config.ray_address)
-    return score(config.criterion, p.analysis, request)
+    return score(criterion_for(p, config, calibration), p.analysis, request)
+
+
+def criterion_for(p: Prepared, config: PruneConfig, calibration: Optional[Calibration]) -> str:
+    """The concrete criterion of a run (``auto`` resolved by the oracle's estimated cost)."""
+    return resolve_criterion(config.criterion, len(p.analysis.prunable_units), p.cost.dense_macs,
+                             len(calibration) if calibration is not None else 0)
 
 
 def _normalise(p: Prepared, scores: dict[int, float]) -> dict[int, float]:
@@ -172,6 +179,12 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         return latency_units(p, unit_scores, config)
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        if config.allocation_for(calibration is not None) != "greedy":
+            from .allocation.by_sensitivity import plan_by_sensitivity  # least squares: only when it runs
+            removed = plan_by_sensitivity(p, config, calibration, rank_scores(p, unit_scores, config)[0])
+            if removed is not None:
+                return removed
+            logger.warning("no allocation by sensitivity meets %s: greedy selection", config.target.describe())
         keys, cost_aware = rank_scores(p, unit_scores, config)
         return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost,
                       _drop_scores(p, config, calibration, scores is None))

@@ -32,6 +32,7 @@ def _config(args, criterion: str):
         nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", "auto"),
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
         allow_drop=getattr(args, "allow_block_removal", False),
+        allocation=getattr(args, "allocation", "auto"),
         ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--criterion", default=None, choices=list(CRITERIA),
-                   help="oracle (default with --calib), magnitude (default without), or another registered criterion")
+                   help="energy (default with --calib), magnitude (default without), oracle, or another registered "
+                        "criterion")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
     p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
@@ -175,7 +177,7 @@ def _cmd_prune(args) -> int:
 
     from ..api import prune_model, scores_from_kernels
     from ..pipeline import run_pruning
-    criterion = args.criterion or ("oracle" if args.calib else "magnitude")
+    criterion = args.criterion or ("auto" if args.calib else "magnitude")
     config = _config(args, criterion)
     _check_outputs(args, args.output, args.save_plan, args.report)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):

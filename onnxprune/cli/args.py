@@ -62,6 +62,12 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-layer-ratio", type=float, default=0.9,
                    help="never remove more than this fraction of one layer's kernels (default 0.9)")
     p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
+    p.add_argument("--allocation", default="auto", choices=["auto", "sensitivity", "spdy", "block", "greedy"],
+                   help="how a MAC/parameter budget is shared among channel groups: greedy (one global order of "
+                        "unit scores; the default for the oracle and without data), sensitivity (each group's "
+                        "output distortion measured at a few widths after least squares, then a knapsack; the "
+                        "default for local criteria such as energy), spdy (sensitivity plus a search of "
+                        "per-group weights by the joint distortion), block (judged at the re-fitted layers)")
     _add_latency_args(p)
 
 
