@@ -113,3 +113,15 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+def cached(path: str | None, compute) -> dict[int, float]:
+    """``compute()`` (a dict of int -> float, e.g. unit scores), read from / written to the JSON ``path`` if given:
+    two benchmarks that score the same model on the same images then score it once."""
+    import json
+    if path and Path(path).is_file():
+        return {int(k): float(v) for k, v in json.loads(Path(path).read_text()).items()}
+    value = compute()
+    if path:
+        Path(path).write_text(json.dumps({str(k): v for k, v in value.items()}))
+    return value

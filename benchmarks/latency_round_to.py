@@ -6,15 +6,13 @@ lose much of the MAC saving. Run: python benchmarks/latency_round_to.py
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from common import SHARED, header, table, write_section
 import onnxprune
 from onnxprune.demo import demo_data, demo_files
 from onnxprune.graph.io import load_model
-from onnxprune.runtime import make_session
+from onnxprune import compare
 
 ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 
@@ -22,24 +20,11 @@ ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 def interleaved_latency(models: dict, feed: dict, rounds: int, runs: int) -> dict:
     """Milliseconds per run of every model: the median over rounds of the best of ``runs`` runs.
 
-    All sessions are timed in turn within each round, so a slow spell of a
-    shared machine hits every model alike instead of one row of the table
-    (back-to-back medians varied by 30% between identical models here).
+    All sessions are timed in turn within each round (onnxprune.compare), so a
+    slow spell of a shared machine hits every model alike instead of one row of
+    the table (back-to-back medians varied by 30% between identical models here).
     """
-    sessions = {k: make_session(m) for k, m in models.items()}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, feed)
-    times: dict = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            best = float("inf")
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                best = min(best, time.perf_counter() - t0)
-            times[k].append(best * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: med for k, (med, _, _) in compare.interleaved_latency(models, feed, rounds, runs).items()}
 
 
 def main() -> None:

@@ -25,3 +25,7 @@ __all__ += ["PruneConfig", "prune_static", "PruningHandle", "create_pruning", "s
 from .sparsity import SparsifyConfig, sparsify, sparsity_info
 
 __all__ += ["sparsify", "sparsity_info", "SparsifyConfig"]
+
+from .sweep import sweep
+
+__all__ += ["sweep"]

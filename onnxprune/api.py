@@ -49,6 +49,8 @@ class GroupInfo:
     kernels: int
     layers: list[str]
     frozen_reason: Optional[str]
+    droppable: bool = False  # every channel may go (a residual branch; see graph/depth.py)
+    drop_reason: Optional[str] = None
 
 
 @dataclass
@@ -79,7 +81,7 @@ def _inspect_prepared(p: Prepared) -> InspectReport:
     layers = [LayerInfo(l.name, l.op, l.kernels, l.prunable_kernels, l.macs, l.params, group_of_layer.get(l.name))
               for l in a.layers.values()]
     groups = [GroupInfo(g.id, g.name, len(g.units), sum(len(a.unit_kernels[r]) for r in g.units), g.layers,
-                        g.frozen_reason) for g in a.groups]
+                        g.frozen_reason, g.droppable, g.drop_reason) for g in a.groups]
     prunable = [l for l in layers if l.prunable_kernels > 0]
     return InspectReport(
         layers=layers, groups=groups, prunable_conv_num=len(prunable),
@@ -99,7 +101,7 @@ def inspect(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] =
 def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None, *,
                 criterion: str = "magnitude", percentage: Optional[float] = None,
                 target_macs: Optional[float] = None, target_params: Optional[float] = None,
-                nodes_to_exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
+                target_latency: Optional[float] = None, nodes_to_exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
                 min_kernels: int = 1, ranking: str = "raw",
                 scores: Optional[dict[str, list[float]]] = None,
                 input_shapes: Optional[dict[str, Sequence[int]]] = None,
@@ -108,7 +110,9 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
     """Prune by a data-free criterion (magnitude, l1, l2, bn_scale, random) or by given per-kernel ``scores``.
 
     ``percentage`` is HALCON's: the share of prunable kernels to remove
-    (default 10). ``target_macs``/``target_params`` are kept fractions.
+    (default 10). ``target_macs``/``target_params``/``target_latency`` are
+    kept fractions (latency: measured on the default provider at batch 1;
+    pass a ``config`` to choose provider, batch and threads).
     ``scores`` maps layer name to one score per output kernel (as written
     by ``onnxprune score``); a unit's score is the mean over its kernels.
     ``ranking`` is ``raw`` here (score order) unless ``per_mac`` is asked
@@ -119,9 +123,11 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
     nodes_to_exclude, ranking = _deprecated_names(deprecated, nodes_to_exclude, ranking)
     if config is None:
         config = PruneConfig(criterion=criterion, percentage=percentage, target_macs=target_macs,
-                             target_params=target_params, nodes_to_exclude=tuple(nodes_to_exclude),
+                             target_params=target_params, target_latency=target_latency,
+                             nodes_to_exclude=tuple(nodes_to_exclude),
                              round_to=round_to, max_layer_ratio=max_layer_ratio, min_kernels=min_kernels,
-                             ranking=ranking, recover="none", measure=False, verify=verify, seed=seed,
+                             ranking=ranking, recover="none", measure=target_latency is not None, verify=verify,
+                             seed=seed,
                              input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
     if scores is None and get_criterion(config.criterion).needs_data:
         raise InvalidArgumentError(f"criterion {config.criterion!r} needs calibration data: use prune_static; "

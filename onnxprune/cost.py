@@ -39,7 +39,7 @@ class CostModel:
         nodes = {n.name: n for n in analysis.graph.nodes}
         for layer in analysis.layers.values():
             node = nodes[layer.name]
-            w = int(node.inputs[1].values.size)
+            w = int(np.prod(node.inputs[1].shape))  # the shape only: reading values would load every weight
             b = layer.params - w
             out_roots = roots[analysis.labels[layer.output].units]
             lab_in = analysis.labels.get(layer.input)
@@ -48,9 +48,9 @@ class CostModel:
         self.fixed_macs = _fixed_macs(analysis)
         covered = {id(t) for node in analysis.graph.nodes if node.name in analysis.layers
                    for t in node.inputs[1:] if isinstance(t, gs.Constant)}
-        self.fixed_params = sum(int(t.values.size) for t in analysis.graph.tensors().values()
+        self.fixed_params = sum(int(np.prod(t.shape)) for t in analysis.graph.tensors().values()
                                 if isinstance(t, gs.Constant) and id(t) not in covered
-                                and np.issubdtype(t.values.dtype, np.floating))
+                                and np.issubdtype(t.dtype, np.floating))
         self.dense_macs, self.dense_params = self.evaluate(np.zeros(0, dtype=np.int64))
 
     def evaluate(self, removed: np.ndarray) -> tuple[int, int]:

@@ -28,6 +28,7 @@ import onnx
 
 from .errors import CalibrationError, InvalidArgumentError
 from .graph.io import ModelLike
+from .graph.probe import input_dtypes
 from .calibration import CachedDataset, IterableReader
 from .calibration.dataset import Calibration
 from .config import PruneConfig
@@ -93,7 +94,8 @@ class PruningHandle:
         """
         if not isinstance(batch, dict) or not batch:
             raise CalibrationError("a pruning batch is a dict {input name: array}")
-        batch = {k: np.asarray(v, dtype=np.float32) for k, v in batch.items()}
+        dtypes = input_dtypes(self.prepared.model)  # float16 models take float16 batches
+        batch = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in batch.items()}
         expected = set(self.prepared.input_shapes)
         if set(batch) != expected:
             raise CalibrationError(f"batch inputs {sorted(batch)} do not match the model inputs {sorted(expected)}")

@@ -22,6 +22,8 @@ the plain weights there (:attr:`Fit.improves`).
 - :func:`fit_toward`: dense fit whose ridge strength is chosen on the
   held-back rows from :data:`RIDGES`, all candidates from one
   eigendecomposition (:func:`ridge_path`), then refitted on every row.
+- :class:`GramSystem` / :func:`fit_gram`: the same fit for any subset of
+  the input features, from sums of the rows collected once.
 - :func:`masked_fit`: per-output-channel fit constrained to a mask's
   support (zeros stay zero), the sparsity re-fit's solve.
 """
@@ -214,6 +216,69 @@ def fit_toward(rows: np.ndarray, target: np.ndarray, w0: np.ndarray, b0: np.ndar
         return None
     err_plain = float(((a_val @ prior.T - y_val) ** 2).mean())
     return Fit(sol[:-1].T.astype(np.float32), sol[-1].astype(np.float32), err_fit, err_plain, chosen)
+
+
+# ------------------------------------------------------------------ fits from Gram matrices
+
+class GramSystem:
+    """A'A, A'Y and Y'Y of one layer's rows (a ones column appended for the bias), fit and held-back apart.
+
+    Sensitivity curves re-fit the same layer for many subsets of its input
+    channels; the rows of a subset are columns of the full rows, so every
+    subset's fit is a sub-matrix of these sums and the rows are read once.
+    """
+
+    def __init__(self, features: int, outputs: int) -> None:
+        size = features + 1
+        self.gram = {k: np.zeros((size, size)) for k in ("fit", "val")}
+        self.rhs = {k: np.zeros((size, outputs)) for k in ("fit", "val")}
+        self.yy = {k: 0.0 for k in ("fit", "val")}
+        self.rows = {k: 0 for k in ("fit", "val")}
+
+    def add(self, rows: np.ndarray, target: np.ndarray, held: bool) -> None:
+        """Accumulate rows [R, F] and their targets [R, C_out], as held-back rows when ``held``."""
+        k = "val" if held else "fit"
+        a = np.concatenate([rows, np.ones((rows.shape[0], 1), rows.dtype)], axis=1).astype(np.float64)
+        y = target.astype(np.float64)
+        self.gram[k] += a.T @ a
+        self.rhs[k] += a.T @ y
+        self.yy[k] += float((y ** 2).sum())
+        self.rows[k] += rows.shape[0]
+
+
+def fit_gram(system: GramSystem, cols: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+             ridges: Sequence[float] = RIDGES) -> Optional[Fit]:
+    """:func:`fit_toward` restricted to the feature columns ``cols``, from the sums of ``system``.
+
+    Same rule: the ridge strength is chosen on the held-back rows, the fit
+    is then redone on every row; errors are mean squared errors on the
+    held-back rows (of the fit and of the plain weights ``w0[:, cols]``).
+    """
+    idx = np.concatenate([np.asarray(cols, dtype=np.int64), [system.gram["fit"].shape[0] - 1]])
+    sub = np.ix_(idx, idx)
+    prior = np.concatenate([w0[:, cols], b0[:, None]], axis=1).astype(np.float64)  # [C_out, F'+1]
+    gv, rv = system.gram["val"][sub], system.rhs["val"][idx]
+    n_val = max(system.rows["val"] * prior.shape[0], 1)
+
+    def val_err(sol: np.ndarray) -> float:
+        return float((sol * (gv @ sol - 2 * rv)).sum() + system.yy["val"]) / n_val
+
+    def solve(gram: np.ndarray, rhs: np.ndarray, ridge: float) -> np.ndarray:
+        lam = ridge * float(np.trace(gram)) / gram.shape[0] + 1e-12
+        return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), rhs + lam * prior.T)
+
+    if system.rows["val"] == 0:
+        return None
+    try:
+        gf, rf = system.gram["fit"][sub], system.rhs["fit"][idx]
+        errs = [(val_err(s), r) for r in ridges for s in [solve(gf, rf, r)] if np.isfinite(s).all()]
+        if not errs:
+            return None
+        err_fit, chosen = min(errs)
+        sol = solve(gf + gv, rf + rv, chosen)
+    except np.linalg.LinAlgError:
+        return None
+    return Fit(sol[:-1].T.astype(np.float32), sol[-1].astype(np.float32), err_fit, val_err(prior.T), chosen)
 
 
 # ------------------------------------------------------------------ masked fit

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import InvalidArgumentError
+from .graph.io import write_text_atomic
 from .graph.analysis import Analysis
 
 FORMAT = "onnxprune-plan"
@@ -67,18 +68,26 @@ class PruningPlan:
             raise InvalidArgumentError(f"plan is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("remove"), dict):
             raise InvalidArgumentError(f"not an onnxprune plan (expected format {FORMAT!r} with a 'remove' map)")
-        remove = {str(k): [int(c) for c in v] for k, v in data["remove"].items()}
+        try:
+            remove = {str(k): [int(c) for c in v] for k, v in data["remove"].items()}
+        except (TypeError, ValueError):
+            raise InvalidArgumentError("plan's 'remove' must map layer names to lists of channel indices") from None
         return cls(remove, dict(data.get("meta", {})))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "PruningPlan":
         p = Path(path)
         if not p.is_file():
             raise InvalidArgumentError(f"{p}: no such plan file")
-        return cls.from_json(p.read_text())
+        try:
+            return cls.from_json(p.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"{p}: cannot read the plan ({exc})") from None
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{p}: {exc}") from None
 
     @property
     def kernel_count(self) -> int:

@@ -49,6 +49,7 @@ class Report:
     prunable_kernels: int = 0
     verification: str = ""
     extra: dict = field(default_factory=dict)
+    variants: list = field(default_factory=list)  # compare.Variant rows: dense/pruned x fp32/int8
 
     @property
     def pruned_percentage(self) -> float:
@@ -66,8 +67,13 @@ class Report:
                 ("MACs", f"{b.macs:,}", f"{a.macs:,}", _pct(a.macs, b.macs)),
                 ("file size", _mb(b.size_bytes), _mb(a.size_bytes), _pct(a.size_bytes, b.size_bytes))]
         if b.latency_ms is not None and a.latency_ms is not None:
-            rows.append(("latency (median)", f"{b.latency_ms:.2f} ms", f"{a.latency_ms:.2f} ms",
-                         f"speed-up {b.latency_ms / max(a.latency_ms, 1e-9):.2f}x"))
+            lat = self.extra.get("latency")
+            bt, at = (_ms(lat["dense_ms"]), _ms(lat["pruned_ms"])) if lat else (f"{b.latency_ms:.2f} ms",
+                                                                                 f"{a.latency_ms:.2f} ms")
+            rows.append(("latency (median)", bt, at, f"speed-up {b.latency_ms / max(a.latency_ms, 1e-9):.2f}x"))
+        lat = self.extra.get("latency")
+        if lat:
+            rows.append(("latency target", "", f"{lat['measured_fraction']:.1%} measured", _target_text(lat)))
         if b.accuracy is not None and a.accuracy is not None:
             rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
         if a.fidelity:
@@ -78,6 +84,9 @@ class Report:
         out = [_fmt(rows)]
         out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
                    f"({self.pruned_percentage:.1f}%)")
+        if self.variants:
+            from .compare import variants_table
+            out.append(variants_table(self.variants).rstrip())
         if per_layer and self.layers:
             lrows = [("layer", "op", "kernels before", "after")]
             lrows += [(lc.name, lc.op, str(lc.before), str(lc.after)) for lc in self.layers if lc.before != lc.after]
@@ -93,16 +102,34 @@ class Report:
                  f"| params | {b.params:,} | {a.params:,} | {_pct(a.params, b.params)} |",
                  f"| MACs | {b.macs:,} | {a.macs:,} | {_pct(a.macs, b.macs)} |",
                  f"| file size | {_mb(b.size_bytes)} | {_mb(a.size_bytes)} | {_pct(a.size_bytes, b.size_bytes)} |"]
-        if b.latency_ms is not None and a.latency_ms is not None:
+        lat = self.extra.get("latency")
+        if b.latency_ms is not None and a.latency_ms is not None and not lat:
             lines.append(f"| latency | {b.latency_ms:.2f} ms | {a.latency_ms:.2f} ms | |")
+        if lat:
+            lines.append(f"| latency ({lat['where']}) | {_ms(lat['dense_ms'])} | {_ms(lat['pruned_ms'])} | "
+                         f"{lat['measured_fraction']:.1%}: {_target_text(lat)} |")
         if b.accuracy is not None and a.accuracy is not None:
             lines.append(f"| accuracy | {b.accuracy:.2%} | {a.accuracy:.2%} | |")
+        if self.variants:
+            from .compare import variants_table
+            lines += ["", variants_table(self.variants).rstrip()]
         lines.append("")
         lines.append(f"Pruned kernels: {self.removed_kernels} of {self.prunable_kernels} ({self.pruned_percentage:.1f}%).")
         if self.verification:
             lines.append("")
             lines.append(self.verification)
         return "\n".join(lines) + "\n"
+
+
+def _ms(t: list) -> str:
+    """'2.21 ms (2.13-2.27)': median and the range over timing rounds."""
+    return f"{t[0]:.2f} ms ({t[1]:.2f}-{t[2]:.2f})"
+
+
+def _target_text(lat: dict) -> str:
+    if lat["missed_by"] > 0:
+        return f"target {lat['target']:.0%} MISSED by {100 * lat['missed_by']:.1f} points"
+    return f"target {lat['target']:.0%} met"
 
 
 def _pct(a: float, b: float) -> str:
@@ -180,10 +207,11 @@ def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],
     before = ModelStats(count_params(p.original), p.cost.dense_macs, int(p.original.ByteSize()))
     after = ModelStats(count_params(pruned), macs_after, int(pruned.ByteSize()))
     layers = []
+    present = {n.name for n in pruned.graph.node}
     for layer in a.layers.values():
         keep = a.keep_mask(layer.output, rem)
-        layers.append(LayerChange(layer.name, layer.op, layer.kernels,
-                                  int(keep.sum()) if keep is not None else layer.kernels))
+        kept = int(keep.sum()) if keep is not None else layer.kernels
+        layers.append(LayerChange(layer.name, layer.op, layer.kernels, kept if layer.name in present else 0))
     removed_kernels = sum(len(a.unit_kernels[r]) for r in removed)
     prunable = sum(len(a.unit_kernels[r]) for r in a.prunable_units)
     return Report(before, after, layers, removed_kernels, prunable,

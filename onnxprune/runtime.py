@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import onnx
 
 from .errors import OnnxPruneError
+from .graph.external import needs_external, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,30 @@ def default_providers() -> list[str]:
 
 
 def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None = None,
-                 *, threads: int = 0, optimize: bool = True):
-    """An InferenceSession on a model held in memory."""
+                 *, threads: int = 0, optimize: bool = True, spin: bool = True,
+                 initializers: Optional[dict] = None):
+    """An InferenceSession on a model held in memory.
+
+    ``spin=False`` stops idle worker threads from spinning: sessions timed in
+    turn would otherwise steal each other's cores. A model too big to
+    serialise (over 2 GB) goes in as its skeleton, the weights handed over as
+    arrays; ``initializers`` gives those arrays for a model that already is a
+    skeleton (:mod:`onnxprune.graph.external`).
+    """
     rt = ort()
     so = rt.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures come back as exceptions; the CLI prints them as one line
     if threads:
         so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if initializers is None and isinstance(model, onnx.ModelProto) and needs_external(model):
+        model, initializers = skeleton(model)
+    if initializers:
+        names = list(initializers)
+        so.add_external_initializers(names, [rt.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return rt.InferenceSession(data, so, providers=list(providers or default_providers()))
 

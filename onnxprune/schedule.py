@@ -21,6 +21,7 @@ from .config import PruneConfig
 from .errors import NothingToPruneError
 from .graph.surgery import prune_channels
 from .prepare import Prepared, prepare
+from .scoring.auto import resolve_criterion
 from .scoring.registry import ScoreRequest, score
 from .selection import Target, select
 
@@ -32,8 +33,15 @@ def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrat
     request = ScoreRequest(batches=calibration.batches() if calibration is not None else None,
                            samples=len(calibration) if calibration is not None else 0,
                            batch_size=calibration.batch_size if calibration is not None else config.batch_size,
-                           seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress)
-    return score(config.criterion, p.analysis, request)
+                           seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress,
+                           executor=config.executor, ray_address=config.ray_address)
+    return score(criterion_for(p, config, calibration), p.analysis, request)
+
+
+def criterion_for(p: Prepared, config: PruneConfig, calibration: Optional[Calibration]) -> str:
+    """The concrete criterion of a run (``auto`` resolved by the oracle's estimated cost)."""
+    return resolve_criterion(config.criterion, len(p.analysis.prunable_units), p.cost.dense_macs,
+                             len(calibration) if calibration is not None else 0)
 
 
 def _normalise(p: Prepared, scores: dict[int, float]) -> dict[int, float]:
@@ -65,9 +73,22 @@ def rank_scores(p: Prepared, scores: dict[int, float], config: PruneConfig) -> t
     return scores, False
 
 
+def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
+                 scored_here: bool) -> Optional[dict[int, float]]:
+    """Whole-branch oracle scores when blocks may go and the unit scores are oracle costs on the same scale;
+    otherwise None (selection then scores a branch by the sum of its units' scores)."""
+    if not (config.allow_drop and scored_here and calibration is not None and config.criterion == "oracle"
+            and config.ranking in ("per_mac", "raw") and not config.layer_norm):
+        return None
+    from .scoring.depth import drop_scores
+    return drop_scores(p.analysis, calibration.batches(), config.oracle_cost)
+
+
 def _schedule(config: PruneConfig) -> list[Target]:
     """Intermediate targets of an iterative run (the last one is the final target)."""
     t = config.target
+    if t.latency is not None:
+        return [t]
     kind = "percentage" if t.percentage is not None else ("macs" if t.macs is not None else "params")
     final_removed = t.percentage / 100 if kind == "percentage" else 1 - (t.macs if kind == "macs" else t.params)
     if config.gradual_start is not None:
@@ -129,6 +150,19 @@ def _step_target(original: Prepared, current: Prepared, removed_orig: list[int],
     return Target(params=min(1.0, target.params * original.cost.dense_params / max(current.cost.dense_params, 1)))
 
 
+def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) -> list[int]:
+    """Units to remove for ``config.target_latency``: the measured table, the knapsack, a measured check."""
+    from .allocation.latency import select_latency
+    from .latency.table import build_table
+    if config.layer_norm:
+        scores = _normalise(p, scores)
+    round_to = config.round_to if isinstance(config.round_to, int) else None
+    table = build_table(p.analysis, config.latency_settings, round_to)
+    choice = select_latency(p.analysis, scores, config.target.latency, table, config.constraints,
+                            measure=config.measure)
+    return choice.removed
+
+
 def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
                scores: Optional[dict[int, float]] = None, *, iterate_from: Optional[dict[int, float]] = None) -> list[int]:
     """Roots (of the original model ``p``) to remove, one-shot or iterative.
@@ -140,10 +174,20 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
     if not p.analysis.prunable_units:
         raise NothingToPruneError("no prunable layer: every channel group is frozen (see `onnxprune inspect`)")
     schedule = _schedule(config)
+    if config.target.latency is not None:
+        unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        return latency_units(p, unit_scores, config)
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        if config.allocation_for(calibration is not None) != "greedy":
+            from .allocation.by_sensitivity import plan_by_sensitivity  # least squares: only when it runs
+            removed = plan_by_sensitivity(p, config, calibration, rank_scores(p, unit_scores, config)[0])
+            if removed is not None:
+                return removed
+            logger.warning("no allocation by sensitivity meets %s: greedy selection", config.target.describe())
         keys, cost_aware = rank_scores(p, unit_scores, config)
-        return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost)
+        return select(p.analysis, keys, config.target, config.constraints, cost_aware, p.cost,
+                      _drop_scores(p, config, calibration, scores is None))
     tracker = _Tracker(p)
     current = p
     for i, target in enumerate(schedule):
@@ -155,7 +199,8 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         else:
             unit_scores = score_units(current, config, calibration)
         keys, cost_aware = rank_scores(current, unit_scores, config)
-        chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost)
+        chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost,
+                        _drop_scores(current, config, calibration, True))
         if not chosen:
             continue
         tracker.remove(current, chosen)

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import InvalidArgumentError
+from .graph.io import write_text_atomic
 
 FORMAT = "onnxprune-scores"
 
 
 def save_scores(path: Union[str, os.PathLike], scores: dict[str, list[float]], meta: dict[str, Any]) -> None:
     clean = {k: [None if x != x else x for x in v] for k, v in scores.items()}  # NaN -> null
-    Path(path).write_text(json.dumps({"format": FORMAT, "version": 1, "meta": meta, "scores": clean}) + "\n")
+    write_text_atomic(path, json.dumps({"format": FORMAT, "version": 1, "meta": meta, "scores": clean}) + "\n")
 
 
 def load_scores(path: Union[str, os.PathLike]) -> dict[str, list[float]]:

@@ -9,10 +9,18 @@ prefix of accepted units, costed by :class:`CostModel`. With ``round_to``
 the units are taken in blocks that keep each group's width a multiple of it
 (onnxruntime's blocked CPU kernels want multiples of 8), so the search
 stays monotone and the budget is still met.
+
+With ``allow_drop`` (opt-in), a group the analysis proved droppable (it
+lives inside a residual branch, see :mod:`onnxprune.graph.depth`) is also
+offered whole: one block of all its units, placed in the order by its
+score (sum of its units' scores, or a given ``drop_scores`` entry) per MAC
+the drop saves. Taking it removes the branch; blocks only ever add units,
+so the search over prefixes stays monotone.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from dataclasses import dataclass
@@ -29,25 +37,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    """What to reach: ``percentage`` of prunable kernels removed, or a kept fraction of MACs/params."""
+    """What to reach: ``percentage`` of prunable kernels removed, or a kept fraction of MACs/params/latency.
+
+    ``latency`` is the kept fraction of the dense model's *measured* time
+    (onnxprune.allocation.latency selects for it).
+    """
 
     percentage: Optional[float] = None
     macs: Optional[float] = None
     params: Optional[float] = None
+    latency: Optional[float] = None
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.percentage, self.macs, self.params) if v is not None]
+        given = [v for v in (self.percentage, self.macs, self.params, self.latency) if v is not None]
         if len(given) > 1:
-            raise InvalidArgumentError("give only one of percentage, target MACs, target params")
+            raise InvalidArgumentError("give only one of percentage, target MACs, target params, target latency")
         if self.percentage is not None and not 0 <= self.percentage < 100:
             raise InvalidArgumentError(f"percentage must be in [0, 100), got {self.percentage}")
-        for name, v in (("target MACs", self.macs), ("target params", self.params)):
+        for name, v in (("target MACs", self.macs), ("target params", self.params),
+                        ("target latency", self.latency)):
             if v is not None and not 0 < v <= 1:
                 raise InvalidArgumentError(f"{name} is the kept fraction and must be in (0, 1], got {v}")
 
     @property
     def effective(self) -> "Target":
-        if self.percentage is None and self.macs is None and self.params is None:
+        if self.percentage is None and self.macs is None and self.params is None and self.latency is None:
             return Target(percentage=10.0)
         return self
 
@@ -57,6 +71,8 @@ class Target:
             return f"{t.percentage:g}% of prunable kernels"
         if t.macs is not None:
             return f"<= {t.macs:.0%} of MACs"
+        if t.latency is not None:
+            return f"<= {t.latency:.0%} of measured latency"
         return f"<= {t.params:.0%} of parameters"
 
 
@@ -72,6 +88,7 @@ class Constraints:
     max_layer_ratio: float = 0.9
     min_kernels: int = 1
     round_to: Union[int, str] = "auto"
+    allow_drop: bool = False  # may remove every channel of a droppable group (its residual branch goes)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_layer_ratio <= 1:
@@ -125,14 +142,48 @@ def ordered_candidates(analysis: Analysis, scores: dict[int, float], constraints
     if not units:
         raise NothingToPruneError("the model has no prunable convolution kernel "
                                   "(run `onnxprune inspect` to see why each group is frozen)")
-    if cost_aware:
-        savings = (cost or CostModel(analysis)).unit_savings()
-        key = {r: scores[r] / max(savings.get(r, (0.0, 0.0))[0], 1.0) for r in units}
-    else:
-        key = scores
+    key = _keys(analysis, scores, units, cost_aware, cost)
     order = sorted(units, key=lambda r: (key[r], r))
     budget = _Budget(analysis, constraints)
     return [r for r in order if budget.take(r)]
+
+
+def _keys(analysis: Analysis, scores: dict[int, float], units: list[int], cost_aware: bool,
+          cost: Optional[CostModel]) -> dict[int, float]:
+    """The order key of each unit: its score, or its score per MAC its removal saves."""
+    if not cost_aware:
+        return {r: scores[r] for r in units}
+    savings = (cost or CostModel(analysis)).unit_savings()
+    return {r: scores[r] / max(savings.get(r, (0.0, 0.0))[0], 1.0) for r in units}
+
+
+def with_drop_blocks(analysis: Analysis, blocks: list[list[int]], order: list[int], scores: dict[int, float],
+                     cost_aware: bool, cost: CostModel,
+                     drop_scores: Optional[dict[int, float]] = None) -> tuple[list[list[int]], set[int]]:
+    """``blocks`` with one block per droppable group (all its units) merged in; (blocks, ids of the drop blocks).
+
+    A drop block goes where its key (the group's drop score, per MAC the
+    drop saves when ``cost_aware``) falls among the units' keys; the other
+    blocks keep the mean-rank positions :func:`removal_blocks` gave them.
+    """
+    key = _keys(analysis, scores, order, cost_aware, cost)
+    order_keys = [key[r] for r in order]
+    rank = {r: i for i, r in enumerate(order)}
+    placed = [(sum(rank[r] for r in b) / len(b), rank[b[0]], i, b) for i, b in enumerate(blocks)]
+    drop_ids: set[int] = set()
+    for g in analysis.droppable_groups():
+        if not all(r in scores for r in g.units):
+            continue
+        s = drop_scores[g.id] if drop_scores is not None and g.id in drop_scores else sum(scores[r] for r in g.units)
+        if cost_aware:
+            saved = cost.dense_macs - cost.evaluate(np.array(g.units, dtype=np.int64))[0]
+            s = s / max(saved, 1.0)
+        pos = float(bisect.bisect_left(order_keys, s))
+        block = list(g.units)
+        drop_ids.add(id(block))
+        placed.append((pos, pos, len(placed), block))
+    placed.sort(key=lambda t: t[:3])
+    return [b for *_, b in placed], drop_ids
 
 
 def group_round_to(round_to: Union[int, str], width: int) -> int:
@@ -185,26 +236,32 @@ def removal_blocks(analysis: Analysis, order: list[int], round_to: Union[int, st
 
 def select(analysis: Analysis, scores: dict[int, float], target: Target,
            constraints: Constraints = Constraints(), cost_aware: bool = False,
-           cost: Optional[CostModel] = None) -> list[int]:
-    """Roots of the units to remove."""
+           cost: Optional[CostModel] = None, drop_scores: Optional[dict[int, float]] = None) -> list[int]:
+    """Roots of the units to remove (``drop_scores``: group id -> score of dropping it whole, with allow_drop)."""
     target = target.effective
     order = ordered_candidates(analysis, scores, constraints, cost_aware, cost)
     blocks = removal_blocks(analysis, order, constraints.round_to)
+    cost = cost or CostModel(analysis)
+    drop_ids: set[int] = set()
+    if constraints.allow_drop:
+        blocks, drop_ids = with_drop_blocks(analysis, blocks, order, scores, cost_aware, cost, drop_scores)
 
     def take(k: int) -> list[int]:
-        return [r for b in blocks[:k] for r in b]
+        return list(dict.fromkeys(r for b in blocks[:k] for r in b))  # a drop block repeats narrowed units
 
     if target.percentage is not None:
         total = sum(len(analysis.unit_kernels[r]) for r in analysis.prunable_units)
         want = total * target.percentage / 100.0
-        chosen, count = [], 0
+        chosen: dict[int, None] = {}
+        count = 0
         for b in blocks:
             if count >= want - 1e-9:
                 break
-            chosen.extend(b)
-            count += sum(len(analysis.unit_kernels[r]) for r in b)
-        return chosen
-    cost = cost or CostModel(analysis)
+            for r in b:
+                if r not in chosen:
+                    chosen[r] = None
+                    count += len(analysis.unit_kernels[r])
+        return list(chosen)
     is_macs = target.macs is not None
     limit = (target.macs if is_macs else target.params) * (cost.dense_macs if is_macs else cost.dense_params)
 
@@ -222,7 +279,8 @@ def select(analysis: Analysis, scores: dict[int, float], target: Target,
             hi = mid
         else:
             lo = mid + 1
-    return _cheapest_last_block(analysis, blocks, lo, scores, lambda units: _measure_units(cost, units, is_macs) <= limit)
+    return _cheapest_last_block(analysis, blocks, lo, scores,
+                                lambda units: _measure_units(cost, units, is_macs) <= limit, drop_ids)
 
 
 def _measure_units(cost: CostModel, units: list[int], is_macs: bool) -> float:
@@ -231,7 +289,7 @@ def _measure_units(cost: CostModel, units: list[int], is_macs: bool) -> float:
 
 
 def _cheapest_last_block(analysis: Analysis, blocks: list[list[int]], k: int, scores: dict[int, float],
-                         fits, scan: int = 512) -> list[int]:
+                         fits, drop_ids: frozenset[int] | set[int] = frozenset(), scan: int = 512) -> list[int]:
     """The first k-1 blocks plus, of the blocks that would meet the budget after them, the lowest-scored one.
 
     The k-th block in per-MAC order can overshoot the budget by a lot when
@@ -241,20 +299,30 @@ def _cheapest_last_block(analysis: Analysis, blocks: list[list[int]], k: int, sc
     """
     if k == 0:
         return []
-    base = [r for b in blocks[:k - 1] for r in b]
+    base = list(dict.fromkeys(r for b in blocks[:k - 1] for r in b))
+    done = set(base)
     taken: dict[int, int] = {}
     for b in blocks[:k - 1]:
+        if id(b) in drop_ids:
+            continue
         g = analysis.group_of[b[0]]
         taken[g] = taken.get(g, 0) + 1
     seen: dict[int, int] = dict(taken)
-    best, best_score = blocks[k - 1], sum(scores[r] for r in blocks[k - 1])
+    best, best_score = blocks[k - 1], sum(scores[r] for r in blocks[k - 1] if r not in done)
     for b in blocks[k - 1:k - 1 + scan]:
+        if id(b) in drop_ids:  # a whole group: always a valid last block
+            sc = sum(scores[r] for r in b if r not in done)
+            if sc < best_score and fits(base + [r for r in b if r not in done]):
+                best, best_score = b, sc
+            continue
         g = analysis.group_of[b[0]]
         nth = seen.get(g, 0)
         seen[g] = nth + 1
         if nth != taken.get(g, 0):  # an earlier block of this group is not taken
             continue
+        if any(r in done for r in b):
+            continue
         sc = sum(scores[r] for r in b)
         if sc < best_score and fits(base + b):
             best, best_score = b, sc
-    return base + best
+    return base + [r for r in best if r not in done]

@@ -219,3 +219,23 @@ PATTERNS = {
     "transpose_reshape_gemm_prelu": transpose_reshape_gemm_prelu,
     "gap_reshape_matmul": gap_reshape_matmul,
 }
+
+
+def residual_net(bias: bool = True, bn: bool = True, broadcast_block: bool = False):
+    """stream: Conv(3->8) -> Relu -> 2 x [Conv(8->6) -> BN -> Relu -> Conv(6->8) -> BN -> Add(., s) -> Relu]
+    -> GAP -> Flatten -> Gemm(8->4). ``broadcast_block``: a third block adds GAP(s) [N,8,1,1] to its branch."""
+    b = Builder()
+    s = b.op("Relu", [b.conv("x", 3, 8)])
+    for _ in range(2):
+        h = b.conv(s, 8, 6, bias=bias)
+        h = b.op("Relu", [b.bn(h, 6) if bn else h])
+        h = b.conv(h, 6, 8, bias=bias)
+        h = b.bn(h, 8) if bn else h
+        s = b.op("Relu", [b.op("Add", [h, s])])
+    if broadcast_block:
+        h = b.op("Relu", [b.conv(s, 8, 5)])
+        h = b.conv(h, 5, 8)
+        s = b.op("Add", [h, b.op("GlobalAveragePool", [s])])
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [s])])
+    b.output(b.gemm(h, 8, 4), 2)
+    return b.build()

@@ -74,14 +74,14 @@ def test_quantized_refused(tmp_path, capsys):
     assert code == 2 and "quantized" in err
 
 
-def test_fp16_refused(tmp_path, capsys):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])
+def test_bf16_refused(tmp_path, capsys):
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 4])
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "h", [x], [y])
     p = tmp_path / "h.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(p))
     code, err = run(["inspect", str(p)], capsys)
-    assert code == 2 and "float16" in err
+    assert code == 2 and "bfloat16 models are not supported" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,msg", [

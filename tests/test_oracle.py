@@ -54,7 +54,7 @@ def test_io_binding_path_equals_plain_runs(builder):
         plain.add_batch(feeds, labels)
         bound.add_batch(feeds, labels)
     a, b = plain.scores(), bound.scores()
-    assert all(c.runner.binding for c in bound.cuts)
+    assert all(r.binding for r in bound.plan.runners())
     np.testing.assert_allclose([b[r] for r in a], [a[r] for r in a], rtol=1e-5, atol=1e-12)
 
 

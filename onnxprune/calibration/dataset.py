@@ -12,7 +12,7 @@ flip copies of image samples (:mod:`.augment`) for least squares.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -20,6 +20,7 @@ import onnx
 
 from ..errors import CalibrationError
 from .augment import Augment, augment_arrays
+from ..graph.probe import input_dtypes
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
 from .readers import ArrayReader
@@ -35,9 +36,14 @@ class Calibration:
 
     dataset: CachedDataset
     batch_size: int
+    dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    """Inputs the model takes in another float type than float32 (float16): cast on the way out."""
 
     def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
-        return list(self.dataset.batches_with_labels(self.batch_size))
+        out = list(self.dataset.batches_with_labels(self.batch_size))
+        if not self.dtypes:
+            return out
+        return [({k: v.astype(self.dtypes[k]) if k in self.dtypes else v for k, v in f.items()}, y) for f, y in out]
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
         """The batches without labels."""
@@ -77,13 +83,14 @@ def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optiona
                      batch_size: int = 32, limit: Optional[int] = None,
                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
     """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable)."""
+    dtypes = {k: v for k, v in input_dtypes(model).items() if v.kind == "f" and v != np.float32}
     if isinstance(source, Calibration):
         return source
     if isinstance(source, CachedDataset):
-        return Calibration(source, batch_size)
+        return Calibration(source, batch_size, dtypes)
     reader = open_calibration(source, model_input_shapes(model), preprocess=preprocess, batch_size=batch_size,
                               limit=limit)
     dataset = CachedDataset(reader, cache_bytes, limit=limit)
     if len(dataset) == 0:
         raise CalibrationError("the calibration data holds no samples")
-    return Calibration(dataset, batch_size)
+    return Calibration(dataset, batch_size, dtypes)

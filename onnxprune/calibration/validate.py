@@ -113,7 +113,7 @@ def _layout_hint(shape: tuple[int, ...], dims: Dims) -> str:
 def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibration data") -> None:
     """Raise CalibrationError unless ``batch`` is a feed the model accepts.
 
-    Checks input names, dtype (float32), rank, every fixed axis (batch,
+    Checks input names, dtype (float32 or float16), rank, every fixed axis (batch,
     channels, height, width), the batch axis agreeing across inputs, and
     that every value is finite.
     """
@@ -140,7 +140,7 @@ def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibra
         where = f"{source}: input '{name}'"
         if not isinstance(value, np.ndarray):
             raise CalibrationError(f"{where} is a {type(value).__name__}, expected a numpy array")
-        if value.dtype != np.float32:
+        if value.dtype not in (np.float32, np.float16):  # float16 models are fed float16 (Calibration casts)
             if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
                 hint = ("; integer pixels need preprocessing (Preprocess: scale, mean, std) to become float32"
                         if value.dtype == np.uint8 else "; convert with .astype(np.float32)")

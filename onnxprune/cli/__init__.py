@@ -26,18 +26,33 @@ def _config(args, criterion: str):
     return PruneConfig(
         criterion=criterion, percentage=getattr(args, "percentage", None),
         target_macs=getattr(args, "target_macs", None), target_params=getattr(args, "target_params", None),
+        target_latency=getattr(args, "target_latency", None),
+        latency_provider=getattr(args, "latency_provider", None), latency_batch=getattr(args, "latency_batch", 1),
+        latency_threads=getattr(args, "latency_threads", 0), latency_cache=getattr(args, "latency_cache", None),
         nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", "auto"),
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
+        allow_drop=getattr(args, "allow_block_removal", False),
+        allocation=getattr(args, "allocation", "auto"),
         ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
-        recover=getattr(args, "recover", "none"), augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
-        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty())
+        recover=getattr(args, "recover", "none"), quantize=getattr(args, "quantize", None),
+        augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
+        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
+        use_external_data_format=getattr(args, "use_external_data_format", None) or None,
+        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its error as one line (the usage block is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"onnxprune: error: {self.prog.split(' ', 1)[-1]}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning of ONNX models.")
+    parser = _Parser(prog="onnxprune", description="Structured pruning of ONNX models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -50,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--criterion", default=None, choices=list(CRITERIA),
-                   help="oracle (default with --calib), magnitude (default without), or another registered criterion")
+                   help="energy (default with --calib), magnitude (default without), oracle, or another registered "
+                        "criterion")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
     p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
@@ -61,12 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="least squares also fits N random-resized-crop/flip copies of each calibration image "
                         "(default 0)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="after pruning and recovery: onnxruntime static int8 quantization (QDQ, per-channel weights) "
+                        "with the same --calib data; the report compares dense/pruned x fp32/int8")
+    p.add_argument("--allow-block-removal", action="store_true",
+                   help="a group that lives inside a residual branch may lose every channel: the branch goes")
     p.add_argument("--steps", type=int, default=1, help="iterative schedule: reach the target in N steps, re-scoring")
     p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
     p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")
     p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
     p.add_argument("--report", help="write the report as .json or .md")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--use-external-data-format", action="store_true",
+                   help="write the weights to OUTPUT.data beside the model (automatic over 1.8 GB)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
@@ -95,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_sparsify_parser = None
     if add_sparsify_parser is not None:
         add_sparsify_parser(sub)
+    from .sweep import add_sweep_parser
+    add_sweep_parser(sub)
     return parser
 
 
@@ -115,7 +140,8 @@ def _cmd_inspect(args) -> int:
     for g in rep.groups:
         layers = g.layers[0] + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else "")
         grows.append((str(g.id), str(g.units), str(g.kernels), layers,
-                      "prunable" if g.frozen_reason is None else f"frozen: {g.frozen_reason}"))
+                      ("prunable, droppable" if g.droppable else "prunable") if g.frozen_reason is None
+                      else f"frozen: {g.frozen_reason}"))
     print(_fmt(grows))
     print()
     print(f"input shapes probed: {rep.input_shapes}")
@@ -128,11 +154,9 @@ def _cmd_inspect(args) -> int:
 def _write_report(report, path: Optional[str]) -> None:
     if not path:
         return
-    p = Path(path)
-    if p.suffix == ".md":
-        p.write_text(report.markdown())
-    else:
-        p.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    from ..graph.io import write_text_atomic
+    text = report.markdown() if Path(path).suffix == ".md" else json.dumps(report.to_dict(), indent=2, default=str)
+    write_text_atomic(path, text)
 
 
 def _cmd_score(args) -> int:
@@ -140,6 +164,7 @@ def _cmd_score(args) -> int:
     from ..pipeline import prepare_run, score_units
     from ..scores_io import save_scores
     config = _config(args, args.criterion)
+    _check_outputs(args, args.output)
     p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args))
     scores = score_units(p, config, calibration)
     save_scores(args.output, kernel_scores(p, scores),
@@ -155,10 +180,12 @@ def _cmd_prune(args) -> int:
 
     from ..api import prune_model, scores_from_kernels
     from ..pipeline import run_pruning
-    criterion = args.criterion or ("oracle" if args.calib else "magnitude")
+    criterion = args.criterion or ("auto" if args.calib else "magnitude")
     config = _config(args, criterion)
+    _check_outputs(args, args.output, args.save_plan, args.report)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none", measure=False)
+        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none",
+                         measure=config.target_latency is not None)
         return _print_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None
     if args.scores:
@@ -169,6 +196,15 @@ def _cmd_prune(args) -> int:
     res = run_pruning(args.model, args.output, args.calib, config, preprocess=_preprocess(args), scores=scores,
                       prepared=prepared)
     return _print_result(res, args)
+
+
+def _check_outputs(args, *outputs: Optional[str]) -> None:
+    """Every file the command will write: none of them an input, each folder writable, before any work."""
+    from ..graph.io import check_output_path
+    inputs = [args.model] + [getattr(args, k, None) for k in ("calib", "scores", "plan")]
+    for out in outputs:
+        if out:
+            check_output_path(out, *inputs)
 
 
 def _print_result(res, args) -> int:
@@ -182,6 +218,7 @@ def _print_result(res, args) -> int:
 
 def _cmd_apply(args) -> int:
     from ..api import apply_plan
+    _check_outputs(args, args.output)
     res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
                      verify=not args.no_verify)
     return _print_result(res, args)
@@ -205,6 +242,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handler = COMMANDS.get(args.command)
+    if args.command == "sweep":
+        from .sweep import run_sweep
+        handler = run_sweep
     if handler is None:
         from .sparsify import run_sparsify
         handler = run_sparsify

@@ -51,6 +51,9 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
     t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
     t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
+    t.add_argument("--target-latency", type=float,
+                   help="keep at most this fraction of the dense model's latency, measured on --latency-provider "
+                        "at --latency-batch with --latency-threads (widths chosen from a measured table)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
@@ -59,6 +62,24 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-layer-ratio", type=float, default=0.9,
                    help="never remove more than this fraction of one layer's kernels (default 0.9)")
     p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
+    p.add_argument("--allocation", default="auto", choices=["auto", "sensitivity", "spdy", "block", "greedy"],
+                   help="how a MAC/parameter budget is shared among channel groups: greedy (one global order of "
+                        "unit scores; the default for the oracle and without data), sensitivity (each group's "
+                        "output distortion measured at a few widths after least squares, then a knapsack; the "
+                        "default for local criteria such as energy), spdy (sensitivity plus a search of "
+                        "per-group weights by the joint distortion), block (judged at the re-fitted layers)")
+    _add_latency_args(p)
+
+
+def _add_latency_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("latency (with --target-latency)")
+    g.add_argument("--latency-provider", help="onnxruntime execution provider to time on (default: CUDA when "
+                                              "available, else CPU), e.g. CPUExecutionProvider")
+    g.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at (default 1)")
+    g.add_argument("--latency-threads", type=int, default=0,
+                   help="intra-op threads latency is measured with (default 0: onnxruntime's choice)")
+    g.add_argument("--latency-cache", metavar="DIR",
+                   help="where measured latency tables are kept (default ~/.cache/onnxprune/latency)")
 
 
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
@@ -85,6 +106,12 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
                    help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
     g.add_argument("--flops-lambda", type=float, default=1.0)
     g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
+    g.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the oracle runs: local CPU workers (default) or a Ray cluster (pip install "
+                        "\"onnxprune[ray]\"); the scores are the same")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, as for ray.init (e.g. auto, or ray://head:10001); "
+                        "default: start a local Ray instance")
 
 
 _PREPROCESS_FLAGS = ("size", "resize", "scale", "mean", "std", "bgr", "nhwc", "grayscale")
@@ -105,7 +132,11 @@ def _preprocess(args):
     given = any(getattr(args, f, None) not in (None, False) for f in _PREPROCESS_FLAGS)
     if not given and (calib is None or not Path(calib).is_dir()):
         return None
-    floats = lambda s: tuple(float(v) for v in s.split(",")) if s else None  # noqa: E731
+    def floats(flag: str, text: Optional[str]):
+        try:
+            return tuple(float(v) for v in text.split(",")) if text else None
+        except ValueError:
+            raise InvalidArgumentError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.5,0.5,0.5") from None
     size = None
     if args.size:
         try:
@@ -117,7 +148,7 @@ def _preprocess(args):
               channel_order="BGR" if args.bgr else "RGB", layout="NHWC" if args.nhwc else "NCHW",
               grayscale=args.grayscale)
     if args.mean:
-        kw["mean"] = floats(args.mean)
+        kw["mean"] = floats("--mean", args.mean)
     if args.std:
-        kw["std"] = floats(args.std)
+        kw["std"] = floats("--std", args.std)
     return Preprocess(**kw)

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InvalidArgumentError
 from .channels import Labels, ShapeUnknownError, UnionFind, UnitInfo
+from .depth import DropInfo, find_droppable
 from .layout import weight_layout
 from .probe import Probe
 from .rules import rule_for
@@ -60,10 +61,23 @@ class Group:
     units: list[int]
     layers: list[str]
     frozen_reason: Optional[str] = None
+    drop_refusal: Optional[str] = None  # why removing every channel would cut the graph (see graph/depth.py)
 
     @property
     def frozen(self) -> bool:
         return self.frozen_reason is not None
+
+    @property
+    def droppable(self) -> bool:
+        """All channels may go: the group lives inside a residual branch, which then vanishes."""
+        return not self.frozen and self.drop_refusal is None
+
+    @property
+    def drop_reason(self) -> Optional[str]:
+        """Why the group must keep a channel (None when droppable)."""
+        if self.frozen:
+            return f"frozen: {self.frozen_reason}"
+        return self.drop_refusal
 
 
 class Analysis:
@@ -86,6 +100,7 @@ class Analysis:
         self._frozen: list[tuple[np.ndarray, str]] = []
         self._const_users: dict[int, int] = {}
         self._run()
+        self.release_weights()
 
     # ---------------------------------------------------------------- API used by rules
     def shape(self, t: gs.Tensor) -> tuple[int, ...]:
@@ -155,6 +170,20 @@ class Analysis:
                 self.freeze(lt.units, f"reaches graph output {out.name!r}")
         self._finish()
 
+    def release_weights(self) -> None:
+        """Let go of the weight arrays the rules (or a criterion) read: a second copy of the proto's weights.
+
+        onnx-graphsurgeon loads a constant on first access and keeps the array;
+        pointing it back at its TensorProto (which the proto keeps anyway) makes
+        it load again only if read again, so a big model is not held twice.
+        """
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+        inits = {t.name: t for t in self.proto.graph.initializer}
+        for t in self.graph.tensors().values():
+            if isinstance(t, gs.Constant) and t.name in inits and isinstance(t._values, np.ndarray) \
+                    and t._values.nbytes >= 1024:
+                t._values = LazyValues(inits[t.name])
+
     def _finish(self) -> None:
         uf = self.uf
         n = len(self.unit_info)
@@ -201,6 +230,7 @@ class Analysis:
         for layer in self.layers.values():
             lab = self.labels[layer.output]
             layer.prunable_kernels = int(sum(1 for u in lab.units if self.is_prunable(int(roots[u]))))
+        self.drops: dict[int, DropInfo] = find_droppable(self)
 
     # ---------------------------------------------------------------- queries
     def is_prunable(self, root: int) -> bool:
@@ -257,6 +287,16 @@ class Analysis:
         cin_g, cout_g = len(r_in) // groups, len(r_out) // groups
         return np.array([bool(np.all(r_out[(c // cin_g) * cout_g:(c // cin_g + 1) * cout_g] == r_in[c]))
                          for c in range(len(r_in))])
+
+    def droppable_groups(self) -> list[Group]:
+        """Groups whose every channel may be removed (the residual branch they live in then vanishes)."""
+        return [g for g in self.groups if g.droppable]
+
+    def dropped_groups(self, removed: Iterable[int]) -> list[int]:
+        """Ids of the droppable groups that ``removed`` (unit roots) empties entirely."""
+        rem = {int(r) for r in removed}
+        return [gid for gid in self.drops if self.groups[gid].droppable
+                and all(r in rem for r in self.groups[gid].units)]
 
     def keep_mask(self, tensor: str, removed: np.ndarray) -> Optional[np.ndarray]:
         lab = self.labels.get(tensor)

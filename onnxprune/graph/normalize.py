@@ -10,6 +10,7 @@ onnxprune rewrites and writes out.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -17,13 +18,41 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidModelError
+from .external import infer_large, needs_external
+from .shape_targets import constant_reshape_targets
 
 logger = logging.getLogger(__name__)
 
 
+def _drop_io_value_info(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without value_info entries for graph inputs/outputs.
+
+    They only repeat the declared type, and when stale they override it on
+    import: onnxconverter_common's float16 conversion with keep_io_types
+    leaves a float16 value_info for a float32 graph output.
+    """
+    io = {v.name for v in list(proto.graph.input) + list(proto.graph.output)}
+    if not any(v.name in io for v in proto.graph.value_info):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept = [v for v in out.graph.value_info if v.name not in io]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out
+
+
 def to_graph(proto: onnx.ModelProto) -> gs.Graph:
-    """Import a proto into onnx-graphsurgeon with all constants folded."""
-    graph = gs.import_onnx(proto)
+    """Import a proto into onnx-graphsurgeon with all constants folded.
+
+    Folding an If with a constant condition inlines its branch and renames the
+    branch's tensors inside the proto it was imported from, so a model with
+    sub-graphs is imported from a copy: the caller's proto must stay as it was.
+    """
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in proto.graph.node for a in node.attribute):
+        proto = _copy(proto)
+    graph = gs.import_onnx(_drop_io_value_info(proto))
     _constant_nodes_to_constants(graph)
     try:
         graph.fold_constants(fold_shapes=True, error_ok=True)
@@ -31,6 +60,12 @@ def to_graph(proto: onnx.ModelProto) -> gs.Graph:
         logger.warning("constant folding stopped early: %s", exc)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 def _constant_nodes_to_constants(graph: gs.Graph) -> None:
@@ -84,13 +119,45 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+_COLLECT_ABOVE = 64 << 20
+
+
+def export_freeing(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """:func:`to_proto`, then the graph's arrays freed at once: its nodes and tensors refer to each
+    other, so without a collection a big model's loaded weights would wait for the garbage collector."""
+    proto = to_proto(graph, like)
+    graph.nodes.clear()
+    graph.inputs.clear()
+    graph.outputs.clear()
+    if proto.ByteSize() > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
+        gc.collect()
+    return proto
+
+
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference that never fails the pipeline: unknown shapes are probed later."""
     try:
+        if needs_external(proto):
+            return infer_large(proto, check_type=False, strict_mode=False, data_prop=True)
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001
         logger.warning("onnx shape inference failed (%s); continuing with probed shapes", exc)
         return proto
+
+
+def _fold_reshape_targets(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant targets for Reshapes whose run-time target only copies dims (:mod:`.shape_targets`).
+
+    Runs on the shape-inferred model: which dims a ``Shape`` slice reads depends on the rank.
+    """
+    inits = {t.name for t in proto.graph.initializer}
+    if not any(n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in inits for n in proto.graph.node):
+        return proto
+    graph = gs.import_onnx(proto)
+    if not constant_reshape_targets(graph):
+        return proto
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return infer_shapes(export_freeing(graph, proto))
 
 
 def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -104,8 +171,8 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
             tensor.shape = None
-    out = to_proto(graph, proto)
-    out = infer_shapes(out)
+    out = infer_shapes(export_freeing(graph, proto))
+    out = _fold_reshape_targets(out)
     if not out.graph.node:
         raise InvalidModelError("the model folds to a constant: nothing to prune")
     return out

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import onnx
 
 from ..errors import InvalidArgumentError, InvalidModelError
 from ..runtime import make_session
+from .external import needs_external, skeleton
 from .subgraph import expose
+from .tensors import MAX_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,11 @@ def graph_input_dims(proto: onnx.ModelProto) -> dict[str, list]:
 
 
 def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | None = None,
-                         batch: int = PROBE_BATCH) -> dict[str, tuple[int, ...]]:
-    """Concrete input shapes: user-given ones, else declared dims with batch and spatial defaults."""
+                         batch: int = PROBE_BATCH, *, recorded: Optional[dict[str, dict[int, int]]] = None,
+                         warn: bool = True) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes: user-given ones, else declared dims with batch and ``recorded`` sizes
+    ({input: {axis: size}}, see :mod:`.sizes`), else the spatial default."""
+    recorded = recorded or {}
     given = dict(given or {})
     out: dict[str, tuple[int, ...]] = {}
     for name, dims in graph_input_dims(proto).items():
@@ -63,6 +69,9 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
                 if isinstance(d, int) and i > 0 and s != d:
                     raise InvalidArgumentError(f"input {name!r} dim {i} is fixed to {d} in the model, got {s}")
             shape[0] = batch if dims and not isinstance(dims[0], int) else shape[0]
+            if any(int(s) < 1 for s in shape) or int(np.prod([float(s) for s in shape])) > MAX_ELEMENTS:
+                raise InvalidArgumentError(f"input shape for {name!r} {shape} must have dims >= 1 and at most "
+                                           f"{MAX_ELEMENTS:,} elements")
             out[name] = tuple(int(s) for s in shape)
             continue
         shape = []
@@ -71,10 +80,13 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
                 shape.append(d)
             elif i == 0:
                 shape.append(batch)
+            elif i in recorded.get(name, {}):
+                shape.append(int(recorded[name][i]))
             else:
                 shape.append(DEFAULT_SPATIAL)
-                logger.warning("input %s dim %d is dynamic; probing with %d (pass input_shapes to choose)",
-                               name, i, DEFAULT_SPATIAL)
+                if warn:
+                    logger.warning("input %s dim %d is dynamic; probing with %d (pass input_shapes to choose)",
+                                   name, i, DEFAULT_SPATIAL)
         out[name] = tuple(shape)
     if given:
         raise InvalidArgumentError(f"unknown input name(s) {sorted(given)}; the model has {sorted(out)}")
@@ -82,19 +94,30 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
 
 
 _NP_OF_ONNX = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
     onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.BOOL: np.bool_,
 }
 
 
+def np_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX element type (0, unknown, is float32)."""
+    return np.dtype(_NP_OF_ONNX.get(elem_type or onnx.TensorProto.FLOAT, np.float32))
+
+
+def input_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
+    """numpy dtype of every real (non-initializer) input: what a feed must hold (float16 models too)."""
+    inits = {t.name for t in proto.graph.initializer}
+    return {i.name: np_dtype(i.type.tensor_type.elem_type) for i in proto.graph.input if i.name not in inits}
+
+
 def random_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal float inputs of the given shapes (ints get zeros)."""
     rng = np.random.default_rng(seed)
-    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    types = input_dtypes(proto)
     feeds = {}
     for name, shape in shapes.items():
-        dtype = _NP_OF_ONNX.get(types.get(name, onnx.TensorProto.FLOAT), np.float32)
+        dtype = types.get(name, np.dtype(np.float32))
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
@@ -109,11 +132,14 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
              if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
     for vi in list(proto.graph.input) + list(proto.graph.output):
         typed[vi.name] = vi.type.tensor_type.elem_type
+    arrays = None
+    if needs_external(proto):  # expose a skeleton: copying a big model costs its size again
+        proto, arrays = skeleton(proto)
     exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
     names = [o.name for o in exposed.graph.output]
     del exposed.graph.value_info[:]
     try:
-        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False)
+        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False, initializers=arrays)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     feeds = random_inputs(proto, input_shapes)

@@ -5,7 +5,8 @@ After:  the removed output channels are gone from W, BN's four vectors and
 W2's input axis; every other op whose constants or attributes depend on the
 channel count (Concat consumers, Split sizes, Slice bounds, channel Pad
 amounts, Reshape targets, grouped-conv ``group``) is rewritten by its rule in
-:mod:`onnxprune.graph.rules`. Shapes are re-inferred, dead nodes dropped and
+:mod:`onnxprune.graph.rules`. A droppable group removed entirely takes its
+residual branch with it (:mod:`onnxprune.graph.depth`). Shapes are re-inferred, dead nodes dropped and
 the graph toposorted.
 """
 
@@ -20,7 +21,9 @@ import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
 from .channels import Labels
-from .normalize import infer_shapes, to_proto
+from .depth import drop_branches
+from .normalize import export_freeing, infer_shapes
+from .probe import np_dtype
 from .rules import rule_for
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
     graph = gs.import_onnx(analysis.proto)
     surgery = Surgery(analysis, removed)
     if len(surgery.removed):
+        if drop_branches(analysis, graph, surgery.removed):
+            graph.cleanup(remove_unused_graph_inputs=False)  # the emptied branches go before any rule sees them
         labelled = analysis.labels
         for node in graph.nodes:
             touches = any(getattr(t, "name", None) in labelled for t in list(node.inputs) + list(node.outputs))
@@ -81,7 +86,7 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
         if isinstance(tensor, gs.Variable) and tensor.name not in keep_names:
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return infer_shapes(to_proto(graph, analysis.proto))
+    return infer_shapes(export_freeing(graph, analysis.proto))
 
 
 def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProto:
@@ -102,10 +107,12 @@ def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelPr
         rank = len(analysis.probe.shapes[edge.tensor])
         shape = [1] * rank
         shape[lab.axis] = keep.shape[0]
-        mask = gs.Constant(f"__onnxprune_mask_{i}", keep.astype(np.float32).reshape(shape))
+        dtype = np_dtype(analysis.probe.dtypes.get(edge.tensor, 0))  # float16 in a float16 body
+        mask = gs.Constant(f"__onnxprune_mask_{i}", keep.astype(dtype).reshape(shape))
         src = tensors[edge.tensor]
-        dst = gs.Variable(f"{edge.tensor}__masked_{i}", dtype=np.float32)
+        dst = gs.Variable(f"{edge.tensor}__masked_{i}", dtype=dtype)
         graph.nodes.append(gs.Node("Mul", f"__onnxprune_mask_mul_{i}", inputs=[src, mask], outputs=[dst]))
         nodes[edge.node].inputs[edge.input_index] = dst
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return to_proto(graph, analysis.proto)
+    return export_freeing(graph, analysis.proto)
+

@@ -16,11 +16,11 @@ import logging
 from typing import Optional, Sequence
 
 import onnx
-from onnx import helper
 
 from ..errors import InvalidModelError, VerificationError
 from ..graph.normalize import normalize
-from ..graph.probe import resolve_input_shapes
+from ..graph.probe import input_dtypes
+from ..graph.sizes import choose_input_shapes
 from ..runtime import make_session
 from ..verify import uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
@@ -39,7 +39,7 @@ class NormalizePass(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         normal = normalize(model)
-        shapes = resolve_input_shapes(normal, self.given)
+        shapes = choose_input_shapes(model, self.given)  # the file as given: its value_info records sizes
         folded = len(model.graph.node) - len(normal.graph.node)
         return PassResult(normal, True, (f"{len(normal.graph.node)} nodes ({folded:+d} folded away)"
                                          if folded else f"{len(normal.graph.node)} nodes",),
@@ -49,9 +49,7 @@ class NormalizePass(Pass):
         if not self.verify:
             return result
         shapes = result.details["input_shapes"]
-        types = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                 for i in before.graph.input if i.type.tensor_type.elem_type}
-        feeds = uniform_inputs(shapes, n=1, dtypes=types)
+        feeds = uniform_inputs(shapes, n=1, dtypes=input_dtypes(before))
         try:
             make_session(before).run(None, feeds[0])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types

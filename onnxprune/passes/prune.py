@@ -19,6 +19,7 @@ import onnx
 
 from ..errors import VerificationError
 from ..graph.analysis import Analysis
+from ..graph.probe import input_dtypes
 from ..graph.surgery import masked_reference, prune_channels
 from ..verify import VerificationResult, uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
@@ -45,22 +46,32 @@ class PruneChannelsPass(Pass):
         unknown = [r for r in self.removed if not self.analysis.is_prunable(r)]
         if unknown:
             raise self.fail_pre(f"{len(unknown)} unit(s) to remove are frozen or unknown (first: {unknown[0]})")
+        emptied: set[str] = set()  # tensors of droppable groups removed entirely: their branch goes
+        for gid in self.analysis.dropped_groups(self.removed):
+            emptied |= self.analysis.drops[gid].tensors
         for name in self.analysis.labels:
             keep = self.analysis.keep_mask(name, rem)
-            if keep is not None and keep.size and not keep.any():
+            if keep is not None and keep.size and not keep.any() and name not in emptied:
+                gid = self.analysis.group_of.get(int(self.analysis.root_of[self.analysis.labels[name].units[0]]))
+                why = self.analysis.groups[gid].drop_reason if gid is not None else None
                 raise self.fail_pre(f"the removal leaves tensor {name!r} without a channel; "
-                                    "a group must keep at least one")
+                                    "a group must keep at least one" + (f" (it cannot go entirely: {why})" if why else ""))
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         pruned = prune_channels(self.analysis, self.removed)
         kernels = sum(len(self.analysis.unit_kernels[r]) for r in self.removed)
-        return PassResult(pruned, bool(self.removed), (f"{kernels} kernel(s) removed",))
+        notes = (f"{kernels} kernel(s) removed",)
+        dropped = self.analysis.dropped_groups(self.removed)
+        if dropped:
+            notes += (f"{len(dropped)} residual branch(es) removed entirely",)
+        return PassResult(pruned, bool(self.removed), notes, {"dropped_groups": dropped})
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
         if not self.verify:
             return PassResult(result.model, result.modified, result.notes + ("exactness not verified",))
         reference = masked_reference(self.analysis, self.removed)
-        feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1) + self.extra_feeds
+        feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1,
+                               dtypes=input_dtypes(self.analysis.proto)) + self.extra_feeds
         try:
             verification = verify_equivalent(result.model, reference, feeds)
         except VerificationError as exc:

@@ -8,7 +8,9 @@ After (``bias``): L's bias absorbs the expected contribution of each removed
 After (``lsq``): L's remaining weights and bias are re-fitted by ridge least
         squares so that L's output, computed from the *pruned* model's
         activations, matches the *original* model's output at that point
-        (He et al., ICCV 2017). Layers are processed front to back, so each
+        (He et al., ICCV 2017). A dropped residual branch (graph/depth.py)
+        changes no channel count, so the layers that read the stream after it
+        are re-fitted too. Layers are processed front to back, so each
         fit sees the errors of the layers before it. The ridge term pulls
         towards the plain sliced weights; its strength is chosen per layer
         on a held-back fifth of the calibration samples, and a fit is kept
@@ -38,7 +40,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import CalibrationError, VerificationError
 from ..graph.analysis import Analysis
@@ -83,9 +85,10 @@ def _stream(model: onnx.ModelProto, names: list[str], batches):
     """The named tensors, batch by batch: whole activations of every calibration sample at once
     would not fit in memory for big models (EfficientNet-Lite0: GBs per layer for 500 images)."""
     sess = make_session(expose(model, names))
+    wanted = {i.name for i in sess.get_inputs()}  # a prefix of a several-input model reads only some inputs
     start = 0
     for feeds in batches:
-        out = dict(zip(names, sess.run(names, feeds)))
+        out = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
         n = next(iter(out.values())).shape[0]
         yield start, start + n, out
         start += n
@@ -101,6 +104,7 @@ def _conv_rows(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple, pos) -> np.n
 def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, scope: str) -> list[_Site]:
     """Consumer layers to re-fit, in the pruned model's topological order."""
     nodes = {n.name: n for n in analysis.graph.nodes}
+    after_drop = _after_dropped_branches(analysis, removed, pruned)
     sites = []
     started = False
     for name in (n.name for n in pruned.graph.node):
@@ -115,7 +119,7 @@ def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, sco
         if node.op == "MatMul" and name not in analysis.layers:
             continue
         keep_in = analysis.keep_mask(x, removed)
-        changed = keep_in is not None and not keep_in.all()
+        changed = (keep_in is not None and not keep_in.all()) or name in after_drop
         if changed:
             started = True
         if not changed and not (scope == "all" and started):
@@ -161,6 +165,24 @@ def _residual_addends(analysis: Analysis, pruned: onnx.ModelProto, sites: list[_
         s.residual, s.add_output = other, add.output[0]
 
 
+def _after_dropped_branches(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto) -> set[str]:
+    """Layers that read a residual stream after a dropped branch (through non-layer ops): they see its error."""
+    adds = {a for g in analysis.dropped_groups(removed) for a, _ in analysis.drops[g].adds}
+    if not adds:
+        return set()
+    affected: set[str] = set()
+    layers: set[str] = set()
+    for node in pruned.graph.node:
+        if node.name in adds:
+            affected.update(node.output)
+        elif any(i in affected for i in node.input):
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                layers.add(node.name)
+            else:
+                affected.update(node.output)
+    return layers
+
+
 def _weights(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, Optional[np.ndarray]]:
     inits = {t.name: t for t in model.graph.initializer}
     W = numpy_helper.to_array(inits[node.input[1]])
@@ -169,15 +191,17 @@ def _weights(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[np.ndarray, 
 
 
 def _set_weights(model: onnx.ModelProto, node: onnx.NodeProto, W: np.ndarray, B: np.ndarray) -> None:
+    """Store the re-fitted weights in the layer's own dtype (the fit is float32/64; a float16 model stays float16)."""
     inits = {t.name: t for t in model.graph.initializer}
-    inits[node.input[1]].CopyFrom(numpy_helper.from_array(W.astype(np.float32), node.input[1]))
+    dtype = helper.tensor_dtype_to_np_dtype(inits[node.input[1]].data_type)
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(W.astype(dtype), node.input[1]))
     if node.op_type == "MatMul":
         return
     if len(node.input) > 2 and node.input[2] in inits:
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(B.astype(np.float32), node.input[2]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(B.astype(dtype), node.input[2]))
     else:
         name = f"{node.name}__bias"
-        model.graph.initializer.append(numpy_helper.from_array(B.astype(np.float32), name))
+        model.graph.initializer.append(numpy_helper.from_array(B.astype(dtype), name))
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = name

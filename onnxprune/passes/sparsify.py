@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 from ..errors import VerificationError
-from ..graph.probe import resolve_input_shapes
+from ..graph.sizes import choose_input_shapes
 from ..runtime import make_session
 from ..sparsity.config import SUPPORTED_OP_TYPES, SparsifyConfig
 from ..sparsity.history import pass_record, read_history, write_history
@@ -59,7 +59,7 @@ def verification_feeds(model: onnx.ModelProto, calibration: Mapping[str, np.ndar
     if calibration:
         n = min(2, min(len(v) for v in calibration.values()))
         return [{k: np.ascontiguousarray(v[:n]) for k, v in calibration.items()}], "calibration samples"
-    shapes = resolve_input_shapes(model)  # the sizes the channel analysis probes with, same defaults
+    shapes = choose_input_shapes(model)  # the sizes the channel analysis probes with, same defaults
     dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
               for i in model.graph.input if i.name in shapes}
     return uniform_inputs(shapes, n=1, dtypes=dtypes), "random inputs"

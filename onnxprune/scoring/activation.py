@@ -98,7 +98,8 @@ class ActivationStats:
         have = {o.name for o in model.graph.output}
         for t in self.tensors + [x for x in self.landing_tensors if x not in self.tensors]:
             if t not in have:
-                model.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+                model.graph.output.append(helper.make_tensor_value_info(
+                    t, analysis.probe.dtypes.get(t) or onnx.TensorProto.FLOAT, None))
         self.session = make_session(model, providers)
         self.s1 = {t: 0.0 for t in self.tensors}
         self.s2 = {t: 0.0 for t in self.tensors}

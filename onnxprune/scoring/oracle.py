@@ -17,10 +17,12 @@ make this fast enough to run often:
   channel) cannot change that sample's outputs: the full run reports, per
   sample, which channels are non-zero, and only the (unit, sample) pairs
   that can change anything are run; the others get the cost of no change;
-* **cuts in parallel on the CPU** — small convolutions do not keep several
-  intra-op threads busy, so on the CPU provider the cuts are shared among a
-  few workers, each session with its share of the cores (about 10% more
-  throughput on 2 cores than one session with 2 threads).
+* **tasks on an executor** — the work is (prefix of a batch) and (cut x
+  batch) tasks (:mod:`.oracle_tasks`) merged in key order, run by the
+  local executor's CPU workers (small convolutions do not keep several
+  intra-op threads busy: a few workers, each session with its share of the
+  cores, give about 10% more throughput on 2 cores) or by a Ray cluster
+  (:mod:`onnxprune.executors`); every executor gives the same scores.
 
 Costs (per sample, averaged over everything added): KL divergence of the
 outputs for logits/probabilities, normalised squared error otherwise
@@ -33,39 +35,28 @@ value per row of the arrays it is given).
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 import onnx_graphsurgeon as gs
-from onnx import helper
 
 from ..errors import CalibrationError, InvalidArgumentError
+from ..executors import Executor, LocalExecutor, Task, merge_sums
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..runtime import DeviceRunner, default_providers, make_session
+from ..graph.probe import np_dtype
+from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
-from .oracle_graph import MaskInput, add_activity_outputs, suffix_model
+from .oracle_graph import MaskInput, suffix_model
+from .oracle_tasks import CutSpec, OraclePlan, cut_task, prefix_task
 
 logger = logging.getLogger(__name__)
 
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
-
-@dataclass
-class _Cut:
-    index: int
-    session: object = None
-    inputs: list[str] = field(default_factory=list)
-    masks: list[int] = field(default_factory=list)  # mask-input indices used in the suffix
-    units: list[int] = field(default_factory=list)
-    macs_fraction: float = 1.0
-    runner: object = None
+Batch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
 
 
 class OracleScorer:
@@ -73,14 +64,17 @@ class OracleScorer:
 
     ``add_batch`` is HALCON's add_dl_pruning_batch: scores accumulate, so
     batches may arrive one at a time. ``scores()`` gives the mean cost per
-    unit over all samples seen.
+    unit over all samples seen. ``executor`` runs the tasks (default: local
+    CPU workers, ``workers`` of them); ``max_bytes_per_run`` and
+    ``max_activation_bytes`` bound one task's run (a worker's memory).
     """
 
     def __init__(self, analysis: Analysis, cost: str | CostFn = "auto", *, units: Optional[Sequence[int]] = None,
-                 rows_per_run: Optional[int] = None, max_bytes_per_run: int = 512 << 20,
-                 max_activation_bytes: int = 4 << 30, providers=None,
+                 rows_per_run: Optional[int] = None, max_bytes_per_run: int = 256 << 20,
+                 max_activation_bytes: int = 2 << 30, providers=None,
                  progress: bool = False, suffix: bool = True, io_binding: Optional[bool] = None,
-                 workers: Optional[int] = None, skip_silent: bool = True) -> None:
+                 workers: Optional[int] = None, skip_silent: bool = True,
+                 executor: Optional[Executor] = None) -> None:
         if isinstance(cost, str) and cost not in COSTS:
             raise InvalidArgumentError(f"unknown oracle cost {cost!r}; choose one of {', '.join(COSTS)} or a callable")
         self.analysis = analysis
@@ -94,19 +88,23 @@ class OracleScorer:
         self.io_binding = io_binding  # None: bind on CUDA only
         self.skip_internal = suffix  # the plain (whole-network) mode keeps every mask, as the naive oracle does
         self.skip_silent = skip_silent
-        self.workers, self.threads = _worker_split(providers, workers)
+        self.executor = executor or LocalExecutor(workers, providers)
+        self.workers, self.threads = self.executor.workers, self.executor.threads
         # rows of one run (perturbations x batch): smaller runs stay in the CPU caches (ResNet-56: 128 rows
         # 8% faster than 256); accelerators want bigger ones
-        on_cpu = list(providers or default_providers())[0] == "CPUExecutionProvider"
+        on_cpu = list(providers or self.executor.providers)[0] == "CPUExecutionProvider"
         self.rows_per_run = max(1, rows_per_run or (128 if on_cpu else 512))
-        self._lock = threading.Lock()
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
+        self._batches = 0
+        self._plan_handle = None
         self.samples_seen = 0
         self.perturbation_macs = 0.0
         self.pairs_total = 0    # (unit, sample) pairs scored
         self.pairs_skipped = 0  # ... of which silent: no run needed
         self.seconds = 0.0
+        self.task_seconds: dict[tuple, float] = {}  # (batch, cut) -> wall time of its task where it ran
+        self.context_bytes = 0  # bytes of the prefix results of the batches scored (what a cluster transfers)
         self._build()
 
     # ---------------------------------------------------------------- graph building
@@ -133,14 +131,15 @@ class OracleScorer:
             tail[lab.axis - 1] = lab.size
             idx = len(self.masks)
             name = f"__oracle_mask_{idx}"
-            m = gs.Variable(name, dtype=np.float32, shape=["N"] + tail)
+            dtype = np_dtype(a.probe.dtypes.get(tensor, 0))  # float16 in a float16 body
+            m = gs.Variable(name, dtype=dtype, shape=["N"] + tail)
             graph.inputs.append(m)
-            out = gs.Variable(f"{tensor}__oracle_masked", dtype=np.float32)
+            out = gs.Variable(f"{tensor}__oracle_masked", dtype=dtype)
             mul = gs.Node("Mul", f"__oracle_mul_{idx}", inputs=[tensors[tensor], m], outputs=[out])
             graph.nodes.append(mul)
             for e in edges:
                 nodes[e.node].inputs[e.input_index] = out
-            self.masks.append(MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units]))
+            self.masks.append(MaskInput(name, tensor, tuple(tail), lab.axis, a.root_of[lab.units], dtype))
             mul_names[idx] = mul.name
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         self.model = to_proto(graph, a.proto)
@@ -153,44 +152,53 @@ class OracleScorer:
                 self.unit_masks.setdefault(int(r), []).append((i, np.nonzero(mk.roots == r)[0]))
         self.units = [r for r in self.units if r in self.unit_masks]
         self._sum = {r: 0.0 for r in self.units}
-        cuts: dict[int, _Cut] = {}
+        cuts: dict[int, CutSpec] = {}
         for r in self.units:
             start = min(self.mask_pos[i] for i, _ in self.unit_masks[r]) if self.use_suffix else 0
-            cuts.setdefault(start, _Cut(start)).units.append(r)
+            cuts.setdefault(start, CutSpec(start)).units.append(r)
         self.cuts = [cuts[k] for k in sorted(cuts)]
         self.output_names = [o.name for o in self.model.graph.output]
         # all float activations of one sample: an upper bound of what a run keeps alive per row
-        from ..graph.probe import PROBE_BATCH
-        self.sample_bytes = sum(4 * int(np.prod(sh)) // PROBE_BATCH for name, sh in a.probe.shapes.items()
-                                if sh and sh[0] == PROBE_BATCH and a.probe.dtypes.get(name) == onnx.TensorProto.FLOAT)
+        self.sample_bytes = sum(self._row_bytes(name) for name in a.probe.shapes)
         self.graph_input_names = {i.name for i in self.model.graph.input}
         self._layer_macs = self._node_macs()
         total = sum(self._layer_macs.values()) or 1.0
+        names = {x for n in self.model.graph.node for x in n.input} | self.graph_input_names
+        batched = frozenset(x for x in names if x and self._is_batched(x))
         frontier_names: set[str] = set()
-        for cut in self.cuts:
-            keep = {i for r in cut.units for i, _ in self.unit_masks[r]}
-            proto, inputs = self._suffix_model(cut.index, keep)
+        suffixes = {}
+        for ci, cut in enumerate(self.cuts):
+            cut.keep = frozenset(i for r in cut.units for i, _ in self.unit_masks[r])
+            suffixes[ci], inputs = suffix_model(self.model, cut.index, set(cut.keep), batched.__contains__,
+                                                self._dtypes())
             cut.inputs = inputs
             frontier_names.update(i for i in inputs if not i.startswith("__oracle_mask_"))
             cut.masks = [int(i.rsplit("_", 1)[1]) for i in inputs if i.startswith("__oracle_mask_")]
-            cut.session = make_session(proto, self.providers, threads=self.threads)
             cut.macs_fraction = sum(v for k, v in self._layer_macs.items() if k >= cut.index) / total
+            # the tiled copies of this cut's inputs and the activations of a run bound its rows (per task)
+            cut.row_bytes = sum(self._row_bytes(i) for i in inputs if not i.startswith("__oracle_mask_"))
+            cut.max_rows = max(1, min(self.rows_per_run, int(self.max_bytes_per_run // max(cut.row_bytes, 1)),
+                                      int(self.max_activation_bytes // max(self.sample_bytes, 1))))
         self.graph_inputs = [i.name for i in self.model.graph.input if not i.name.startswith("__oracle_mask_")]
         self.frontier = sorted(frontier_names - set(self.graph_inputs))
-        exposed = onnx.ModelProto()
-        exposed.CopyFrom(self.model)
-        types = {vi.name: vi for vi in exposed.graph.value_info}
-        for name in self.frontier:
-            vi = onnx.ValueInfoProto()
-            if name in types:
-                vi.CopyFrom(types[name])
-            else:
-                vi = helper.make_tensor_value_info(name, self.analysis.probe.dtypes.get(name) or onnx.TensorProto.FLOAT, None)
-            exposed.graph.output.append(vi)
-        self.activity_names = add_activity_outputs(exposed, self.masks) if self.skip_silent else []
-        self.full_session = make_session(exposed, self.providers)
-        for cut in self.cuts:
-            cut.runner = DeviceRunner(cut.session, self.io_binding)
+        # the prefix runs while workers run cuts: with the workers' thread count, not every core (whose
+        # spinning intra-op threads would compete with them)
+        self.plan = OraclePlan(self.model, self.masks, self.unit_masks, self.cuts, self.frontier, batched,
+                               self._dtypes(), self.cost, self.skip_silent, float(total), self.providers,
+                               self.executor.threads, self.executor.threads,
+                               self.io_binding, suffixes)
+
+    def _dtypes(self) -> dict[str, int]:
+        return {k: v for k, v in self.analysis.probe.dtypes.items() if v}
+
+    def _row_bytes(self, name: str) -> int:
+        """Bytes per sample of a float activation with a batch axis (0 for anything else)."""
+        from ..graph.probe import PROBE_BATCH
+        sh = self.analysis.probe.shapes.get(name)
+        dtype = self.analysis.probe.dtypes.get(name)
+        if not sh or sh[0] != PROBE_BATCH or dtype not in _FLOATS:
+            return 0
+        return np_dtype(dtype).itemsize * int(np.prod(sh)) // PROBE_BATCH
 
     def _node_macs(self) -> dict[int, float]:
         macs: dict[int, float] = {}
@@ -207,169 +215,81 @@ class OracleScorer:
         dtype = self.analysis.probe.dtypes.get(name)
         if name.startswith("__oracle_mask_") or name in self.graph_input_names:
             return True
-        return bool(shape) and shape[0] == PROBE_BATCH and dtype in (onnx.TensorProto.FLOAT, 0, None)
-
-    def _suffix_model(self, start: int, keep_masks: Optional[set[int]] = None) -> tuple[onnx.ModelProto, list[str]]:
-        return suffix_model(self.model, start, keep_masks, self._is_batched, self.analysis.probe.dtypes)
+        return bool(shape) and shape[0] == PROBE_BATCH and dtype in _FLOATS + (0, None)
 
     # ---------------------------------------------------------------- scoring
-    def _ones(self, i: int, rows: int) -> np.ndarray:
-        return np.ones((rows,) + self.masks[i].shape_tail, dtype=np.float32)
+    def _tasks(self, batches: Iterable[Batch], sizes: list[int]) -> Iterator[Task]:
+        """A prefix task per batch (deferred: its result feeds the cut tasks), then its cut tasks.
 
-    def _cost(self, base: list[np.ndarray], pert: list[np.ndarray], labels: Optional[np.ndarray]) -> np.ndarray:
-        return oracle_cost(self.cost, base, pert, labels)
+        Made lazily, as the executor asks for them, so only the batches in
+        flight are held. Keys (batch number, cut index) fix the merge order.
+        """
+        ex = self.executor
+        if self._plan_handle is None:
+            self._plan_handle = ex.share(self.plan, cache=True)  # the model goes out once
+        # the costliest cuts first, so the workers finish together
+        order = sorted(range(len(self.cuts)), key=lambda i: -len(self.cuts[i].units) * self.cuts[i].macs_fraction)
+        for feeds, labels in batches:
+            n = next(iter(feeds.values())).shape[0]
+            if labels is not None:
+                labels = np.asarray(labels).reshape(-1).astype(np.int64)
+                if len(labels) != n:
+                    raise CalibrationError(f"{len(labels)} labels for a batch of {n} samples")
+            seq = self._batches + len(sizes)
+            sizes.append(n)
+            batch = ex.share((feeds, labels))
+            context_size = n * sum(self._row_bytes(name) for name in self.frontier)
+            self.context_bytes += context_size
+            context = ex.defer(Task(("prefix", seq), prefix_task, (self._plan_handle, batch), 1,
+                                    n * self.sample_bytes))
+            for i in order:
+                cut = self.cuts[i]
+                rows = max(n, cut.max_rows)
+                yield Task((seq, i), cut_task, (self._plan_handle, batch, context, i), len(cut.units),
+                           context_size + rows * (cut.row_bytes + self.sample_bytes))
+
+    def _run(self, batches: Iterable[Batch], bar=None) -> None:
+        t0 = time.perf_counter()
+        sizes: list[int] = []
+        results = self.executor.map(self._tasks(batches, sizes), bar.update if bar is not None else None)
+        merge_sums({k: r.sums for k, r in results.items()}, self._sum)
+        for k in sorted(results):
+            r = results[k]
+            self.pairs_total += r.pairs_total
+            self.pairs_skipped += r.pairs_skipped
+            self.perturbation_macs += r.macs
+            self.task_seconds[k] = r.seconds
+        self._batches += len(sizes)
+        self._count += sum(sizes)
+        self.samples_seen += sum(sizes)
+        self.seconds += time.perf_counter() - t0
 
     def add_batch(self, feeds: dict[str, np.ndarray], labels: Optional[np.ndarray] = None, bar=None) -> None:
         """Score every unit on one batch of inputs (and optional labels) and accumulate."""
-        t0 = time.perf_counter()
-        n = next(iter(feeds.values())).shape[0]
-        if labels is not None:
-            labels = np.asarray(labels).reshape(-1).astype(np.int64)
-            if len(labels) != n:
-                raise CalibrationError(f"{len(labels)} labels for a batch of {n} samples")
-        full_feed = dict(feeds)
-        for i, mk in enumerate(self.masks):
-            full_feed[mk.name] = self._ones(i, n)
-        names = self.output_names + self.frontier
-        outs = self.full_session.run(names + self.activity_names, full_feed)
-        base = outs[:len(self.output_names)]
-        cache = dict(zip(self.frontier, outs[len(self.output_names):len(names)]))
-        cache.update(feeds)
-        # per mask, [n, C]: which channels are non-zero on each sample (NaN counts as non-zero)
-        activity = [a != 0 for a in outs[len(names):]] if self.skip_silent else None
-        unchanged = self._cost(base, base, labels)  # the cost of a sample the unit cannot change
-        # the costliest cuts first, so the workers finish together
-        order = sorted(self.cuts, key=lambda c: -len(c.units) * c.macs_fraction)
-        args = (cache, base, labels, n, activity, unchanged, bar)
-        if self.workers > 1 and len(order) > 1:
-            with ThreadPoolExecutor(self.workers) as pool:
-                for f in [pool.submit(self._score_cut, c, *args) for c in order]:
-                    f.result()
-        else:
-            for cut in order:
-                self._score_cut(cut, *args)
-        self._count += n
-        self.samples_seen += n
-        self.seconds += time.perf_counter() - t0
-
-    def _active(self, r: int, n: int, activity: Optional[list[np.ndarray]]) -> np.ndarray:
-        """[n] bool: samples on which unit ``r`` has a non-zero channel where it is consumed.
-
-        Elsewhere its removal multiplies zeros by zero: the masked model gives
-        exactly the unmasked outputs, so those samples need no run.
-        """
-        alive = np.zeros(n, dtype=bool) if activity is not None else np.ones(n, dtype=bool)
-        for i, pos in self.unit_masks[r] if activity is not None else ():
-            alive |= activity[i][:, pos].any(axis=1)
-        return alive
-
-    def _score_cut(self, cut: _Cut, cache: dict, base: list, labels: Optional[np.ndarray], n: int,
-                   activity: Optional[list[np.ndarray]], unchanged: np.ndarray, bar) -> None:
-        """Every unit of one cut on one batch; cuts touch disjoint units, so workers may run them at once."""
-        # the tiled copies of this cut's inputs bound how many rows fit in one run
-        # (memory budgets are shared by the workers running at the same time)
-        row_bytes = sum(cache[name].nbytes for name in cut.inputs if name in cache) / n
-        max_rows = max(n, min(self.rows_per_run,
-                              int(self.max_bytes_per_run // self.workers // max(row_bytes, 1)),
-                              int(self.max_activation_bytes // self.workers // max(self.sample_bytes, 1))))
-        alive = {r: self._active(r, n, activity) for r in cut.units}
-        rows = {r: np.nonzero(a)[0] for r, a in alive.items()}
-        chunks: list[list[int]] = []
-        size = max_rows  # start a chunk at the first unit
-        for r in cut.units:
-            m = len(rows[r])
-            if m == 0:
-                continue
-            if size + m > max_rows:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(r)
-            size += m
-        skipped = 0
-        for r in cut.units:  # a silent sample costs what no change costs
-            self._sum[r] += float(unchanged[~alive[r]].sum())
-            skipped += n - len(rows[r])
-        silent_units = len(cut.units) - sum(len(c) for c in chunks)
-        with self._lock:
-            self.pairs_total += n * len(cut.units)
-            self.pairs_skipped += skipped
-            if bar is not None and silent_units:
-                bar.update(silent_units)
-        tiled: dict[int, dict] = {}  # k -> this cut's inputs tiled k times (on the device when binding)
-        for chunk in chunks:
-            whole = all(len(rows[r]) == n for r in chunk)
-            k = len(chunk)
-            idx = None if whole else np.concatenate([rows[r] for r in chunk])
-            if whole and k not in tiled:
-                tiled.clear()
-                tiled[k] = {name: cut.runner.upload(np.concatenate([cache[name]] * k, axis=0) if k > 1
-                                                    else cache[name])
-                            for name in cut.inputs if not name.startswith("__oracle_mask_")}
-            if whole:
-                feed = dict(tiled[k])
-            else:
-                feed = {name: cut.runner.upload(np.take(cache[name], idx, axis=0))
-                        for name in cut.inputs if not name.startswith("__oracle_mask_")}
-            total_rows = n * k if whole else len(idx)
-            for i in cut.masks:
-                feed[self.masks[i].name] = self._ones(i, total_rows)
-            offsets = np.cumsum([0] + [len(rows[r]) for r in chunk])
-            for j, r in enumerate(chunk):
-                for i, pos in self.unit_masks[r]:
-                    if self.masks[i].name in feed:
-                        m = feed[self.masks[i].name]
-                        sel = [slice(offsets[j], offsets[j + 1])] + [slice(None)] * (m.ndim - 1)
-                        sel[self.masks[i].axis] = pos
-                        m[tuple(sel)] = 0.0
-            pert = cut.runner.run(self.output_names, feed)
-            for j, r in enumerate(chunk):
-                sl = slice(offsets[j], offsets[j + 1])
-                own = rows[r]
-                full = len(own) == n
-                c = self._cost(base if full else [b[own] for b in base], [p[sl] for p in pert],
-                               labels if full or labels is None else labels[own])
-                self._sum[r] += float(c.sum())
-            with self._lock:
-                self.perturbation_macs += cut.macs_fraction * self._dense_macs() * total_rows
-                if bar is not None:
-                    bar.update(k)
-
-    def _dense_macs(self) -> float:
-        return float(sum(self._layer_macs.values()))
+        self._run([(feeds, labels)], bar)
 
     def scores(self) -> dict[int, float]:
         if self._count == 0:
             raise CalibrationError("no calibration batch was added before asking for oracle scores")
         return {r: s / self._count for r, s in self._sum.items()}
 
-    def score_all(self, batches: Iterable[tuple[dict[str, np.ndarray], Optional[np.ndarray]]],
-                  total_batches: Optional[int] = None) -> dict[int, float]:
-        """Add every batch (with a progress bar and ETA when ``progress``) and return the scores."""
+    def score_all(self, batches: Iterable[Batch], total_batches: Optional[int] = None) -> dict[int, float]:
+        """Add every batch (with a progress bar and ETA when ``progress``) and return the scores.
+
+        All batches go to the executor as one stream of tasks, so a cluster
+        never waits for the slowest cut of one batch before starting the next.
+        """
         bar = None
         if self.progress:
             from tqdm import tqdm
             total = len(self.units) * total_batches if total_batches else None
-            bar = tqdm(total=total, desc="oracle", unit="unit", dynamic_ncols=True)
+            bar = tqdm(total=total, desc=f"oracle ({self.executor.name})", unit="unit", dynamic_ncols=True)
         try:
-            for feeds, labels in batches:
-                self.add_batch(feeds, labels, bar)
+            self._run(batches, bar)
         finally:
             if bar is not None:
                 bar.close()
         return self.scores()
-
-
-def _worker_split(providers, workers: Optional[int]) -> tuple[int, int]:
-    """(workers, intra-op threads per session): one worker on accelerators, a few on the CPU."""
-    first = list(providers or default_providers())[0]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    if workers is None:
-        workers = 1 if first != "CPUExecutionProvider" or cores < 2 else max(2, cores // 4)
-    workers = max(1, int(workers))
-    return workers, (max(1, cores // workers) if workers > 1 else 0)
 
 
 def naive_oracle(analysis: Analysis, batches: list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]],

@@ -25,6 +25,7 @@ class MaskInput:
     shape_tail: tuple[int, ...]   # mask shape without the batch dim, e.g. (C, 1, 1)
     axis: int                     # channel axis in the tensor (== axis in the mask)
     roots: np.ndarray             # root id of every channel
+    dtype: np.dtype = np.dtype(np.float32)  # of the tensor (float16 in a float16 body)
 
 
 def suffix_model(model: onnx.ModelProto, start: int, keep_masks: Optional[set[int]],
@@ -101,6 +102,6 @@ def add_activity_outputs(model: onnx.ModelProto, masks: Sequence[MaskInput]) -> 
             model.graph.node.append(helper.make_node("ReduceMax", [absolute, axes_name], [out], name=out, keepdims=0))
         else:
             model.graph.node.append(helper.make_node("ReduceMax", [absolute], [out], name=out, axes=axes, keepdims=0))
-        model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+        model.graph.output.append(helper.make_tensor_value_info(out, helper.np_dtype_to_tensor_dtype(mk.dtype), None))
         names.append(out)
     return names

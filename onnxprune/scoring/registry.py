@@ -35,6 +35,8 @@ class ScoreRequest:
     seed: int = 0
     oracle_cost: Any = "auto"
     progress: bool = False
+    executor: str = "local"
+    ray_address: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,11 @@ class Criterion:
 def _oracle(a: Analysis, req: ScoreRequest) -> dict[int, float]:
     import math
 
+    from ..executors import make_executor
     from .oracle import OracleScorer
-    scorer = OracleScorer(a, req.oracle_cost, progress=req.progress)
-    return scorer.score_all(req.batches, total_batches=math.ceil(req.samples / max(req.batch_size, 1)))
+    with make_executor(req.executor, req.ray_address) as executor:
+        scorer = OracleScorer(a, req.oracle_cost, progress=req.progress, executor=executor)
+        return scorer.score_all(req.batches, total_batches=math.ceil(req.samples / max(req.batch_size, 1)))
 
 
 def _activation(kind: str) -> Callable[[Analysis, ScoreRequest], dict[int, float]]:

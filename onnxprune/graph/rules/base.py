@@ -34,6 +34,19 @@ def _input(node: gs.Node, index: int) -> Optional[gs.Tensor]:
     return None
 
 
+def _outer_tensors(node: gs.Node) -> list[gs.Tensor]:
+    """Tensors the sub-graphs of ``node`` (If/Loop/Scan bodies) read, at any depth: their channels
+    are consumed there, where no rule looks, so whatever carries channels into them is frozen."""
+    found: list[gs.Tensor] = []
+    for value in node.attrs.values():
+        for g in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(g, gs.Graph):
+                for inner in g.nodes:
+                    found.extend(t for t in inner.inputs if t is not None)
+                    found.extend(_outer_tensors(inner))
+    return found
+
+
 def _norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
@@ -43,6 +56,10 @@ class OpRule:
 
     def propagate(self, a: AnalysisContext, node: gs.Node) -> None:
         a.freeze_inputs(node, f"{node.op} node {node.name!r} is not understood by the channel analysis")
+        for t in _outer_tensors(node):
+            lt = a.get(t)
+            if lt is not None:
+                a.freeze(lt.units, f"used inside a sub-graph of {node.op} node {node.name!r}")
 
     def rewrite(self, s: RewriteContext, node: gs.Node) -> None:
         """Nothing of the op depends on the channel count."""

@@ -1,0 +1,112 @@
+"""Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, fidelity.
+
+Latency of variants is timed *interleaved*: every session runs in turn
+within each round, so a slow spell of a shared machine hits all of them
+alike instead of one row (back-to-back medians varied by 30% between
+identical models in benchmarks/latency_round_to.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .runtime import make_session
+
+
+@dataclass
+class Variant:
+    """One row of the comparison; latencies in ms (median over rounds, with the min and max of the rounds)."""
+
+    name: str
+    size_bytes: int
+    latency_ms: dict[int, tuple[float, float, float]]
+    fidelity: Optional[dict[str, float]] = None
+    accuracy: Optional[float] = None
+
+
+def interleaved_latency(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], rounds: int = 10,
+                        runs: int = 5, warmup: int = 3) -> dict[str, tuple[float, float, float]]:
+    """Per model: (median, min, max) over rounds of the best of ``runs`` timed runs, in ms; models take turns."""
+    sessions = {k: make_session(m) for k, m in models.items()}
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            best = float("inf")
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                best = min(best, time.perf_counter() - t0)
+            times[k].append(best * 1e3)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
+
+
+def output_fidelity(model: onnx.ModelProto, reference_outputs: Sequence[np.ndarray],
+                    feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Relative L2 distance of the first output to the reference outputs, and arg-max agreement for scores."""
+    sess = make_session(model)
+    num = den = 0.0
+    agree = total = 0
+    for feed, want in zip(feeds, reference_outputs):
+        out = sess.run(None, feed)[0].astype(np.float64)
+        want = np.asarray(want, dtype=np.float64)
+        num += float(np.sum((out - want) ** 2))
+        den += float(np.sum(want ** 2))
+        if want.ndim >= 2 and want.shape[-1] > 1:
+            agree += int((out.argmax(-1) == want.argmax(-1)).sum())
+            total += int(np.prod(want.shape[:-1]))
+    fid = {"rel_l2": float(np.sqrt(num / max(den, 1e-30)))}
+    if total:
+        fid["argmax_agreement"] = agree / total
+    return fid
+
+
+def compare_variants(models: dict[str, onnx.ModelProto], feeds: Sequence[dict[str, np.ndarray]],
+                     batches: Sequence[int] = (1,), reference: Optional[str] = None,
+                     rounds: int = 10, runs: int = 5) -> list[Variant]:
+    """Size, interleaved latency at each batch size, and fidelity to ``reference`` (default: the first model)."""
+    reference = reference or next(iter(models))
+    ref_sess = make_session(models[reference])
+    ref_out = [ref_sess.run(None, f)[0] for f in feeds]
+    first = feeds[0]
+    lat: dict[str, dict[int, tuple[float, float, float]]] = {k: {} for k in models}
+    for b in batches:
+        n = next(iter(first.values())).shape[0]
+        reps = -(-b // n)
+        feed = {k: np.concatenate([v] * reps)[:b] for k, v in first.items()}
+        for k, t in interleaved_latency(models, feed, rounds, runs).items():
+            lat[k][b] = t
+    return [Variant(k, int(m.ByteSize()), lat[k], None if k == reference else output_fidelity(m, ref_out, feeds))
+            for k, m in models.items()]
+
+
+def variants_table(variants: Sequence[Variant], what: str = "fidelity to dense fp32") -> str:
+    """A Markdown table of the variants."""
+    batches = sorted({b for v in variants for b in v.latency_ms})
+    head = ["model", "size"] + [f"latency batch {b} (ms, min-max)" for b in batches] + [what]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense = variants[0].latency_ms if variants else {}
+    for v in variants:
+        cells = [v.name, f"{v.size_bytes / 1e6:.2f} MB"]
+        for b in batches:
+            med, lo, hi = v.latency_ms[b]
+            speed = f", {dense[b][0] / med:.2f}x" if v is not variants[0] and b in dense else ""
+            cells.append(f"{med:.2f} ({lo:.2f}-{hi:.2f}){speed}")
+        if v.accuracy is not None:
+            cells.append(f"top-1 {v.accuracy:.1%}")
+        elif v.fidelity:
+            fid = v.fidelity
+            cells.append(f"rel. L2 {fid['rel_l2']:.4f}" + (f", arg-max {fid['argmax_agreement']:.1%}"
+                                                          if "argmax_agreement" in fid else ""))
+        else:
+            cells.append("reference")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,161 @@
+"""Models whose weights live beside them (ONNX external data), handled without copying the weights.
+
+protobuf cannot serialise a message of 2 GiB or more, so a big model is
+written (and handed to onnxruntime or the checker) as a *skeleton*: the
+graph with each large tensor replaced by a stub that names its bytes in a
+data file. :func:`write_with_external_data` streams the weights one tensor at
+a time, so writing costs no second copy of them; :func:`skeleton` gives the
+stubs plus the arrays for onnxruntime's ``add_initializer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+logger = logging.getLogger(__name__)
+
+SIZE_THRESHOLD = 1024  # bytes; smaller tensors stay inline (shape inference reads the small ones)
+_ALIGN = 64
+
+
+def _stub(t: TensorProto) -> TensorProto:
+    """Name, type and dims of ``t`` without its data."""
+    stub = TensorProto()
+    stub.name = t.name
+    stub.data_type = t.data_type
+    stub.dims.extend(t.dims)
+    if t.doc_string:
+        stub.doc_string = t.doc_string
+    return stub
+
+
+def _is_large(t: TensorProto, threshold: int) -> bool:
+    return t.HasField("raw_data") and len(t.raw_data) >= threshold
+
+
+def _copy_field(dst, desc, value) -> None:
+    if desc.is_repeated:
+        getattr(dst, desc.name).extend(value)
+    elif desc.type == desc.TYPE_MESSAGE:
+        getattr(dst, desc.name).CopyFrom(value)
+    else:
+        setattr(dst, desc.name, value)
+
+
+def _shell(proto: onnx.ModelProto, on_initializer: Callable[[TensorProto], TensorProto]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose top-level initializers are whatever ``on_initializer`` makes of them.
+
+    Only the graph's initializers are touched (normalisation has turned
+    Constant nodes into initializers), so the copy costs the graph's structure,
+    never its weights.
+    """
+    out = onnx.ModelProto()
+    for desc, value in proto.ListFields():
+        if desc.name != "graph":
+            _copy_field(out, desc, value)
+    graph = out.graph
+    for desc, value in proto.graph.ListFields():
+        if desc.name != "initializer":
+            _copy_field(graph, desc, value)
+    for t in proto.graph.initializer:
+        graph.initializer.append(on_initializer(t))
+    return out
+
+
+def write_with_external_data(proto: onnx.ModelProto, model_path: Path, data_name: str,
+                             threshold: int = SIZE_THRESHOLD) -> None:
+    """Write ``proto`` to ``model_path`` and its large tensors to ``data_name`` in the same folder.
+
+    The proto itself is left as it was (onnx's own saver strips the caller's
+    tensors in place).
+    """
+    data_path = model_path.parent / data_name
+    with open(data_path, "wb") as f:
+        def external(t: TensorProto) -> TensorProto:
+            if not _is_large(t, threshold):
+                return t
+            pad = (-f.tell()) % _ALIGN
+            f.write(b"\0" * pad)
+            offset = f.tell()
+            data = t.raw_data
+            f.write(data)
+            stub = _stub(t)
+            stub.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+            return stub
+
+        shell = _shell(proto, external)
+        f.flush()
+    model_path.write_bytes(shell.SerializeToString())
+
+
+STUB_LOCATION = "onnxprune-weights.bin"
+
+
+def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD, *,
+             with_arrays: bool = True) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph with large initializers as stubs pointing at external data, and (``with_arrays``)
+    those initializers as arrays.
+
+    onnxruntime takes the arrays through ``add_external_initializers``, so a
+    session over a big model needs no serialised copy of it; the checker and
+    shape inference need only the stubs.
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def strip(t: TensorProto) -> TensorProto:
+        if not _is_large(t, threshold):
+            return t
+        if with_arrays:
+            arrays[t.name] = numpy_helper.to_array(t)
+        stub = _stub(t)
+        stub.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(len(t.raw_data)))):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+        return stub
+
+    return _shell(proto, strip), arrays
+
+
+def check_skeleton(stubs: onnx.ModelProto) -> None:
+    """The ONNX checker on a skeleton: it wants the data file to exist, never reads it, so an empty one does."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as tmp:
+        (Path(tmp) / STUB_LOCATION).write_bytes(b"")
+        (Path(tmp) / "model.onnx").write_bytes(stubs.SerializeToString())
+        onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
+
+
+def infer_large(proto: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """Shape inference on a model too big to serialise: run on its skeleton, copy the types back.
+
+    Returns ``proto`` itself with value_info and output types filled in.
+    """
+    inferred = onnx.shape_inference.infer_shapes(skeleton(proto, with_arrays=False)[0], **options)
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(proto.graph.output, inferred.graph.output):
+        mine.type.CopyFrom(theirs.type)
+    return proto
+
+
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of raw initializer data (the figure memory use is compared against)."""
+    return sum(len(t.raw_data) for t in proto.graph.initializer if t.HasField("raw_data"))
+
+
+LIMIT = 1_800_000_000  # bytes; protobuf refuses 2 GiB, and a margin keeps the skeleton's own size out of it
+
+
+def needs_external(proto: onnx.ModelProto) -> bool:
+    """True when ``proto`` cannot be serialised in one piece (tests lower LIMIT to exercise the path)."""
+    return proto.ByteSize() > LIMIT

@@ -1,0 +1,179 @@
+"""``onnxprune sweep``: score once, prune to every budget, and show the trade-off before a user commits.
+
+Every budget goes through the one pruning path (:func:`pipeline.run_pruning`
+with the shared scores, recovery as by default). Accuracy is measured only on
+rows the scores and the recovery never saw: a separate evaluation source, or
+the rows of the calibration file after the ones used for calibration; without
+labels the pruned outputs are compared with the dense model's (fidelity).
+All models are timed interleaved with the dense one. The report
+(:mod:`onnxprune.report_html`) is Markdown + PNG and one self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .calibration import Preprocess
+from .calibration.dataset import load_calibration
+from .config import PruneConfig
+from .errors import InvalidArgumentError
+from .graph.io import ModelLike
+from .latency.measure import Timing, feeds_for, time_interleaved
+from .pipeline import prepare_run, run_pruning, score_units
+from .runtime import make_session
+
+logger = logging.getLogger(__name__)
+
+BUDGET_KINDS = ("macs", "latency")
+EVAL_LIMIT = 2000
+
+
+@dataclass
+class SweepPoint:
+    """One pruned model of the sweep."""
+
+    budget: float
+    macs_kept: float
+    params_kept: float
+    latency: Timing
+    quality: float
+    widths: dict[str, int]
+    path: Optional[str] = None
+    fidelity: dict = field(default_factory=dict)
+
+
+@dataclass
+class SweepResult:
+    """Everything the sweep report shows."""
+
+    model: str
+    kind: str
+    criterion: str
+    dense_latency: Timing
+    dense_quality: float
+    quality_name: str
+    eval_description: str
+    latency_where: str
+    points: list[SweepPoint]
+    layers: list[tuple[str, int]]
+    sensitivity: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_budgets(text: str) -> list[float]:
+    """'0.9,0.8,0.7' -> [0.9, 0.8, 0.7] (each a kept fraction in (0, 1])."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"--budgets {text!r}: expected fractions like 0.9,0.8,0.7") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise InvalidArgumentError(f"--budgets {text!r}: every budget is a kept fraction in (0, 1]")
+    return sorted(set(values), reverse=True)
+
+
+def _held_out(calibration_source: Any, eval_source: Any, proto: onnx.ModelProto, config: PruneConfig,
+              preprocess: Optional[Preprocess], used: int) -> tuple[Optional[dict], Optional[np.ndarray], str]:
+    """Evaluation inputs and labels never used for calibration, and where they came from."""
+    if eval_source is not None:
+        ev = load_calibration(eval_source, proto, preprocess=preprocess, batch_size=config.batch_size,
+                              limit=EVAL_LIMIT, cache_bytes=config.cache_bytes)
+        return ev.dataset.inputs, ev.labels, f"{len(ev)} rows of the evaluation set"
+    if calibration_source is None or not isinstance(calibration_source, (str, Path)):
+        return None, None, "no held-out data"
+    full = load_calibration(calibration_source, proto, preprocess=preprocess, batch_size=config.batch_size,
+                            limit=used + EVAL_LIMIT, cache_bytes=config.cache_bytes)
+    if len(full) <= used:
+        return None, None, "no held-out data"
+    inputs = {k: v[used:] for k, v in full.dataset.inputs.items()}
+    labels = None if full.labels is None else full.labels[used:]
+    return inputs, labels, f"{len(full) - used} held-out rows of the calibration file (after the {used} calibrated on)"
+
+
+def _outputs(model: onnx.ModelProto, inputs: dict, batch: int) -> np.ndarray:
+    sess = make_session(model)
+    n = len(next(iter(inputs.values())))
+    return np.concatenate([sess.run(None, {k: v[i:i + batch] for k, v in inputs.items()})[0]
+                           for i in range(0, n, batch)])
+
+
+def _quality(out: np.ndarray, ref: np.ndarray, labels: Optional[np.ndarray]) -> tuple[float, dict]:
+    """Top-1 accuracy with labels, else arg-max agreement with the dense model; plus the relative L2 distance."""
+    fid = {"rel_l2": float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))}
+    if out.ndim >= 2 and out.shape[-1] > 1:
+        fid["argmax_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).mean())
+    if labels is not None:
+        return float((out.argmax(-1) == labels).mean()), fid
+    return fid.get("argmax_agreement", 1.0 - fid["rel_l2"]), fid
+
+
+def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
+          kind: str = "macs", config: PruneConfig = PruneConfig(), eval_source: Any = None,
+          preprocess: Optional[Preprocess] = None, write_models: bool = True,
+          kernel_scores: Optional[dict[str, list[float]]] = None) -> SweepResult:
+    """Prune ``model_input`` to each kept fraction in ``budgets`` (of MACs or measured latency) and report.
+
+    ``kernel_scores`` (layer -> one score per kernel, as ``onnxprune score``
+    writes them) replaces the scoring step.
+    """
+    from .report_html import write_sweep_report
+    if kind not in BUDGET_KINDS:
+        raise InvalidArgumentError(f"unknown budget kind {kind!r}; choose macs or latency")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = replace(config, percentage=None, target_macs=None, target_params=None, target_latency=None, steps=1,
+                   gradual_start=None, gradual_gamma=None)
+    p, calibration = prepare_run(model_input, calibration_source, base, preprocess=preprocess)
+    if kernel_scores is not None:
+        from .api import scores_from_kernels
+        scores = scores_from_kernels(p, kernel_scores)
+    else:
+        scores = score_units(p, base, calibration)
+    used = len(calibration) if calibration is not None else 0
+    inputs, labels, where = _held_out(calibration_source, eval_source, p.original, base, preprocess, used)
+    notes = []
+    if inputs is None:
+        inputs = feeds_for(p.model, p.with_batch(64), seed=1)
+        where = "64 random inputs (no held-out data: pass an evaluation set)"
+        notes.append("fidelity measured on random inputs: pass --eval, or a calibration file with more rows "
+                     "than --calib-limit, for a held-out measurement")
+    ref = _outputs(p.original, inputs, base.batch_size).astype(np.float64)
+    dense_quality, _ = _quality(ref, ref, labels)
+    name = Path(str(model_input)).stem if not isinstance(model_input, onnx.ModelProto) else "model"
+    results = []
+    for b in budgets:
+        cfg = replace(base, target_macs=b, measure=False) if kind == "macs" else replace(base, target_latency=b)
+        path = out / f"{name}_{kind}_{b:g}.onnx" if write_models else None
+        res = run_pruning(model_input, path, calibration=calibration, prepared=p, scores=scores, config=cfg)
+        results.append((b, res))
+        logger.info("budget %g: %s", b, res.report.after.macs / max(res.report.before.macs, 1))
+    settings = base.latency_settings
+    feed = feeds_for(p.model, p.with_batch(settings.batch))
+    models = {"dense": p.original, **{b: r.model for b, r in results}}
+    times = time_interleaved(models, {k: feed for k in models}, settings)
+    points = []
+    for b, res in results:
+        q, fid = _quality(_outputs(res.model, inputs, base.batch_size).astype(np.float64), ref, labels)
+        rep = res.report
+        points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
+                                 times[b], q, {lc.name: lc.after for lc in rep.layers},
+                                 str(res.output_path) if res.output_path else None, fid))
+        lat = rep.extra.get("latency")
+        if lat and lat["missed_by"] > 0:
+            notes.append(f"budget {b:g}: latency target missed by {100 * lat['missed_by']:.1f} points "
+                         f"(measured {lat['measured_fraction']:.1%})")
+    layers = [(layer.name, layer.kernels) for layer in p.analysis.layers.values() if layer.prunable_kernels]
+    sensitivity: dict[str, float] = {}
+    for r, s in scores.items():
+        for layer, _ in p.analysis.unit_kernels[r]:
+            sensitivity[layer] = sensitivity.get(layer, 0.0) + float(s)
+    result = SweepResult(name, kind, base.criterion, times["dense"], dense_quality,
+                         "top-1 accuracy" if labels is not None else "arg-max agreement with the dense model",
+                         where, settings.describe(), points, layers, sensitivity, notes)
+    write_sweep_report(result, out)
+    return result
