@@ -307,14 +307,16 @@ def _scored(p, cal, criteria):
 
 
 DEFAULT_NOTE = ("The default path is `onnxprune prune MODEL -o OUT --calib DATA --target-macs F` plus the model's "
-                "preprocessing flags, nothing else: criterion energy (units within a group), allocation by "
+                "preprocessing flags, nothing else. Criterion `auto`: the oracle (KL of the logits) with one global "
+                "order of unit scores per MAC saved while units x MACs x images stay under 3e14 (ResNet-56: 3.4e13), "
+                "activation energy beyond (EfficientNet-Lite0: 1.1e15), with the budget then allocated by "
                 "sensitivity (each group's output distortion, KL of the logits on the held-back fifth of the "
                 "calibration samples, after removing 12.5%, 25%, ... of it by the criterion and re-fitting its "
                 "consumers by least squares; then the knapsack of `allocation/knapsack.py` under the exact MAC "
-                "cost, re-run with per-group weights found by SPDY's random search on the joint distortion), "
-                "least-squares recovery, round-to auto. 'greedy': one global order of unit scores per MAC "
-                "saved (the previous default); 'block': the sensitivity knapsack judged by the re-fitted layers' own "
-                "normalised error instead of the network output. Wall and CPU time: the whole run (scoring, "
+                "cost); least-squares recovery with residual-aware targets, round-to auto. In-process rows: "
+                "'greedy': one global order of unit scores per MAC saved; 'sensitivity'/'block': the knapsack "
+                "judged by the network output / the re-fitted layers' own error; 'spdy': sensitivity plus SPDY's "
+                "search of per-group weights on the joint distortion. Wall and CPU time: the whole run (scoring, "
                 "curves, selection, surgery and its exactness check, recovery; the command line also loads the "
                 "images and measures latency) on a machine shared with other jobs (2 cores), so the CPU time is "
                 "the figure to compare. One sigma of a top-1 on 250 images is about 2.3 points, on 5,000 about "
@@ -333,9 +335,12 @@ def efficientnet_default(args):
     default_rows("whole", model, folder.name, EFFNET_FLAGS, xe, el, args.budgets_default_eff, rows)
     write_section("accuracy-efficientnet-default", _default_text("EfficientNet-Lite0, ImageNet sample "
                                                                  "(250 held-out images)", rows, dense, "efficientnet"))
+    if args.cli_only:
+        return
     cal = load_calibration({"input": xc}, p.original, batch_size=32)
     scores, times = _scored(p, cal, ["energy"])
-    allocation_rows("whole", p, scores, times, cal, xe, el, args.budgets_default_eff, rows, ["energy"])
+    if not args.cli_only:
+        allocation_rows("whole", p, scores, times, cal, xe, el, args.budgets_default_eff, rows, ["energy"])
     write_section("accuracy-efficientnet-default", _default_text("EfficientNet-Lite0, ImageNet sample "
                                                                  "(250 held-out images)", rows, dense, "efficientnet"))
     plot(rows, dense, REPO / "benchmarks" / "accuracy_efficientnet_default.png",
@@ -354,6 +359,8 @@ def resnet56_default(args):
     default_rows("whole", model, calib, CIFAR_FLAGS, xd, yd, args.budgets_default, rows)
     write_section("accuracy-resnet56-default", _default_text("ResNet-56, CIFAR-10 dev (5,000 images)", rows, dense,
                                                              "resnet56"))
+    if args.cli_only:
+        return
     cal = load_calibration({"input": xc[:256]}, p.original, batch_size=32)  # what the command line reads
     scores, times = _scored(p, cal, args.criteria_default)
     allocation_rows("whole", p, scores, times, cal, xd, yd, args.budgets_default, rows, args.criteria_default)
@@ -384,6 +391,7 @@ def main():
     ap.add_argument("--round-to", default="1", help="width multiple, or auto (the tables below used 1 unless said)")
     ap.add_argument("--replot", action="store_true", help="only redraw the figures from RESULTS.md")
     ap.add_argument("--default-only", action="store_true", help="only the default-path and allocation tables")
+    ap.add_argument("--cli-only", action="store_true", help="with --default-only: only the command-line rows")
     ap.add_argument("--budgets-default", type=float, nargs="+", default=[0.70, 0.50])
     ap.add_argument("--budgets-default-eff", type=float, nargs="+", default=[0.85, 0.70])
     ap.add_argument("--criteria-default", nargs="+", default=["energy", "oracle"], help="ResNet-56 allocation rows")
