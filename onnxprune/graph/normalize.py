@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidModelError
-from .external import infer_large, needs_external
+from .external import infer_large, needs_external, serialized_size
 from .shape_targets import constant_reshape_targets
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def export_freeing(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     graph.nodes.clear()
     graph.inputs.clear()
     graph.outputs.clear()
-    if proto.ByteSize() > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
+    if serialized_size(proto) > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
         gc.collect()
     return proto
 
