@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import onnx
 
 from .errors import OnnxPruneError
-from .graph.external import needs_external, session_file
+from .graph.external import needs_external, release_memory, session_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None
         so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = list(providers or default_providers())
     if initializers is None and isinstance(model, onnx.ModelProto) and (weights is not None or needs_external(model)):
-        with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
+        release_memory()
+        with tempfile.TemporaryDirectory(prefix="onnxprune-session-", ignore_cleanup_errors=True) as tmp:
             path = session_file(model, Path(tmp), weights)
             return rt.InferenceSession(str(path), so, providers=providers)
     if initializers:

@@ -10,6 +10,8 @@ stubs plus the arrays for onnxruntime's ``add_initializer``.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import tempfile
 from pathlib import Path
@@ -122,14 +124,19 @@ def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD, *,
             return t
         if with_arrays:
             arrays[t.name] = numpy_helper.to_array(t)
-        stub = _stub(t)
-        stub.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(len(t.raw_data)))):
-            entry = stub.external_data.add()
-            entry.key, entry.value = key, value
-        return stub
+        return weight_stub(t, len(t.raw_data))
 
     return _shell(proto, strip), arrays
+
+
+def weight_stub(t: TensorProto, length: int) -> TensorProto:
+    """A stub of ``t`` (``length`` bytes of raw data) as :func:`skeleton` makes them."""
+    stub = _stub(t)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    return stub
 
 
 def _is_stub(t: TensorProto) -> bool:
@@ -151,6 +158,19 @@ def session_file(model: onnx.ModelProto, folder: Path, weights: Optional[onnx.Mo
     path = folder / "model.onnx"
     write_with_external_data(model, path, "model.onnx.data", align=PAGE, weights=weights)
     return path
+
+
+def release_memory() -> None:
+    """Collect cyclic garbage (onnx-graphsurgeon graphs hold arrays in cycles) and hand freed heap back.
+
+    Called before a big model's session is built, where the peak is: what
+    was freed but not yet returned would otherwise count on top of it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the collection alone
+        pass
 
 
 def check_skeleton(stubs: onnx.ModelProto) -> None:

@@ -62,7 +62,8 @@ class PruneChannelsPass(Pass):
         if not self.verify:
             return PassResult(result.model, result.modified, result.notes + ("exactness not verified",))
         big = needs_external(self.analysis.proto)  # the reference then names the analysed model's weights
-        reference = masked_reference(self.analysis, self.removed, stubs=big)
+        reference = (masked_reference(self.analysis, self.removed, stubs=True) if big
+                     else masked_reference(self.analysis, self.removed))
         feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1,
                                dtypes=input_dtypes(self.analysis.proto)) + self.extra_feeds
         try:
