@@ -198,7 +198,8 @@ def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],
     a = p.analysis
     rem = np.array(sorted(removed), dtype=np.int64)
     macs_after, _ = p.cost.evaluate(rem)
-    before = ModelStats(count_params(p.original), p.cost.dense_macs, serialized_size(p.original))
+    original = p.original  # read once: a big model's is not kept in memory
+    before = ModelStats(count_params(original), p.cost.dense_macs, serialized_size(original))
     after = ModelStats(count_params(pruned), macs_after, serialized_size(pruned))
     layers = []
     for layer in a.layers.values():

@@ -148,3 +148,14 @@ def test_big_path_exactness_check_reads_the_reference_weights_from_the_analysed_
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     with pytest.raises(VerificationError):
         verify_equivalent(pruned, reference, feeds, reference_weights=p.model)
+
+
+def test_big_model_from_a_file_is_not_kept_beside_its_normalised_copy(external_model, monkeypatch):
+    from onnxprune.prepare import prepare
+    from onnxprune.report import count_params
+    small = prepare(external_model)
+    monkeypatch.setattr(external, "LIMIT", 100_000)
+    big = prepare(external_model)
+    assert small.kept_original is not None and big.kept_original is None
+    assert big.original.SerializeToString() == small.original.SerializeToString()  # read again, the same
+    assert count_params(big.original) == count_params(small.original) > 0
