@@ -10,6 +10,7 @@ import onnx
 
 from .cost import CostModel
 from .graph.analysis import Analysis
+from .graph.external import needs_external
 from .graph.io import ModelLike, load_model
 from .graph.probe import Probe, probe
 from .passes.normalize import NormalizePass
@@ -19,12 +20,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    original: onnx.ModelProto
+    kept_original: Optional[onnx.ModelProto]
     model: onnx.ModelProto
     probe: Probe
     analysis: Analysis
     cost: CostModel
     source: Optional[str]
+
+    @property
+    def original(self) -> onnx.ModelProto:
+        """The model as given. A model over 2 GB read from a file is not kept beside its normalised
+        copy (that would hold its weights twice for the whole run): it is read again where needed."""
+        return self.kept_original if self.kept_original is not None else load_model(self.source)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -45,8 +52,10 @@ def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] =
     original = load_model(model)
     normalized = NormalizePass(input_shapes, verify=verify)(original)
     normal, shapes = normalized.model, normalized.details["input_shapes"]
+    kept = None if source is not None and needs_external(original) else original
+    del original
     pr = probe(normal, shapes)
     analysis = Analysis(normal, pr)
     analysis.exclude(exclude)
-    return Prepared(original, normal, pr, analysis, CostModel(analysis), source)
+    return Prepared(kept, normal, pr, analysis, CostModel(analysis), source)
 

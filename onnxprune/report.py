@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 import onnx
 
+from .graph.external import serialized_size
 from .runtime import make_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,8 +205,9 @@ def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],
     a = p.analysis
     rem = np.array(sorted(removed), dtype=np.int64)
     macs_after, _ = p.cost.evaluate(rem)
-    before = ModelStats(count_params(p.original), p.cost.dense_macs, int(p.original.ByteSize()))
-    after = ModelStats(count_params(pruned), macs_after, int(pruned.ByteSize()))
+    original = p.original  # read once: a big model's is not kept in memory
+    before = ModelStats(count_params(original), p.cost.dense_macs, serialized_size(original))
+    after = ModelStats(count_params(pruned), macs_after, serialized_size(pruned))
     layers = []
     present = {n.name for n in pruned.graph.node}
     for layer in a.layers.values():

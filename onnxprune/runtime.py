@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 import onnx
 
 from .errors import OnnxPruneError
-from .graph.external import needs_external, skeleton
+from .graph.external import needs_external, release_memory, session_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +45,18 @@ def default_providers() -> list[str]:
 
 def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None = None,
                  *, threads: int = 0, optimize: bool = True, spin: bool = True,
-                 initializers: Optional[dict] = None):
+                 initializers: Optional[dict] = None, weights: Optional[onnx.ModelProto] = None):
     """An InferenceSession on a model held in memory.
 
     ``spin=False`` stops idle worker threads from spinning: sessions timed in
     turn would otherwise steal each other's cores. A model too big to
-    serialise (over 2 GB) goes in as its skeleton, the weights handed over as
-    arrays; ``initializers`` gives those arrays for a model that already is a
-    skeleton (:mod:`onnxprune.graph.external`).
+    serialise (over 2 GB) is written to a temporary folder with its weights as
+    page-aligned external data and opened by path: onnxruntime maps that data
+    instead of copying it, so the session adds the weights once, not twice
+    (:func:`onnxprune.graph.external.session_file`); the folder is deleted as
+    soon as the session is built (the mapping outlives the file's name).
+    ``weights`` is the model a skeleton ``model`` takes its weights from;
+    ``initializers`` hands a skeleton's weights over as arrays instead.
     """
     rt = ort()
     so = rt.SessionOptions()
@@ -61,13 +67,17 @@ def make_session(model: onnx.ModelProto | bytes, providers: Sequence[str] | None
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if initializers is None and isinstance(model, onnx.ModelProto) and needs_external(model):
-        model, initializers = skeleton(model)
+    providers = list(providers or default_providers())
+    if initializers is None and isinstance(model, onnx.ModelProto) and (weights is not None or needs_external(model)):
+        release_memory()
+        with tempfile.TemporaryDirectory(prefix="onnxprune-session-", ignore_cleanup_errors=True) as tmp:
+            path = session_file(model, Path(tmp), weights)
+            return rt.InferenceSession(str(path), so, providers=providers)
     if initializers:
         names = list(initializers)
         so.add_external_initializers(names, [rt.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return rt.InferenceSession(data, so, providers=list(providers or default_providers()))
+    return rt.InferenceSession(data, so, providers=providers)
 
 
 class DeviceRunner:

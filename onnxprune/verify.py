@@ -93,10 +93,13 @@ def check_structure(model: onnx.ModelProto) -> None:
 def verify_equivalent(model: onnx.ModelProto, reference: onnx.ModelProto,
                       feeds: Iterable[dict[str, np.ndarray]], *, rtol: Optional[float] = None,
                       atol: Optional[float] = None, what: str = "exactness vs masked reference",
-                      structure: bool = True) -> VerificationResult:
+                      structure: bool = True,
+                      reference_weights: Optional[onnx.ModelProto] = None) -> VerificationResult:
     """Raise VerificationError unless ``model`` computes what ``reference`` computes.
 
     Tolerances default to :func:`tolerance` of ``reference`` (float32 or float16).
+    ``reference_weights``: the model whose weights a skeleton ``reference`` names
+    (:func:`onnxprune.runtime.make_session`).
     """
     default_rtol, default_atol = tolerance(reference)
     rtol = default_rtol if rtol is None else rtol
@@ -107,7 +110,7 @@ def verify_equivalent(model: onnx.ModelProto, reference: onnx.ModelProto,
         result.checks += ["onnx.checker", "shape inference"]
     # One session at a time: the reference's outputs first, so a big model's weights are held by one
     # session, never two.
-    ref = make_session(reference)
+    ref = make_session(reference, weights=reference_weights)
     names = [o.name for o in ref.get_outputs()]
     feeds = list(feeds)
     wants = [ref.run(names, feed) for feed in feeds]

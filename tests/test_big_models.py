@@ -110,3 +110,52 @@ def test_failed_write_leaves_nothing(external_model, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and "No space left" in err and err.count("\n") == 1
     assert not list(out_dir.iterdir())
+
+
+def test_serialized_size_is_exact_without_serialising_whole():
+    """The size that routes a model to the big path equals protobuf's own, sub-graphs and functions included."""
+    from onnx import helper
+    m = wide_model()
+    assert external.serialized_size(m) == m.ByteSize()
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "b", [],
+                               [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)],
+                               [onnx.numpy_helper.from_array(np.ones(300, np.float32), "big_const")])
+    m.graph.node.append(helper.make_node("If", ["c"], ["y2"], then_branch=branch, else_branch=branch, name="if"))
+    m.graph.node.append(helper.make_node("Constant", [], ["k"], value=onnx.numpy_helper.from_array(
+        np.arange(-5, 500, dtype=np.int64), "k")))
+    m.functions.append(helper.make_function("dom", "f", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                                            [helper.make_opsetid("", 17)], attributes=["alpha"]))
+    assert external.serialized_size(m) == m.ByteSize()
+
+
+def test_big_path_exactness_check_reads_the_reference_weights_from_the_analysed_model(monkeypatch):
+    """The masked reference of a big model holds stubs only; the check still catches one wrong weight."""
+    from onnxprune.errors import VerificationError
+    from onnxprune.graph.surgery import masked_reference, prune_channels
+    from onnxprune.prepare import prepare
+    from onnxprune.verify import uniform_inputs, verify_equivalent
+    monkeypatch.setattr(external, "LIMIT", 100_000)
+    p = prepare(wide_model())
+    removed = [u for u in range(len(p.analysis.unit_info)) if p.analysis.is_prunable(u)][:5]
+    reference = masked_reference(p.analysis, removed, stubs=True)
+    assert external.serialized_size(reference) < 100_000  # no weights of its own
+    pruned = prune_channels(p.analysis, removed)
+    feeds = uniform_inputs(p.input_shapes, n=1)
+    assert verify_equivalent(pruned, reference, feeds, reference_weights=p.model).max_rel_error < 1e-5
+    w = next(t for t in pruned.graph.initializer if len(t.dims) == 4 and t.dims[0] == 256)
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr.flat[0] += 1.0
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    with pytest.raises(VerificationError):
+        verify_equivalent(pruned, reference, feeds, reference_weights=p.model)
+
+
+def test_big_model_from_a_file_is_not_kept_beside_its_normalised_copy(external_model, monkeypatch):
+    from onnxprune.prepare import prepare
+    from onnxprune.report import count_params
+    small = prepare(external_model)
+    monkeypatch.setattr(external, "LIMIT", 100_000)
+    big = prepare(external_model)
+    assert small.kept_original is not None and big.kept_original is None
+    assert big.original.SerializeToString() == small.original.SerializeToString()  # read again, the same
+    assert count_params(big.original) == count_params(small.original) > 0

@@ -10,10 +10,12 @@ stubs plus the arrays for onnxruntime's ``add_initializer``.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -70,18 +72,23 @@ def _shell(proto: onnx.ModelProto, on_initializer: Callable[[TensorProto], Tenso
 
 
 def write_with_external_data(proto: onnx.ModelProto, model_path: Path, data_name: str,
-                             threshold: int = SIZE_THRESHOLD) -> None:
+                             threshold: int = SIZE_THRESHOLD, *, align: int = _ALIGN,
+                             weights: Optional[onnx.ModelProto] = None) -> None:
     """Write ``proto`` to ``model_path`` and its large tensors to ``data_name`` in the same folder.
 
     The proto itself is left as it was (onnx's own saver strips the caller's
-    tensors in place).
+    tensors in place). ``weights``: where a :func:`skeleton` stub of ``proto``
+    finds its bytes (the model the skeleton was made from).
     """
     data_path = model_path.parent / data_name
+    source = {t.name: t for t in weights.graph.initializer} if weights is not None else {}
     with open(data_path, "wb") as f:
         def external(t: TensorProto) -> TensorProto:
+            if _is_stub(t) and t.name in source:
+                t = source[t.name]
             if not _is_large(t, threshold):
                 return t
-            pad = (-f.tell()) % _ALIGN
+            pad = (-f.tell()) % align
             f.write(b"\0" * pad)
             offset = f.tell()
             data = t.raw_data
@@ -117,14 +124,53 @@ def skeleton(proto: onnx.ModelProto, threshold: int = SIZE_THRESHOLD, *,
             return t
         if with_arrays:
             arrays[t.name] = numpy_helper.to_array(t)
-        stub = _stub(t)
-        stub.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(len(t.raw_data)))):
-            entry = stub.external_data.add()
-            entry.key, entry.value = key, value
-        return stub
+        return weight_stub(t, len(t.raw_data))
 
     return _shell(proto, strip), arrays
+
+
+def weight_stub(t: TensorProto, length: int) -> TensorProto:
+    """A stub of ``t`` (``length`` bytes of raw data) as :func:`skeleton` makes them."""
+    stub = _stub(t)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", STUB_LOCATION), ("offset", "0"), ("length", str(length))):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    return stub
+
+
+def _is_stub(t: TensorProto) -> bool:
+    return t.data_location == TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == STUB_LOCATION for e in t.external_data)
+
+
+PAGE = 4096  # onnxruntime maps external data whose offset is page-aligned instead of reading it
+
+
+def session_file(model: onnx.ModelProto, folder: Path, weights: Optional[onnx.ModelProto] = None) -> Path:
+    """``model`` written into ``folder`` for onnxruntime to open by path, weights page-aligned beside it.
+
+    onnxruntime copies weights handed to it as arrays (the arrays and its copy
+    are both held while the session is built) but maps page-aligned external
+    data from the file: a session then holds the weights once, as file pages
+    the kernel can drop. ``weights`` as in :func:`write_with_external_data`.
+    """
+    path = folder / "model.onnx"
+    write_with_external_data(model, path, "model.onnx.data", align=PAGE, weights=weights)
+    return path
+
+
+def release_memory() -> None:
+    """Collect cyclic garbage (onnx-graphsurgeon graphs hold arrays in cycles) and hand freed heap back.
+
+    Called before a big model's session is built, where the peak is: what
+    was freed but not yet returned would otherwise count on top of it.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the collection alone
+        pass
 
 
 def check_skeleton(stubs: onnx.ModelProto) -> None:
@@ -156,6 +202,36 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
 LIMIT = 1_800_000_000  # bytes; protobuf refuses 2 GiB, and a margin keeps the skeleton's own size out of it
 
 
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+_CONTAINERS = (onnx.ModelProto, onnx.GraphProto, onnx.NodeProto, onnx.FunctionProto, onnx.AttributeProto)
+
+
+def serialized_size(message) -> int:
+    """``message.ByteSize()`` without serialising the whole message.
+
+    protobuf's ``ByteSize`` serialises the message into a growing buffer
+    first: for a big model that briefly holds twice its weights. Here the
+    containers (model, graph, node, attribute) are summed field by field, so
+    only one tensor at a time is serialised; the figure is exact.
+    """
+    if not isinstance(message, _CONTAINERS):
+        return message.ByteSize()
+    scalars = type(message)()
+    size = 0
+    for desc, value in message.ListFields():
+        if desc.type != desc.TYPE_MESSAGE:
+            _copy_field(scalars, desc, value)
+            continue
+        tag = _varint_len(desc.number << 3)
+        for item in (value if desc.is_repeated else [value]):
+            n = serialized_size(item)
+            size += tag + _varint_len(n) + n
+    return size + scalars.ByteSize()
+
+
 def needs_external(proto: onnx.ModelProto) -> bool:
     """True when ``proto`` cannot be serialised in one piece (tests lower LIMIT to exercise the path)."""
-    return proto.ByteSize() > LIMIT
+    return serialized_size(proto) > LIMIT

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InvalidModelError
-from .external import infer_large, needs_external
+from .external import infer_large, needs_external, serialized_size, weight_stub
 from .shape_targets import constant_reshape_targets
 
 logger = logging.getLogger(__name__)
@@ -122,14 +122,60 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 _COLLECT_ABOVE = 64 << 20
 
 
+def _stub_weights(graph: gs.Graph) -> dict[str, onnx.TensorProto | np.ndarray]:
+    """Point the graph's large constants at stubs; returns {name: the TensorProto or array they hold}.
+
+    onnx-graphsurgeon's export copies every initializer twice (into the graph,
+    then the graph into the model), and protobuf keeps the first copy's memory
+    as long as the model lives: a big model's weights would be held three
+    times at once. Exported as stubs, they are copied in once after.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+    sources: dict[str, onnx.TensorProto | np.ndarray] = {}
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant) or t.data_location is not None:
+            continue
+        values = t._values
+        if isinstance(values, LazyValues):
+            if isinstance(values.tensor, onnx.TensorProto) and values.tensor.HasField("raw_data") \
+                    and values.nbytes >= _STUB_ABOVE:
+                sources[t.name] = values.tensor
+                t._values = LazyValues(weight_stub(values.tensor, int(values.nbytes)))
+        elif isinstance(values, np.ndarray) and values.nbytes >= _STUB_ABOVE and values.dtype in _PLAIN:
+            stub = onnx.TensorProto()
+            stub.name, stub.data_type = t.name, _PLAIN[values.dtype]
+            stub.dims.extend(values.shape)
+            sources[t.name] = values
+            t._values = LazyValues(weight_stub(stub, int(values.nbytes)))
+    return sources
+
+
+_PLAIN = {np.dtype(d): onnx.helper.np_dtype_to_tensor_dtype(np.dtype(d))
+          for d in ("float32", "float16", "float64", "int8", "uint8", "int32", "int64")}
+_STUB_ABOVE = 1 << 20
+
+
 def export_freeing(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """:func:`to_proto`, then the graph's arrays freed at once: its nodes and tensors refer to each
-    other, so without a collection a big model's loaded weights would wait for the garbage collector."""
+    other, so without a collection a big model's loaded weights would wait for the garbage collector.
+
+    Unloaded large weights are exported as stubs and copied in afterwards (:func:`_stub_weights`)."""
+    sources = _stub_weights(graph)
     proto = to_proto(graph, like)
+    for t in proto.graph.initializer:
+        source = sources.get(t.name)
+        if isinstance(source, onnx.TensorProto):
+            name = t.name
+            t.CopyFrom(source)
+            t.name = name
+        elif source is not None:
+            t.ClearField("data_location")
+            del t.external_data[:]
+            t.raw_data = np.ascontiguousarray(source, dtype=source.dtype.newbyteorder("<")).tobytes()
     graph.nodes.clear()
     graph.inputs.clear()
     graph.outputs.clear()
-    if proto.ByteSize() > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
+    if serialized_size(proto) > _COLLECT_ABOVE:  # a collection costs time; only worth it for big weights
         gc.collect()
     return proto
 

@@ -132,14 +132,14 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
              if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
     for vi in list(proto.graph.input) + list(proto.graph.output):
         typed[vi.name] = vi.type.tensor_type.elem_type
-    arrays = None
+    weights = None
     if needs_external(proto):  # expose a skeleton: copying a big model costs its size again
-        proto, arrays = skeleton(proto)
+        weights, proto = proto, skeleton(proto, with_arrays=False)[0]
     exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
     names = [o.name for o in exposed.graph.output]
     del exposed.graph.value_info[:]
     try:
-        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False, initializers=arrays)
+        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False, weights=weights)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     feeds = random_inputs(proto, input_shapes)

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from .analysis import Analysis
 from .channels import Labels
 from .depth import drop_branches
+from .external import skeleton
 from .normalize import export_freeing, infer_shapes
 from .probe import np_dtype
 from .rules import rule_for
@@ -89,14 +90,17 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
     return infer_shapes(export_freeing(graph, analysis.proto))
 
 
-def masked_reference(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProto:
+def masked_reference(analysis: Analysis, removed: Iterable[int], *, stubs: bool = False) -> onnx.ModelProto:
     """The original model with the removed channels zeroed where they are consumed.
 
     This is the definition of exact surgery: the pruned model must compute
-    the same outputs as this model (invariant 1).
+    the same outputs as this model (invariant 1). ``stubs``: the reference's
+    large weights are :func:`~onnxprune.graph.external.skeleton` stubs naming
+    those of ``analysis.proto`` (a session takes them from there), so a big
+    model's weights are not copied a second time.
     """
     removed_arr = np.array(sorted({int(r) for r in removed}), dtype=np.int64)
-    graph = gs.import_onnx(analysis.proto)
+    graph = gs.import_onnx(skeleton(analysis.proto, with_arrays=False)[0] if stubs else analysis.proto)
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
     for i, edge in enumerate(analysis.consumers):

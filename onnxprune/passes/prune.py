@@ -19,6 +19,7 @@ import onnx
 
 from ..errors import VerificationError
 from ..graph.analysis import Analysis
+from ..graph.external import needs_external
 from ..graph.probe import input_dtypes
 from ..graph.surgery import masked_reference, prune_channels
 from ..verify import VerificationResult, uniform_inputs, verify_equivalent
@@ -69,11 +70,14 @@ class PruneChannelsPass(Pass):
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
         if not self.verify:
             return PassResult(result.model, result.modified, result.notes + ("exactness not verified",))
-        reference = masked_reference(self.analysis, self.removed)
+        big = needs_external(self.analysis.proto)  # the reference then names the analysed model's weights
+        reference = (masked_reference(self.analysis, self.removed, stubs=True) if big
+                     else masked_reference(self.analysis, self.removed))
         feeds = uniform_inputs(self.analysis.probe.input_shapes, n=1,
                                dtypes=input_dtypes(self.analysis.proto)) + self.extra_feeds
         try:
-            verification = verify_equivalent(result.model, reference, feeds)
+            verification = verify_equivalent(result.model, reference, feeds,
+                                             reference_weights=self.analysis.proto if big else None)
         except VerificationError as exc:
             raise self.fail_post(str(exc)) from None
         return PassResult(result.model, result.modified, result.notes + (verification.summary(),),
