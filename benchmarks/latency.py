@@ -149,8 +149,7 @@ def efficientnet(rows: list) -> None:
         print(rows[-1], flush=True)
 
 
-INTRO = ("\nThe machine was shared with other jobs while this ran (2 cores, load average 13-22 from other helpers' "
-         "benchmarks): every model is timed interleaved with the dense one, the whole timing repeated three times; "
+INTRO = ("\nEvery model is timed interleaved with the dense one, the whole timing repeated three times; "
          "ms is the median of the three (each the median over rounds of the best of several runs), the range is "
          "over the three. 'time kept when pruned': the pruned model's share of the dense time as the pruning run "
          "itself measured and reported it (the table's batch, medians of one interleaved timing). 'wall s': selection (the table "
