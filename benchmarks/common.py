@@ -125,3 +125,20 @@ def cached(path: str | None, compute) -> dict[int, float]:
     if path:
         Path(path).write_text(json.dumps({str(k): v for k, v in value.items()}))
     return value
+
+
+def resnet56_setup(score_images: int = 128, fit_images: int = 256):
+    """ResNet-56 as the speed benchmarks use it: (prepared, scoring calibration, fitting calibration, dev x, dev y).
+
+    Calibration rows are a seeded random subset of cifar10_calib.npz (the file is sorted by class), the
+    scoring rows a prefix of the fitting rows; accuracy is measured on the dev set only.
+    """
+    from onnxprune.calibration.dataset import load_calibration
+    from onnxprune.prepare import prepare
+    xc_all, _ = cifar("calib")
+    perm = np.random.default_rng(0).permutation(len(xc_all))
+    xd, yd = cifar("dev")
+    p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
+    cal_score = load_calibration({"input": xc_all[perm[:score_images]]}, p.original, batch_size=64)
+    cal_fit = load_calibration({"input": xc_all[perm[:fit_images]]}, p.original, batch_size=64)
+    return p, cal_score, cal_fit, xd, yd

@@ -21,10 +21,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from common import SHARED, Timer, accuracy, cached, cifar, header, table, write_section
+from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
 from onnxprune.compare import interleaved_latency
-from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pipeline import PruneConfig, run_pruning, score_units
 from onnxprune.scoring.depth import drop_scores
 from onnxprune.selection import Constraints, Target, select
 
@@ -46,13 +45,7 @@ def lowest_drops(p, dscores: dict[int, float], k: int) -> list[int]:
 def main() -> None:
     global CACHE
     CACHE = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
-    xc_all, _ = cifar("calib")
-    perm = np.random.default_rng(0).permutation(len(xc_all))
-    xs, xf = xc_all[perm[:128]], xc_all[perm[:256]]
-    xd, yd = cifar("dev")
-    p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
-    cal_score = load_calibration({"input": xs}, p.original, batch_size=64)
-    cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
+    p, cal_score, cal_fit, xd, yd = resnet56_setup()
     with Timer() as t_score:
         scores = cached(CACHE and CACHE + ".units.json",
                         lambda: score_units(p, PruneConfig(criterion="oracle"), cal_score))

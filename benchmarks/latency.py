@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from common import SHARED, accuracy, cifar, header, imagenet_images, imagenet_split, table, write_section
+from common import SHARED, accuracy, header, imagenet_images, imagenet_split, resnet56_setup, table, write_section
 from onnxprune.config import PruneConfig
 from onnxprune.latency.measure import LatencySettings, feeds_for, time_interleaved
 from onnxprune.latency.table import build_table
@@ -80,12 +78,7 @@ def _prune(p, scores, cal, cfg):
 
 
 def resnet56(rows: list, batches=(1, 32), macs=(0.5, 0.4, 0.3, 0.25), allow_drop: bool = False) -> None:
-    xc, _ = cifar("calib")
-    perm = np.random.default_rng(0).permutation(len(xc))
-    xd, yd = cifar("dev")
-    p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
-    cal_score = load_calibration({"input": xc[perm[:128]]}, p.original, batch_size=64)
-    cal_fit = load_calibration({"input": xc[perm[:256]]}, p.original, batch_size=64)
+    p, cal_score, cal_fit, xd, yd = resnet56_setup()
     scores = cached_scores(p, "oracle", cal_score, "resnet56")
     models, meta = {"dense": p.original}, {"dense": ("dense", 1.0, None, None)}
     for batch in batches:

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from common import SHARED, Timer, accuracy, cached, cifar, header, table, write_section
+from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
 from onnxprune.calibration.dataset import load_calibration
 from onnxprune.compare import interleaved_latency
 from onnxprune.demo import _prune_demo, demo_data, demo_files
@@ -62,13 +62,7 @@ def quantized(models: dict, calib) -> tuple[dict, dict]:
 
 
 def resnet56() -> list[dict]:
-    xc_all, _ = cifar("calib")
-    perm = np.random.default_rng(0).permutation(len(xc_all))
-    xs, xf = xc_all[perm[:128]], xc_all[perm[:256]]
-    xd, yd = cifar("dev")
-    p = prepare(SHARED / "models" / "resnet56_cifar10.onnx")
-    cal_score = load_calibration({"input": xs}, p.original, batch_size=64)
-    cal_fit = load_calibration({"input": xf}, p.original, batch_size=64)
+    p, cal_score, cal_fit, xd, yd = resnet56_setup()
     scores = cached(CACHE and CACHE + ".units.json",
                     lambda: score_units(p, PruneConfig(criterion="oracle"), cal_score))
     dscores = cached(CACHE and CACHE + ".drops.json", lambda: drop_scores(p.analysis, cal_score.batches()))
