@@ -28,7 +28,13 @@ PLOTS = ("quality_vs_macs.png", "quality_vs_latency.png", "widths.png", "sensiti
 
 
 def _plots(r: "SweepResult", out: Path) -> list[Path]:
-    import matplotlib
+    """The PNGs written (none without matplotlib: the tables still carry every figure)."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: the sweep report has tables only "
+                       "(pip install \"onnxprune[plot]\" for the plots)")
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     pts = sorted(r.points, key=lambda p: p.macs_kept)
@@ -94,7 +100,7 @@ def _rows(r: "SweepResult") -> list[list[str]]:
     return rows
 
 
-def _markdown(r: "SweepResult") -> str:
+def _markdown(r: "SweepResult", plots: list[str]) -> str:
     rows = _rows(r)
     lines = [f"# Pruning sweep: {r.model}", "",
              f"Budgets: kept fraction of {'MACs' if r.kind == 'macs' else 'measured latency'}; criterion "
@@ -103,7 +109,7 @@ def _markdown(r: "SweepResult") -> str:
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     lines += [""] + [f"- {n}" for n in r.notes] + ([""] if r.notes else [])
-    lines += [f"![{p}]({p})" for p in PLOTS]
+    lines += [f"![{p}]({p})" for p in plots]
     wrows = [["layer", "dense"] + [f"{p.budget:g}" for p in r.points]]
     wrows += [[n, str(k)] + [str(p.widths.get(n, k)) for p in r.points] for n, k in r.layers]
     lines += ["", "## Kept kernels per layer", "", "| " + " | ".join(wrows[0]) + " |", "|" + "---|" * len(wrows[0])]
@@ -111,7 +117,7 @@ def _markdown(r: "SweepResult") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(r: "SweepResult", out: Path) -> str:
+def _html(r: "SweepResult", out: Path, plots: list[str]) -> str:
     def table(rows: list[list[str]]) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
@@ -119,7 +125,7 @@ def _html(r: "SweepResult", out: Path) -> str:
 
     imgs = "".join(f'<figure><img alt="{p}" src="data:image/png;base64,'
                    f'{base64.b64encode((out / p).read_bytes()).decode()}"><figcaption>{p}</figcaption></figure>'
-                   for p in PLOTS)
+                   for p in plots)
     wrows = [["layer", "dense"] + [f"{p.budget:g}" for p in r.points]]
     wrows += [[n, str(k)] + [str(p.widths.get(n, k)) for p in r.points] for n, k in r.layers]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.notes)
@@ -135,9 +141,9 @@ def _html(r: "SweepResult", out: Path) -> str:
 
 def write_sweep_report(r: "SweepResult", out: Path) -> Path:
     """Write sweep.md, the PNGs, sweep.html and sweep.json into ``out``; returns the HTML path."""
-    _plots(r, out)
-    (out / "sweep.md").write_text(_markdown(r))
+    plots = [p.name for p in _plots(r, out)]
+    (out / "sweep.md").write_text(_markdown(r, plots))
     page = out / "sweep.html"
-    page.write_text(_html(r, out))
+    page.write_text(_html(r, out, plots))
     (out / "sweep.json").write_text(json.dumps(asdict(r), indent=1, default=str))
     return page

@@ -236,3 +236,22 @@ def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path):
     assert [pt["budget"] for pt in data["points"]] == [0.8, 0.6]
     assert all(0 <= pt["quality"] <= 1 and pt["macs_kept"] <= b + 1e-9 for pt, b in zip(data["points"], (0.8, 0.6)))
     assert "after the 64 calibrated on" in data["eval_description"]
+
+
+def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch, caplog):
+    """No plot extra: the report is written with its tables, no image, and says how to get the plots."""
+    import sys
+
+    from onnxprune.cli import main
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["demo", "--files", str(tmp_path / "demo")]) == 0
+    d = tmp_path / "demo"
+    rc = main(["sweep", str(d / "model.onnx"), "--calib", str(d / "calib.npz"), "--calib-limit", "64",
+               "--criterion", "energy", "--budgets", "0.7", "--out", str(tmp_path / "sw"), "--latency-batch", "4",
+               "--no-models"])
+    assert rc == 0
+    page = (tmp_path / "sw" / "sweep.html").read_text()
+    assert "data:image/png" not in page and "<table>" in page
+    assert not list((tmp_path / "sw").glob("*.png"))
+    assert "| 0.7 |" in (tmp_path / "sw" / "sweep.md").read_text()
+    assert any("onnxprune[plot]" in r.getMessage() for r in caplog.records)
