@@ -336,7 +336,8 @@ def efficientnet_default(args):
     write_section("accuracy-efficientnet-default", _default_text("EfficientNet-Lite0, ImageNet sample "
                                                                  "(250 held-out images)", rows, dense, "efficientnet"))
     if args.cli_only:
-        return
+        return plot(rows, dense, REPO / "benchmarks" / "accuracy_efficientnet_default.png",
+                    "EfficientNet-Lite0, no fine-tuning, allocation")
     cal = load_calibration({"input": xc}, p.original, batch_size=32)
     scores, times = _scored(p, cal, ["energy"])
     if not args.cli_only:
@@ -360,7 +361,8 @@ def resnet56_default(args):
     write_section("accuracy-resnet56-default", _default_text("ResNet-56, CIFAR-10 dev (5,000 images)", rows, dense,
                                                              "resnet56"))
     if args.cli_only:
-        return
+        return plot(rows, dense, REPO / "benchmarks" / "accuracy_resnet56_default.png",
+                    "ResNet-56, no fine-tuning, allocation")
     cal = load_calibration({"input": xc[:256]}, p.original, batch_size=32)  # what the command line reads
     scores, times = _scored(p, cal, args.criteria_default)
     allocation_rows("whole", p, scores, times, cal, xd, yd, args.budgets_default, rows, args.criteria_default)
