@@ -8,8 +8,6 @@ identical models in benchmarks/latency_round_to.py).
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -32,21 +30,11 @@ class Variant:
 
 def interleaved_latency(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], rounds: int = 10,
                         runs: int = 5, warmup: int = 3) -> dict[str, tuple[float, float, float]]:
-    """Per model: (median, min, max) over rounds of the best of ``runs`` timed runs, in ms; models take turns."""
-    sessions = {k: make_session(m) for k, m in models.items()}
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, feed)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            best = float("inf")
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                best = min(best, time.perf_counter() - t0)
-            times[k].append(best * 1e3)
-    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
+    """Per model: (median, min, max) over rounds of the best of ``runs`` timed runs, in ms; models take turns
+    (:func:`onnxprune.latency.measure.time_interleaved` on the default provider)."""
+    from .latency.measure import LatencySettings, time_interleaved
+    t = time_interleaved(models, {k: feed for k in models}, LatencySettings(rounds=rounds, runs=runs), warmup)
+    return {k: (v.median, v.low, v.high) for k, v in t.items()}
 
 
 def output_fidelity(model: onnx.ModelProto, reference_outputs: Sequence[np.ndarray],

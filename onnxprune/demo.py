@@ -69,7 +69,7 @@ def accuracy(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, bat
 
 def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
     """Prune the demo model and return the printed report."""
-    from .report import measure_latency
+    from .compare import interleaved_latency
 
     model_path, _ = demo_files()
     data = demo_data()
@@ -84,8 +84,8 @@ def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
     rep.before.accuracy = accuracy(original, data["test"], data["test_labels"])
     rep.after.accuracy = accuracy(pruned, data["test"], data["test_labels"])
     feed = {"input": data["test"][:64]}
-    rep.before.latency_ms = measure_latency(original, feed)
-    rep.after.latency_ms = measure_latency(pruned, feed)
+    timing = interleaved_latency({"before": original, "after": pruned}, feed, rounds=15, runs=3)
+    rep.before.latency_ms, rep.after.latency_ms = timing["before"][0], timing["after"][0]
     lines = [f"onnxprune demo: digits CNN ({model_path.name}), {len(data['test'])} held-back MNIST digits",
              f"method: {result.plan.meta.get('criterion')} scores, {result.plan.meta.get('ranking')} ranking, "
              f"target {result.plan.meta.get('target')}, widths rounded: {result.plan.meta.get('round_to')}", "",

@@ -48,14 +48,14 @@ def _fidelity(model: onnx.ModelProto, reference_outputs: list[np.ndarray], feeds
 def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed,
              config: PruneConfig = PruneConfig()) -> None:
     """Latency (median, same provider) before/after, and fidelity to the original on calibration data."""
-    from .report import measure_latency
+    from .compare import interleaved_latency
     from .runtime import make_session
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
         one = {k: v[:1] for k, v in random_feed.items()}
-        report.before.latency_ms = measure_latency(p.model, one)
-        report.after.latency_ms = measure_latency(final, one)
+        timing = interleaved_latency({"before": p.model, "after": final}, one, rounds=10, runs=3)
+        report.before.latency_ms, report.after.latency_ms = timing["before"][0], timing["after"][0]
     feeds = calibration.batches()[-1][0] if calibration is not None else random_feed
     ref = make_session(p.model).run(None, feeds)
     report.after.fidelity = _fidelity(final, ref, feeds)

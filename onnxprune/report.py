@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -13,7 +11,6 @@ import numpy as np
 import onnx
 
 from .graph.external import serialized_size
-from .runtime import make_session
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import PruningPlan
@@ -171,20 +168,6 @@ def _fidelity_text(fid: dict) -> str:
     names = {"rel_l2": "rel. L2", "argmax_agreement": "arg-max agreement"}
     return ", ".join(f"{names.get(k, k)} {v:.1%}" if k == "argmax_agreement" else f"{names.get(k, k)} {v:.4g}"
                      for k, v in fid.items())
-
-
-def measure_latency(model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats: int = 20,
-                    warmup: int = 3, providers=None) -> float:
-    """Median wall time of one run, in milliseconds, on the default provider."""
-    sess = make_session(model, providers)
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 @dataclass
