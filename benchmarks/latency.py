@@ -166,15 +166,17 @@ def write(rows: list, section: str = "latency-target") -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-effnet", action="store_true")
+    ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--batches", default="1,32", help="batches the latency tables of ResNet-56 are built at")
     ap.add_argument("--macs", default="0.5,0.4,0.3,0.25", help="--target-macs budgets of ResNet-56")
     ap.add_argument("--section", default="latency-target")
     ap.add_argument("--allow-drop", action="store_true", help="ResNet-56 runs with --allow-block-removal")
     args = ap.parse_args()
     rows: list = []
-    resnet56(rows, [int(b) for b in args.batches.split(",")], [float(m) for m in args.macs.split(",")],
-             args.allow_drop)
-    write(rows, args.section)
+    if not args.skip_resnet:
+        resnet56(rows, [int(b) for b in args.batches.split(",")], [float(m) for m in args.macs.split(",")],
+                 args.allow_drop)
+        write(rows, args.section)
     if not args.skip_effnet:
         efficientnet(rows)
         write(rows, args.section)
