@@ -26,6 +26,7 @@ from .errors import InvalidArgumentError
 from .graph.io import ModelLike
 from .latency.measure import Timing, feeds_for, time_interleaved
 from .pipeline import prepare_run, run_pruning, score_units
+from .schedule import criterion_for
 from .runtime import make_session
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     base = replace(config, percentage=None, target_macs=None, target_params=None, target_latency=None, steps=1,
                    gradual_start=None, gradual_gamma=None)
     p, calibration = prepare_run(model_input, calibration_source, base, preprocess=preprocess)
+    if kernel_scores is None:  # every budget prunes as `prune` would: the criterion (and its allocation) resolved once
+        base = replace(base, criterion=criterion_for(p, base, calibration))
     if kernel_scores is not None:
         from .api import scores_from_kernels
         scores = scores_from_kernels(p, kernel_scores)

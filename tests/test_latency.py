@@ -220,14 +220,18 @@ def test_cli_target_latency_measures_and_reports(tmp_path, capsys):
     onnx.checker.check_model(onnx.load(tmp_path / "fast.onnx"))
 
 
-def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path):
+def _sweep_demo(tmp_path, budgets: str, latency_batch: int) -> int:
+    """``onnxprune sweep`` on the demo files (energy scores, 64 calibration rows, the rest held out)."""
     from onnxprune.cli import main
     assert main(["demo", "--files", str(tmp_path / "demo")]) == 0
     d = tmp_path / "demo"
-    rc = main(["sweep", str(d / "model.onnx"), "--calib", str(d / "calib.npz"), "--calib-limit", "64",
-               "--criterion", "energy", "--budgets", "0.8,0.6", "--out", str(tmp_path / "sw"), "--latency-batch", "8",
-               "--no-models"])
-    assert rc == 0
+    return main(["sweep", str(d / "model.onnx"), "--calib", str(d / "calib.npz"), "--calib-limit", "64",
+                 "--criterion", "energy", "--budgets", budgets, "--out", str(tmp_path / "sw"),
+                 "--latency-batch", str(latency_batch), "--no-models"])
+
+
+def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path):
+    assert _sweep_demo(tmp_path, "0.8,0.6", 8) == 0
     page = (tmp_path / "sw" / "sweep.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     md = (tmp_path / "sw" / "sweep.md").read_text()
@@ -242,14 +246,8 @@ def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch,
     """No plot extra: the report is written with its tables, no image, and says how to get the plots."""
     import sys
 
-    from onnxprune.cli import main
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert main(["demo", "--files", str(tmp_path / "demo")]) == 0
-    d = tmp_path / "demo"
-    rc = main(["sweep", str(d / "model.onnx"), "--calib", str(d / "calib.npz"), "--calib-limit", "64",
-               "--criterion", "energy", "--budgets", "0.7", "--out", str(tmp_path / "sw"), "--latency-batch", "4",
-               "--no-models"])
-    assert rc == 0
+    assert _sweep_demo(tmp_path, "0.7", 4) == 0
     page = (tmp_path / "sw" / "sweep.html").read_text()
     assert "data:image/png" not in page and "<table>" in page
     assert not list((tmp_path / "sw").glob("*.png"))
