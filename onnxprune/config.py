@@ -48,6 +48,12 @@ class PruneConfig:
     compare across layers; sensitivity for local criteria when there is
     calibration data, one step and a MAC/parameter target; greedy
     otherwise). ``criterion="auto"``: see :mod:`onnxprune.scoring.auto`.
+    ``task`` (auto: guessed from the outputs and exporter metadata) says what
+    the outputs are to their user; it sets the oracle's cost and the
+    fidelity reported. ``min_fidelity`` is the floor of that fidelity on
+    held-back rows (None: the task's default, 0: none): below it nothing is
+    written (``BelowFloorError``) unless ``back_off`` finds the smallest step
+    back toward dense that meets it.
     """
 
     criterion: str = "auto"
@@ -87,6 +93,9 @@ class PruneConfig:
     use_external_data_format: Optional[bool] = None  # None: when the input has external data or is over 1.8 GB
     executor: str = "local"
     ray_address: Optional[str] = None
+    task: str = "auto"
+    min_fidelity: Optional[float] = None  # None: the task's default floor (fidelity/tasks.py); 0: no floor
+    back_off: bool = False
 
     def __post_init__(self) -> None:
         if self.criterion != AUTO:
@@ -112,6 +121,11 @@ class PruneConfig:
             raise InvalidArgumentError(f"augment is a number of rounds >= 0, got {self.augment!r}")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise InvalidArgumentError(f"unknown quantization {self.quantize!r}; choose {', '.join(QUANTIZE_MODES)}")
+        from .fidelity.tasks import TASKS
+        if self.task not in TASKS:
+            raise InvalidArgumentError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.min_fidelity is not None and not 0 <= self.min_fidelity <= 1:
+            raise InvalidArgumentError(f"min_fidelity is a fraction in [0, 1], got {self.min_fidelity!r}")
         if self.batch_size < 1:
             raise InvalidArgumentError("batch size must be positive")
         self.target  # validates the target

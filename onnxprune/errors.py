@@ -34,3 +34,18 @@ class VerificationError(OnnxPruneError):
 
 class CalibrationError(OnnxPruneError):
     """Calibration data is missing, unreadable, or does not fit the model."""
+
+
+EXIT_BAD_INPUT = 2
+EXIT_BELOW_FLOOR = 3
+
+
+class BelowFloorError(OnnxPruneError):
+    """The pruned model's fidelity to the dense model is below the floor; nothing was written.
+
+    ``result`` holds the run (model, plan, report) so a caller can still look at what was refused.
+    """
+
+    def __init__(self, message: str, result=None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -30,7 +30,7 @@ from .errors import CalibrationError, InvalidArgumentError
 from .graph.io import ModelLike
 from .graph.probe import input_dtypes
 from .calibration import CachedDataset, IterableReader
-from .calibration.dataset import Calibration
+from .calibration.dataset import load_calibration
 from .config import PruneConfig
 from .pipeline import run_pruning
 from .prepare import Prepared, prepare
@@ -39,7 +39,7 @@ from .scoring.registry import HALCON_MODES
 
 MODES = HALCON_MODES
 _SETTABLE = {"percentage", "target_macs", "target_params", "recover", "ranking", "max_layer_ratio", "round_to",
-             "min_kernels", "layer_norm"}
+             "min_kernels", "layer_norm", "task", "min_fidelity", "back_off"}
 
 
 class PruningHandle:
@@ -76,6 +76,9 @@ class PruningHandle:
             return [l.name for l in a.prunable_layers]
         if name == "prunable_kernel_num":
             return sum(l.prunable_kernels for l in a.prunable_layers)
+        if name == "fidelity":  # in the user's terms (top-1 agreement, detection F1, ...), on held-back rows
+            fid = self.result.report.after.fidelity if self.result is not None else None
+            return fid.to_dict() if fid is not None else None
         if name in ("pruned_kernel_num", "pruned_percentage"):
             if self.result is None:
                 return 0 if name == "pruned_kernel_num" else 0.0
@@ -114,11 +117,14 @@ class PruningHandle:
                 raise CalibrationError("mode 'oracle' needs at least one add_pruning_batch before gen_pruned_model")
             scores = self._scorer.scores()
         calibration = None
-        if self._calib and self.config.recover != "none":
-            ds = CachedDataset(IterableReader(list(self._calib)))
-            calibration = Calibration(ds, 32)
+        if self._calib:  # fidelity is judged on rows held back from them (the oracle scored every batch)
+            calibration = load_calibration(CachedDataset(IterableReader(list(self._calib))), self.prepared.model,
+                                           batch_size=self.config.batch_size)
         self.result = run_pruning(self.prepared.original, None, None, self.config, scores=scores,
                                   prepared=self.prepared, calibration=calibration)
+        fid = self.result.report.after.fidelity
+        if fid is not None and self.mode == "oracle" and calibration is not None:
+            fid.data += " (the oracle scored every added batch, these too)"
         return self.result.model
 
 

@@ -13,7 +13,7 @@ anything is written.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -22,7 +22,8 @@ import onnx
 from .calibration import Preprocess
 from .calibration.dataset import Calibration, load_calibration
 from .config import RANKINGS, PruneConfig
-from .errors import CalibrationError
+from .errors import BelowFloorError, CalibrationError, NothingToPruneError
+from .fidelity.judge import NOISE_SAMPLES, Judge, holdout_count, make_judge
 from .graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
 from .graph.probe import input_dtypes
 from .passes.base import Pass, Pipeline
@@ -39,32 +40,28 @@ __all__ = ["PruneConfig", "RANKINGS", "Calibration", "load_calibration", "score_
            "plan_units", "run_pruning", "prune_static"]
 
 
-def _fidelity(model: onnx.ModelProto, reference_outputs: list[np.ndarray], feeds: dict) -> dict:
-    """Relative L2 distance of the first output to the original's, and arg-max agreement when it is a score."""
-    from .compare import output_fidelity
-    return output_fidelity(model, [reference_outputs[0]], [feeds])
-
-
-def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, calibration, random_feed,
-             config: PruneConfig = PruneConfig()) -> None:
-    """Latency (median, same provider) before/after, and fidelity to the original on calibration data."""
+def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, judge: Optional[Judge],
+             random_feed, config: PruneConfig = PruneConfig()) -> None:
+    """Latency before/after (timed interleaved) and fidelity to the dense model on the judge's rows."""
     from .compare import interleaved_latency
-    from .runtime import make_session
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
         one = {k: v[:1] for k, v in random_feed.items()}
         timing = interleaved_latency({"before": p.model, "after": final}, one, rounds=10, runs=3)
         report.before.latency_ms, report.after.latency_ms = timing["before"][0], timing["after"][0]
-    feeds = calibration.batches()[-1][0] if calibration is not None else random_feed
-    ref = make_session(p.model).run(None, feeds)
-    report.after.fidelity = _fidelity(final, ref, feeds)
-    if final is not pruned:
-        report.extra["fidelity_before_recovery"] = _fidelity(pruned, ref, feeds)
+        report.extra["latency_range_ms"] = {"before": list(timing["before"]), "after": list(timing["after"])}
+    if judge is not None:
+        report.after.fidelity = judge.measure(final)
+        if final is not pruned:
+            before = judge.measure(pruned)
+            before.floor = None  # the floor judges what is written
+            report.extra["fidelity_before_recovery"] = before
 
 
 def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config: PruneConfig) -> None:
-    """The final model timed interleaved with the dense one as configured; a miss is reported and logged."""
+    """The final model timed interleaved with the dense one as configured. The target counts as met only when
+    the measured ranges do not overlap (a difference inside the timing noise is "could not tell")."""
     from .latency.measure import feeds_for, time_interleaved
     settings = config.latency_settings
     feed = feeds_for(p.model, p.with_batch(settings.batch))
@@ -73,15 +70,20 @@ def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config:
     report.before.latency_ms, report.after.latency_ms = dense.median, pruned.median
     fraction = pruned.median / max(dense.median, 1e-12)
     target = config.target.latency
+    distinct = pruned.high < dense.low or pruned.low > dense.high
     info = {"target": target, "measured_fraction": fraction, "speedup": dense.median / max(pruned.median, 1e-12),
             "dense_ms": [dense.median, dense.low, dense.high], "pruned_ms": [pruned.median, pruned.low, pruned.high],
             "fastest_round_fraction": pruned.low / max(dense.low, 1e-12),
-            "where": settings.describe(), "missed_by": max(0.0, fraction - target)}
+            "where": settings.describe(), "missed_by": max(0.0, fraction - target),
+            "outside_noise": bool(distinct)}
     report.extra["latency"] = info
     if fraction > target:
         logger.warning("latency target missed: measured %.1f%% of the dense model's time (%s), target %.0f%% "
                        "(over by %.1f points)", 100 * fraction, settings.describe(), 100 * target,
                        100 * (fraction - target))
+    elif not distinct:
+        logger.warning("latency target: could not tell; the pruned and dense timing ranges overlap (%s)",
+                       settings.describe())
 
 
 def _input_shapes(calibration: Optional[Calibration], given) -> Optional[dict]:
@@ -92,23 +94,89 @@ def _input_shapes(calibration: Optional[Calibration], given) -> Optional[dict]:
 
 def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneConfig, *,
                 preprocess: Optional[Preprocess] = None, prepared: Optional[Prepared] = None,
-                calibration: Optional[Calibration] = None) -> tuple[Prepared, Optional[Calibration]]:
-    """The analysed model and the cached calibration data of a run (shared by ``score`` and ``prune``)."""
+                calibration: Optional[Calibration] = None, hold_out: bool = False) -> tuple[Prepared, Optional[Calibration]]:
+    """The analysed model and the cached calibration data of a run (shared by ``score`` and ``prune``).
+
+    ``hold_out``: read the rows the run will hold back for its fidelity on top of ``calibration_samples``, so
+    scoring and fitting still see as many."""
     if calibration is None and calibration_source is not None:
         proto = prepared.original if prepared is not None else load_model(model_input)
+        limit = config.calibration_samples
+        if hold_out and limit is not None:
+            limit += holdout_count(limit)
         calibration = load_calibration(calibration_source, proto, preprocess=preprocess,
-                                       batch_size=config.batch_size, limit=config.calibration_samples,
-                                       cache_bytes=config.cache_bytes)
+                                       batch_size=config.batch_size, limit=limit, cache_bytes=config.cache_bytes)
     p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude)
     return p, calibration
+
+
+def held_back(calibration: Calibration, config: PruneConfig) -> tuple[Calibration, Optional[Calibration]]:
+    """(rows to score and fit, rows held back for fidelity or None): the rows read beyond ``calibration_samples``,
+    else :func:`holdout_count` of them, spread over the data. ``score`` and ``prune`` split alike, so a prune
+    from saved scores is judged on rows the scores never saw."""
+    n, limit = len(calibration), config.calibration_samples
+    held = n - limit if limit is not None and n > limit else holdout_count(n)
+    if held <= 0:
+        return calibration, None
+    return calibration.split(held)
+
+
+def make_run_judge(p: Prepared, calibration: Optional[Calibration], config: PruneConfig,
+                   evaluation: Optional[Calibration] = None) -> tuple[Optional[Calibration], Judge]:
+    """(the calibration left to score and fit, the judge): rows held back from ``calibration`` (or the
+    ``evaluation`` data, or random inputs when there is no data at all) with the dense outputs on them."""
+    if evaluation is not None:
+        feeds, labels, data = evaluation.feeds(), evaluation.labels, "evaluation rows"
+    elif calibration is not None:
+        calibration, kept_back = held_back(calibration, config)
+        if kept_back is not None:
+            feeds, labels, data = kept_back.feeds(), kept_back.labels, "held-back calibration rows"
+        else:
+            feeds, labels = calibration.feeds(), calibration.labels
+            data = "calibration rows (too few to hold any back: measured on rows the run fitted)"
+    else:
+        feeds = [uniform_inputs(p.input_shapes, n=1, dtypes=input_dtypes(p.model), seed=s + 1)[0]
+                 for s in range(NOISE_SAMPLES)]
+        feeds = [{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}]
+        labels, data = None, "random inputs (no data given: pass --calib or --eval for real figures)"
+    judge = make_judge(p.model, feeds, labels, data, config.task, config.min_fidelity)
+    return calibration, judge
+
+
+def judged(p: Prepared, calibration: Optional[Calibration], config: PruneConfig, evaluation: Any = None,
+           preprocess: Optional[Preprocess] = None) -> tuple[Optional[Calibration], Judge, PruneConfig]:
+    """(calibration left to score and fit, the judge, ``config`` with the task's oracle cost): what every command
+    that scores or prunes does before scoring (``prune``, ``score``, ``sweep``, the HALCON handle)."""
+    if evaluation is not None and not isinstance(evaluation, Calibration):
+        evaluation = load_calibration(evaluation, p.original, preprocess=preprocess, batch_size=config.batch_size,
+                                      limit=None, cache_bytes=config.cache_bytes)
+    calibration, judge = make_run_judge(p, calibration, config, evaluation)
+    logger.info("task %s; fidelity measured on %s", judge.spec.describe(), judge.data)
+    return calibration, judge, replace(config, oracle_cost=judge.cost(config.oracle_cost))
+
+
+@dataclass
+class _Built:
+    """One candidate of a run: the units removed, the passes' result and the report."""
+
+    removed: list[int]
+    run: Any
+    report: Any
+    verification: Any
+    config: PruneConfig
+    plan: PruningPlan
 
 
 def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None, calibration_source: Any = None,
                 config: PruneConfig = PruneConfig(), *, preprocess: Optional[Preprocess] = None,
                 scores: Optional[dict[int, float]] = None, prepared: Optional[Prepared] = None,
                 calibration: Optional[Calibration] = None, removed: Optional[Sequence[int]] = None,
-                plan: Optional[PruningPlan] = None) -> PruneResult:
-    """Choose the units (unless ``removed`` is given), run the passes, report, and write atomically."""
+                plan: Optional[PruningPlan] = None, evaluation: Any = None) -> PruneResult:
+    """Choose the units (unless ``removed`` is given), run the passes, judge, report, and write atomically.
+
+    Below the fidelity floor nothing is written: :class:`BelowFloorError` (with the result), or with
+    ``config.back_off`` the smallest step back toward dense that meets the floor.
+    """
     if model_output is not None:
         check_output_path(model_output, None if isinstance(model_input, onnx.ModelProto) else model_input)
     if config.needs_data and calibration is None and calibration_source is None and scores is None \
@@ -119,12 +187,32 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
         raise CalibrationError(f"--quantize {config.quantize} needs calibration data (static quantization "
                                "calibrates activation ranges): pass --calib DIR|FILE or a calibration_data_reader")
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
-                                 prepared=prepared, calibration=calibration)
+                                 prepared=prepared, calibration=calibration, hold_out=config.measure)
+    judge = None
+    if config.measure:
+        calibration, judge, config = judged(p, calibration, config, evaluation, preprocess)
     if scores is None and removed is None:
         config = replace(config, criterion=criterion_for(p, config, calibration))
+    fixed = removed is not None
+    built = _build(p, config, calibration, scores, removed, plan)
+    if judge is not None:
+        built = _judged(p, built, judge, calibration, scores, plan, fixed)
+    final = built.run.model
+    if config.quantize:
+        final = _quantize(p, built.run.model, calibration, config, built.report, judge)
+    external = config.use_external_data_format
+    if external is None and has_external_data(model_input):
+        external = True
+    out = (save_model_atomic(final, model_output, use_external_data_format=external)
+           if model_output is not None else None)
+    return PruneResult(final, built.plan, built.report, built.verification, out, built.removed)
+
+
+def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration], scores, removed,
+           plan: Optional[PruningPlan]) -> _Built:
+    """Plan (unless ``removed``), prune, recover; the report without measurements."""
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
-        p.analysis.release_weights()  # the criteria read the weights; the surgery reads its own copy
     removed = sorted(int(r) for r in removed)
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
@@ -140,30 +228,99 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     surgery = run.result_of(PruneChannelsPass.name)
     verification = surgery.details.get("verification")
     report = build_report(p, run.model, removed, verification)
-    if config.measure:
-        _measure(p, surgery.model, run.model, report, calibration,
-                 uniform_inputs(p.input_shapes, n=1, dtypes=input_dtypes(p.model))[0], config)
     recovery = run.result_of("recover")
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
-    final = run.model
-    if config.quantize:
-        final = _quantize(p, run.model, calibration, config, report)
-    external = config.use_external_data_format
-    if external is None and has_external_data(model_input):
-        external = True
-    out = (save_model_atomic(final, model_output, use_external_data_format=external)
-           if model_output is not None else None)
-    return PruneResult(final, plan, report, verification, out, removed)
+    return _Built(removed, run, report, verification, config, plan)
 
 
-def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, config: PruneConfig, report) -> onnx.ModelProto:
+def _measured(p: Prepared, built: _Built, judge: Judge) -> _Built:
+    surgery = built.run.result_of(PruneChannelsPass.name)
+    random_feed = uniform_inputs(p.input_shapes, n=1, dtypes=input_dtypes(p.model))[0]
+    _measure(p, surgery.model, built.run.model, built.report, judge, random_feed, built.config)
+    fid = built.report.after.fidelity
+    built.report.extra["task"] = judge.spec.describe()
+    if fid is not None and fid.below_floor:
+        built.report.extra["floor"] = f"below the fidelity floor: {fid.text()}"
+    return built
+
+
+def _judged(p: Prepared, built: _Built, judge: Judge, calibration, scores, plan, fixed: bool) -> _Built:
+    """``built`` measured; below the floor, a back-off toward dense (``config.back_off``) or BelowFloorError."""
+    built = _measured(p, built, judge)
+    fid = built.report.after.fidelity
+    if not fid.below_floor:
+        return built
+    config = built.config
+    if config.back_off and not fixed:
+        found = _back_off(p, built, judge, calibration, scores)
+        if found is not None:
+            return found
+        why = "no step back toward dense met it"
+    elif fixed:
+        why = "the units were fixed (a saved plan), so there is nothing to back off"
+    else:
+        why = "--back-off searches the smallest step back toward dense that meets it"
+    raise BelowFloorError(
+        f"the pruned model is below the fidelity floor ({fid.text()}); nothing was written. {why}; "
+        f"--min-fidelity sets the floor (0: none)", _result(built))
+
+
+def _result(built: _Built) -> PruneResult:
+    return PruneResult(built.run.model, built.plan, built.report, built.verification, None, built.removed)
+
+
+BACK_OFF_STEPS = 5
+
+
+def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) -> Optional[_Built]:
+    """Bisection of the budget between the requested one (fails) and dense (meets): the most pruned that meets."""
+    config = failed.config
+    lo, hi, best = 0.0, 1.0, None
+    tried = [f"{config.target.describe()}: {failed.report.after.fidelity.value:.3f}"]
+    for _ in range(BACK_OFF_STEPS):
+        mid = (lo + hi) / 2
+        step = config_toward_dense(config, mid)
+        try:
+            cand = _measured(p, _build(p, step, calibration, scores, None, None), judge)
+        except NothingToPruneError:
+            hi = mid
+            continue
+        fid = cand.report.after.fidelity
+        tried.append(f"{step.target.describe()}: {fid.value:.3f}")
+        if fid.below_floor:
+            lo = mid
+        else:
+            hi, best = mid, cand
+    logger.info("back-off toward dense: %s", "; ".join(tried))
+    if best is not None:
+        best.report.extra["back_off"] = (f"asked {config.target.describe()}, below the floor; backed off to "
+                                         f"{best.config.target.describe()} (tried {'; '.join(tried)})")
+    return best
+
+
+def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:
+    """``config`` with its budget moved the fraction ``t`` of the way back toward the dense model."""
+    tg = config.target
+    if tg.percentage is not None:
+        return replace(config, percentage=tg.percentage * (1 - t))
+    if tg.latency is not None:
+        return replace(config, target_latency=tg.latency + t * (1 - tg.latency))
+    if tg.macs is not None:
+        return replace(config, target_macs=tg.macs + t * (1 - tg.macs))
+    return replace(config, target_params=tg.params + t * (1 - tg.params))
+
+
+def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, config: PruneConfig, report,
+              judge: Optional[Judge] = None) -> onnx.ModelProto:
     """The pruned float model quantized (a verified pass); with ``measure``, the dense model too, for the
     side-by-side table of dense/pruned x fp32/int8 (size, interleaved latency, fidelity to dense fp32)."""
     from .passes.quantize import QuantizePass
     result = QuantizePass(calibration, config.quantize)(pruned)
     report.extra["quantization"] = result.notes[-1]
+    if judge is not None:
+        report.extra["fidelity_quantized"] = judge.measure(result.model)
     report.verification += f"\nquantize: {result.notes[-1]}"
     if config.measure:
         from .compare import compare_variants

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import onnx
@@ -26,6 +26,8 @@ class Prepared:
     analysis: Analysis
     cost: CostModel
     source: Optional[str]
+    memo: dict = field(default_factory=dict)
+    """Results a run may need again (scores, sensitivity curves): a back-off re-plans without re-measuring."""
 
     @property
     def original(self) -> onnx.ModelProto:

@@ -13,6 +13,7 @@ import onnx
 from .graph.external import serialized_size
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .fidelity.measure import Fidelity
     from .plan import PruningPlan
     from .prepare import Prepared
     from .verify import VerificationResult
@@ -27,7 +28,7 @@ class ModelStats:
     size_bytes: int
     latency_ms: Optional[float] = None
     accuracy: Optional[float] = None
-    fidelity: Optional[dict] = None
+    fidelity: Optional["Fidelity"] = None  # onnxprune.fidelity.Fidelity: in the user's terms, on held-back rows
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Report:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pruned_percentage"] = self.pruned_percentage
+        if hasattr(self.after.fidelity, "to_dict"):
+            d["after"]["fidelity"] = self.after.fidelity.to_dict()
+        for k, v in self.extra.items():
+            if hasattr(v, "to_dict"):
+                d["extra"][k] = v.to_dict()
         return d
 
     def table(self, per_layer: bool = True) -> str:
@@ -68,18 +74,14 @@ class Report:
             lat = self.extra.get("latency")
             bt, at = (_ms(lat["dense_ms"]), _ms(lat["pruned_ms"])) if lat else (f"{b.latency_ms:.2f} ms",
                                                                                  f"{a.latency_ms:.2f} ms")
-            rows.append(("latency (median)", bt, at, f"speed-up {b.latency_ms / max(a.latency_ms, 1e-9):.2f}x"))
+            rows.append(("latency (median)", bt, at, self._speedup_text()))
         lat = self.extra.get("latency")
         if lat:
             rows.append(("latency target", "", f"{lat['measured_fraction']:.1%} measured", _target_text(lat)))
         if b.accuracy is not None and a.accuracy is not None:
             rows.append(("accuracy", f"{b.accuracy:.2%}", f"{a.accuracy:.2%}", f"{(a.accuracy - b.accuracy) * 100:+.2f} pt"))
-        if a.fidelity:
-            before = self.extra.get("fidelity_before_recovery")
-            rows.append(("fidelity to original", "", _fidelity_text(a.fidelity), ""))
-            if before:
-                rows.append(("  before recovery", "", _fidelity_text(before), ""))
         out = [_fmt(rows)]
+        out += self._fidelity_lines()
         out.append(f"pruned kernels: {self.removed_kernels} of {self.prunable_kernels} prunable "
                    f"({self.pruned_percentage:.1f}%)")
         if self.variants:
@@ -108,6 +110,9 @@ class Report:
                          f"{lat['measured_fraction']:.1%}: {_target_text(lat)} |")
         if b.accuracy is not None and a.accuracy is not None:
             lines.append(f"| accuracy | {b.accuracy:.2%} | {a.accuracy:.2%} | |")
+        fid = self._fidelity_lines()
+        if fid:
+            lines += [""] + [f"* {f}" for f in fid]
         if self.variants:
             from .compare import variants_table
             lines += ["", variants_table(self.variants).rstrip()]
@@ -119,6 +124,32 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+    def _speedup_text(self) -> str:
+        """'speed-up 1.53x', or that the difference is inside the timing noise (the ranges overlap)."""
+        b, a = self.before.latency_ms, self.after.latency_ms
+        text = f"speed-up {b / max(a, 1e-9):.2f}x"
+        lat = self.extra.get("latency")
+        rng = self.extra.get("latency_range_ms")
+        if lat is not None and not lat.get("outside_noise", True):
+            return text + " (inside the timing noise)"
+        if rng is not None and not (rng["after"][2] < rng["before"][1] or rng["after"][1] > rng["before"][2]):
+            return text + " (inside the timing noise)"
+        return text
+
+    def _fidelity_lines(self) -> list[str]:
+        """Fidelity to the dense model in the user's terms: after recovery, before it, quantized; the floor."""
+        out = []
+        for key, label in (("", "fidelity to dense"), ("fidelity_before_recovery", "  before recovery"),
+                           ("fidelity_quantized", "  quantized")):
+            fid = self.after.fidelity if not key else self.extra.get(key)
+            if fid is not None:
+                out.append(f"{label}: {fid.text() if hasattr(fid, 'text') else _fidelity_text(fid)}")
+        for key in ("task", "back_off", "floor"):
+            if key in self.extra:
+                out.append(f"{key.replace('_', '-')}: {self.extra[key]}")
+        return out
+
+
 def _ms(t: list) -> str:
     """'2.21 ms (2.13-2.27)': median and the range over timing rounds."""
     return f"{t[0]:.2f} ms ({t[1]:.2f}-{t[2]:.2f})"
@@ -127,6 +158,8 @@ def _ms(t: list) -> str:
 def _target_text(lat: dict) -> str:
     if lat["missed_by"] > 0:
         return f"target {lat['target']:.0%} MISSED by {100 * lat['missed_by']:.1f} points"
+    if not lat.get("outside_noise", True):
+        return f"target {lat['target']:.0%}: could not tell (timing ranges overlap)"
     return f"target {lat['target']:.0%} met"
 
 

@@ -29,13 +29,21 @@ logger = logging.getLogger(__name__)
 
 
 def score_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibration]) -> dict[int, float]:
-    """Scores of every prunable unit of ``p`` under the configured criterion (through the registry)."""
+    """Scores of every prunable unit of ``p`` under the configured criterion (through the registry).
+
+    Kept in ``p.memo`` per criterion, cost and data, so planning again (a back-off toward dense) does not
+    score again."""
+    criterion = criterion_for(p, config, calibration)
+    key = ("scores", criterion, repr(config.oracle_cost), id(calibration), config.seed)
+    if key in p.memo:
+        return p.memo[key]
     request = ScoreRequest(batches=calibration.batches() if calibration is not None else None,
                            samples=len(calibration) if calibration is not None else 0,
                            batch_size=calibration.batch_size if calibration is not None else config.batch_size,
                            seed=config.seed, oracle_cost=config.oracle_cost, progress=config.progress,
                            executor=config.executor, ray_address=config.ray_address)
-    return score(criterion_for(p, config, calibration), p.analysis, request)
+    p.memo[key] = score(criterion, p.analysis, request)
+    return p.memo[key]
 
 
 def criterion_for(p: Prepared, config: PruneConfig, calibration: Optional[Calibration]) -> str:
@@ -81,7 +89,10 @@ def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibra
             and config.ranking in ("per_mac", "raw") and not config.layer_norm):
         return None
     from .scoring.depth import drop_scores
-    return drop_scores(p.analysis, calibration.batches(), config.oracle_cost)
+    key = ("drop_scores", repr(config.oracle_cost), id(calibration))
+    if key not in p.memo:
+        p.memo[key] = drop_scores(p.analysis, calibration.batches(), config.oracle_cost)
+    return p.memo[key]
 
 
 def _schedule(config: PruneConfig) -> list[Target]:

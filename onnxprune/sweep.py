@@ -127,8 +127,9 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
         raise InvalidArgumentError(f"unknown budget kind {kind!r}; choose macs or latency")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # a sweep shows the trade-off: it measures every budget and refuses none (min_fidelity 0)
     base = replace(config, percentage=None, target_macs=None, target_params=None, target_latency=None, steps=1,
-                   gradual_start=None, gradual_gamma=None)
+                   gradual_start=None, gradual_gamma=None, min_fidelity=0.0)
     p, calibration = prepare_run(model_input, calibration_source, base, preprocess=preprocess)
     if kernel_scores is None:  # every budget prunes as `prune` would: the criterion (and its allocation) resolved once
         base = replace(base, criterion=criterion_for(p, base, calibration))

@@ -70,7 +70,7 @@ def test_calibration_augmented_and_the_prune_config_path():
     np.testing.assert_array_equal(np.concatenate([f["x"] for f in aug.feeds()])[0::4], data)
     with pytest.raises(InvalidArgumentError, match="augment"):
         PruneConfig(augment=-2)
-    result = run_pruning(model, None, {"x": data}, PruneConfig(criterion="l1", percentage=30, augment=2))
+    result = run_pruning(model, None, {"x": data}, PruneConfig(criterion="l1", percentage=30, augment=2, min_fidelity=0))
     assert "60 calibration samples" in result.report.extra["recovery"]
 
 
@@ -84,7 +84,7 @@ def test_cli_augment_flag(tmp_path, capsys):
     np.savez(calib, images=np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype(np.uint8))
     out = tmp_path / "o.onnx"
     assert main(["prune", str(model), "-o", str(out), "--calib", str(calib), "--criterion", "l1",
-                 "--percentage", "30", "--augment", "2"]) == 0
+                 "--percentage", "30", "--augment", "2", "--min-fidelity", "0"]) == 0
     assert "48 calibration samples" in capsys.readouterr().out and out.exists()
     code = main(["prune", str(model), "-o", str(tmp_path / "x.onnx"), "--calib", str(calib), "--augment", "-1"])
     err = capsys.readouterr().err

@@ -88,7 +88,8 @@ def _refuse_big(self, *a, **k):
 
 def test_cli_use_external_data_format(external_model, tmp_path, capsys):
     out = tmp_path / "o.onnx"
-    code = main(["prune", str(external_model), "-o", str(out), "--percentage", "20", "--use-external-data-format"])
+    code = main(["prune", str(external_model), "-o", str(out), "--percentage", "20", "--use-external-data-format",
+                 "--min-fidelity", "0"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "o.onnx.data").exists()
     assert load_model(out).graph.initializer
@@ -106,7 +107,8 @@ def test_failed_write_leaves_nothing(external_model, tmp_path, monkeypatch, caps
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     monkeypatch.setattr("builtins.open", full)
-    code = main(["prune", str(external_model), "-o", str(out_dir / "o.onnx"), "--use-external-data-format"])
+    code = main(["prune", str(external_model), "-o", str(out_dir / "o.onnx"), "--use-external-data-format",
+                 "--min-fidelity", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "No space left" in err and err.count("\n") == 1
     assert not list(out_dir.iterdir())

@@ -212,7 +212,7 @@ def test_cli_target_latency_measures_and_reports(tmp_path, capsys):
     onnx.save(inverted_residual(), model)
     rc = main(["prune", str(model), "-o", str(tmp_path / "fast.onnx"), "--target-latency", "0.8",
                "--latency-batch", "4", "--latency-threads", "1", "--latency-cache", str(tmp_path / "cache"),
-               "--report", str(tmp_path / "r.md")])
+               "--report", str(tmp_path / "r.md"), "--min-fidelity", "0"])
     out = capsys.readouterr().out
     assert rc == 0 and "latency target" in out and "measured" in out
     assert "batch 4, 1 thread(s)" in (tmp_path / "r.md").read_text()

@@ -155,8 +155,9 @@ def test_iterative_schedule_meets_target_and_is_exact():
     model = inverted_residual()
     p = prepare(model)
     cal = load_calibration(iter([f for f, _ in batches(p, n=8, k=2)]), model)
-    for cfg in (PruneConfig(target_macs=0.5, steps=3, recover="none"),
-                PruneConfig(percentage=40, gradual_start=0.1, gradual_gamma=0.15, recover="none")):
+    for cfg in (PruneConfig(target_macs=0.5, steps=3, recover="none", min_fidelity=0),
+                PruneConfig(percentage=40, gradual_start=0.1, gradual_gamma=0.15, recover="none",
+                            min_fidelity=0)):
         res = run_pruning(model, None, None, cfg, calibration=cal)
         assert res.verification is not None
         if cfg.target_macs:

@@ -100,7 +100,7 @@ def wide_chain() -> onnx.ModelProto:
 
 def test_prune_then_quantize_reports_four_variants(tmp_path):
     out = tmp_path / "small_int8.onnx"
-    config = PruneConfig(criterion="energy", target_macs=0.7, quantize="int8", batch_size=16)
+    config = PruneConfig(criterion="energy", target_macs=0.7, quantize="int8", batch_size=16, min_fidelity=0)
     res = prune_static(wide_chain(), out, _images(), config)
     written = onnx.load(str(out))
     assert any(n.op_type == "QuantizeLinear" for n in written.graph.node)

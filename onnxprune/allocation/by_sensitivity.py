@@ -118,9 +118,13 @@ def removed_units(curves: list[Curve], choice: list[int]) -> list[int]:
 def plan_by_sensitivity(p, config, calibration, scores: dict[int, float]) -> Optional[list[int]]:
     """Roots to remove from the Prepared model ``p``: curves measured on ``calibration``, then the knapsack
     (with the joint search for ``allocation="spdy"``)."""
-    sens = Sensitivity(p.analysis, p.model, scores, config.constraints, calibration.feeds(),
-                       cost=config.oracle_cost, refit=config.recover != "none", seed=config.seed)
-    curves = sens.curves()
+    key = ("sensitivity", repr(config.oracle_cost), id(calibration), config.recover, config.seed,
+           config.constraints, tuple(sorted(scores.items())))
+    if key not in p.memo:  # a back-off toward dense re-plans on the same curves
+        sens = Sensitivity(p.analysis, p.model, scores, config.constraints, calibration.feeds(),
+                           cost=config.oracle_cost, refit=config.recover != "none", seed=config.seed)
+        p.memo[key] = (sens, sens.curves())
+    sens, curves = p.memo[key]
     if not curves:
         return None
     if config.allocation == "block":

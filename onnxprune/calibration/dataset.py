@@ -61,6 +61,26 @@ class Calibration:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def split(self, held: int) -> tuple["Calibration", "Calibration"]:
+        """(the rest, ``held`` samples spread evenly over the data): rows held back from scoring and fitting,
+        so fidelity is measured on samples the run never saw (never the last or first N of a sorted file)."""
+        n = len(self)
+        held = int(min(max(held, 0), n - 1))
+        if held <= 0:
+            return self, self
+        pick = np.unique(np.round(np.linspace(0, n - 1, held)).astype(np.int64))
+        rest = np.setdiff1d(np.arange(n), pick)
+        arrays = self.dataset.inputs
+        labels = self.labels
+        return tuple(self._subset(arrays, labels, idx, what)
+                     for idx, what in ((rest, "fit"), (pick, "held back")))  # type: ignore[return-value]
+
+    def _subset(self, arrays: dict, labels: Optional[np.ndarray], idx: np.ndarray, what: str) -> "Calibration":
+        reader = ArrayReader({k: v[idx] for k, v in arrays.items()},
+                             labels=labels[idx] if labels is not None else None, batch_size=self.batch_size,
+                             source=f"{self.dataset.source} ({what})")
+        return Calibration(CachedDataset(reader, self.dataset.max_bytes), self.batch_size, self.dtypes)
+
     def augmented(self, rounds: int, seed: int = 0, spec: Optional[Augment] = None) -> "Calibration":
         """These samples, each followed by ``rounds`` random-resized-crop / flip copies (seeded).
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import OnnxPruneError
+from ..errors import EXIT_BAD_INPUT, EXIT_BELOW_FLOOR, BelowFloorError, OnnxPruneError
 from ..scoring.registry import CRITERIA
-from .args import (_add_calib_args, _add_model_args, _add_oracle_args, _add_target_args, _input_shapes,
-                   _preprocess)
+from .args import (_add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args, _add_target_args,
+                   _input_shapes, _preprocess)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ def _config(args, criterion: str):
         augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
         verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
         use_external_data_format=getattr(args, "use_external_data_format", None) or None,
-        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None))
+        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
+        task=getattr(args, "task", "auto"), min_fidelity=getattr(args, "min_fidelity", None),
+        back_off=getattr(args, "back_off", False))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
     _add_calib_args(p)
+    _add_fidelity_args(p)
     _add_oracle_args(p)
     p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
                    help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="oracle", choices=list(CRITERIA))
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     _add_calib_args(p)
+    _add_fidelity_args(p, floor=False, evaluation=False)
     _add_oracle_args(p)
 
     p = sub.add_parser("apply", help="apply a saved plan")
@@ -161,11 +165,13 @@ def _write_report(report, path: Optional[str]) -> None:
 
 def _cmd_score(args) -> int:
     from ..api import kernel_scores
-    from ..pipeline import prepare_run, score_units
+    from ..pipeline import judged, prepare_run, score_units
     from ..scores_io import save_scores
     config = _config(args, args.criterion)
     _check_outputs(args, args.output)
-    p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args))
+    p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args), hold_out=True)
+    # the rows `prune --scores` judges on stay unseen; the oracle's cost is the task's, as in `prune`
+    calibration, _, config = judged(p, calibration, config, preprocess=_preprocess(args))
     scores = score_units(p, config, calibration)
     save_scores(args.output, kernel_scores(p, scores),
                 {"criterion": args.criterion, "samples": len(calibration) if calibration else 0,
@@ -184,8 +190,10 @@ def _cmd_prune(args) -> int:
     config = _config(args, criterion)
     _check_outputs(args, args.output, args.save_plan, args.report)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none",
-                         measure=config.target_latency is not None)
+        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none")
+        if args.eval:
+            return _print_result(run_pruning(args.model, args.output, None, config, preprocess=_preprocess(args),
+                                             evaluation=args.eval), args)
         return _print_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None
     if args.scores:
@@ -194,7 +202,7 @@ def _cmd_prune(args) -> int:
         prepared = prepare(args.model, config.input_shapes, config.nodes_to_exclude)
         scores = scores_from_kernels(prepared, load_scores(args.scores))
     res = run_pruning(args.model, args.output, args.calib, config, preprocess=_preprocess(args), scores=scores,
-                      prepared=prepared)
+                      prepared=prepared, evaluation=args.eval)
     return _print_result(res, args)
 
 
@@ -250,9 +258,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         handler = run_sparsify
     try:
         return int(handler(args) or 0)
+    except BelowFloorError as exc:
+        if exc.result is not None:
+            _write_report(exc.result.report, getattr(args, "report", None))
+            print(exc.result.report.table())
+        print(f"onnxprune: below the fidelity floor: {exc}", file=sys.stderr)
+        return EXIT_BELOW_FLOOR
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("onnxprune: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -97,6 +97,38 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grayscale", action="store_true")
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def _add_fidelity_args(p: argparse.ArgumentParser, floor: bool = True, evaluation: bool = True) -> None:
+    from ..fidelity.tasks import DEFAULT_FLOORS, HEADLINES, TASKS
+    g = p.add_argument_group("fidelity to the dense model (measured on calibration rows held back from scoring "
+                             "and fitting, or on --eval)")
+    g.add_argument("--task", default="auto", choices=list(TASKS),
+                   help="what the outputs are to their user, which sets the oracle's cost and the fidelity "
+                        "reported: " + ", ".join(f"{t}: {h.replace('_', ' ')}" for t, h in HEADLINES.items())
+                        + " (default auto: guessed from the output shapes and exporter metadata)")
+    if evaluation:
+        g.add_argument("--eval", metavar="DIR|FILE",
+                       help="data to measure fidelity (and top-1 with labels) on instead of held-back calibration "
+                            "rows")
+    if floor:
+        g.add_argument("--min-fidelity", type=_fraction, default=None, metavar="F",
+                       help="floor of that fidelity (default per task: "
+                            + ", ".join(f"{t} {v:g}" for t, v in DEFAULT_FLOORS.items())
+                            + "; 0: none): below it nothing is written and the exit code is 3")
+        g.add_argument("--back-off", action="store_true",
+                       help="below the floor, search the smallest step back toward dense that meets it (bisection "
+                            "of the budget, reusing the scores) and write that")
+
+
 def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("oracle")
     g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
