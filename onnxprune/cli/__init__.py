@@ -244,7 +244,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = COMMANDS.get(args.command)
     if args.command == "sweep":
         from .sweep import run_sweep
-        handler = run_sweep
+
+        def handler(a):
+            return run_sweep(a, _config(a, a.criterion))
     if handler is None:
         from .sparsify import run_sparsify
         handler = run_sparsify

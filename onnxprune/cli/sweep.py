@@ -30,13 +30,12 @@ def add_sweep_parser(sub) -> None:
     _add_latency_args(p)
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_sweep(args: argparse.Namespace, config) -> int:
+    """``config``: the PruneConfig the shared flags describe (built by the caller, whose module builds them all)."""
     from ..sweep import parse_budgets, sweep
-    from . import _config
     if not args.calib:
         from ..errors import CalibrationError
         raise CalibrationError("sweep needs calibration data: pass --calib DIR|FILE")
-    config = _config(args, args.criterion)
     kernel_scores = None
     if args.scores:
         from ..scores_io import load_scores

@@ -4,7 +4,7 @@ The pipeline: load (the input is never modified) -> find the Conv / Gemm /
 MatMul weights and check the given masks / scores against them
 (:func:`~onnxprune.sparsity.masks.select_weights`) -> read the calibration
 data (the same sources ``prune_static`` takes) -> ``Pipeline([SparsifyPass,
-SparseStoragePass])`` (:mod:`onnxprune.passes.sparsify`: masks of earlier
+SparseStoragePass])`` (:mod:`onnxprune.sparsity.passes`: masks of earlier
 passes are the zeros already there; each step of the schedule zeros more
 survivors, optionally re-fitted by least squares; exactness against the
 input weights x mask; sparse tensors only where the file gets smaller *and*
@@ -27,7 +27,7 @@ from ..calibration import Preprocess, model_input_shapes, open_calibration
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.io import ModelLike, check_output_path, load_model, save_model_atomic
 from ..passes.base import Pipeline
-from ..passes.sparsify import SparseStoragePass, SparsifyPass, verification_feeds
+from .passes import SparseStoragePass, SparsifyPass, verification_feeds
 from .config import SUPPORTED_OP_TYPES, SparsifyConfig
 from .fillers import count_slices
 from .history import other_onnxprune_metadata, read_history
