@@ -33,7 +33,7 @@ def _config(args, criterion: str):
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
         allow_drop=getattr(args, "allow_block_removal", False),
         allocation=getattr(args, "allocation", "auto"),
-        ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
+        ranking=args.ranking or "per_mac", flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
@@ -68,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="energy (default with --calib), magnitude (default without), oracle, or another registered "
                         "criterion")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
-    p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
     _add_calib_args(p)
     _add_oracle_args(p)
@@ -112,13 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files", metavar="DIR", help="only write the demo model, images/ and calib.npz to DIR "
                                                   "(to try the README's commands on)")
 
-    try:
-        from .sparsify import add_sparsify_parser
-    except ImportError:  # pragma: no cover - package always ships it
-        add_sparsify_parser = None
-    if add_sparsify_parser is not None:
-        add_sparsify_parser(sub)
+    from .sparsify import add_sparsify_parser
     from .sweep import add_sweep_parser
+    add_sparsify_parser(sub)
     add_sweep_parser(sub)
     return parser
 
@@ -184,7 +179,7 @@ def _cmd_prune(args) -> int:
     config = _config(args, criterion)
     _check_outputs(args, args.output, args.save_plan, args.report)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none",
+        config = replace(config, ranking=args.ranking or "raw", recover="none",
                          measure=config.target_latency is not None)
         return _print_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None

@@ -102,9 +102,11 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
                    help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
                         "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
-    g.add_argument("--ranking", default="per_mac", choices=["per_mac", "raw", "flops_reg"],
-                   help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
-    g.add_argument("--flops-lambda", type=float, default=1.0)
+    g.add_argument("--ranking", default=None, choices=["per_mac", "raw", "flops_reg"],
+                   help="order of removal: score per MAC saved (default; raw for a data-free criterion without "
+                        "--calib or --scores), raw score, or flops_reg: score - lambda*MACs")
+    g.add_argument("--flops-lambda", type=float, default=1.0,
+                   help="lambda of --ranking flops_reg: score minus lambda times the MACs a unit saves (default 1.0)")
     g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
     g.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where the oracle runs: local CPU workers (default) or a Ray cluster (pip install "
