@@ -55,6 +55,7 @@ class SweepResult:
     layers: list[tuple[str, int]]
     sensitivity: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # the PNGs written beside the report (none without matplotlib)
 
 
 def _plots(r: SweepResult, out: Path) -> list[Path]:
@@ -147,12 +148,46 @@ def _markdown(r: SweepResult, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(r: SweepResult, out: Path, plots: list[str]) -> str:
-    def table(rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>")
 
+
+def table(rows: list[list[str]]) -> str:
+    """An HTML table: the first row is the header."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_page(markdown: str, title: str) -> str:
+    """One self-contained HTML page of a Markdown report (``prune --report x.html``).
+
+    Only what the reports write: ``|`` tables (their ``---`` rule dropped),
+    ``#`` headings, ``-`` items and paragraphs.
+    """
+    parts: list[str] = []
+    rows: list[list[str]] = []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            parts.append(table(rows))
+            rows = []
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 6)
+            parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            parts.append(f"<ul><li>{html.escape(line[2:])}</li></ul>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}</head>"
+            f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+
+
+def _html(r: SweepResult, out: Path, plots: list[str]) -> str:
     imgs = "".join(f'<figure><img alt="{p}" src="data:image/png;base64,'
                    f'{base64.b64encode((out / p).read_bytes()).decode()}"><figcaption>{p}</figcaption></figure>'
                    for p in plots)
@@ -160,8 +195,7 @@ def _html(r: SweepResult, out: Path, plots: list[str]) -> str:
     wrows += [[n, str(k)] + [str(p.widths.get(n, k)) for p in r.points] for n, k in r.layers]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.notes)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxprune sweep: {html.escape(r.model)}"
-            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style></head><body>"
+            f"</title>{_STYLE}</head><body>"
             f"<h1>Pruning sweep: {html.escape(r.model)}</h1><p>Budgets: kept fraction of "
             f"{'MACs' if r.kind == 'macs' else 'measured latency'}; criterion {html.escape(r.criterion)}, scored once. "
             f"Quality: {html.escape(r.quality_name)} on {html.escape(r.eval_description)}. Latency: "
@@ -171,7 +205,7 @@ def _html(r: SweepResult, out: Path, plots: list[str]) -> str:
 
 def write_sweep_report(r: SweepResult, out: Path) -> Path:
     """Write sweep.md, the PNGs, sweep.html and sweep.json into ``out``; returns the HTML path."""
-    plots = [p.name for p in _plots(r, out)]
+    r.plots = plots = [p.name for p in _plots(r, out)]
     (out / "sweep.md").write_text(_markdown(r, plots))
     page = out / "sweep.html"
     page.write_text(_html(r, out, plots))

@@ -169,7 +169,7 @@ def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibra
                 if axis == 0:
                     raise CalibrationError(
                         f"{where} has a batch of {got} but the model has a fixed batch size of {want}: "
-                        f"use batch_size={want}")
+                        f"use --batch-size {want} (Python: batch_size={want})")
                 hint = _layout_hint(value.shape, dims)
                 if not hint and names[axis] == "channels" and {got, want} == {1, 3}:
                     hint = ("; set Preprocess(grayscale=True) for a 1-channel model"
