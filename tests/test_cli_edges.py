@@ -37,8 +37,9 @@ def test_prune_help_names_the_real_default():
     assert "share of prunable kernels REMOVED, 0-100" in " ".join(text.split())
 
 
-@pytest.mark.parametrize("argv, verbose", [(["inspect", "m.onnx"], False), (["-v", "inspect", "m.onnx"], True),
-                                           (["inspect", "m.onnx", "-v"], True), (["prune", "m", "-o", "x", "-v"], True)])
+@pytest.mark.parametrize("argv, verbose", [
+    (["inspect", "m.onnx"], False), (["-v", "inspect", "m.onnx"], True), (["inspect", "m.onnx", "-v"], True),
+    (["prune", "m", "-o", "x", "-v"], True)])
 def test_verbose_before_or_after_the_verb(argv, verbose):
     assert build_parser().parse_args(argv).verbose is verbose
 

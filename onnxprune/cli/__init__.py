@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sparsify_parser(sub)
     add_sweep_parser(sub)
     for verb in sub.choices.values():  # -v also after the verb; SUPPRESS keeps the one given before it
-        verb.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
+        verb.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="log progress details")
     return parser
 
 

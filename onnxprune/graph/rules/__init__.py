@@ -22,7 +22,8 @@ from .rearranging import (ConcatRule, FlattenRule, PadRule, ReduceRule, ReshapeR
                           SplitRule, SqueezeRule, TransposeRule)
 
 __all__ = [
-    "RULES", "CUSTOM_RULES", "DEFAULT_RULE", "rule_for", "register_channel_rule", "OpRule", "FollowRule", "AnalysisContext", "RewriteContext", "ShapeContext",
+    "RULES", "CUSTOM_RULES", "DEFAULT_RULE", "rule_for", "register_channel_rule",
+    "OpRule", "FollowRule", "AnalysisContext", "RewriteContext", "ShapeContext",
     "ConvRule", "ConvTransposeRule", "GemmRule", "MatMulRule", "PassRule", "SpatialRule", "NormRule",
     "ElementwiseRule", "SoftmaxRule", "ResizeRule", "ConcatRule", "SplitRule", "SliceRule",
     "PadRule", "TransposeRule", "FlattenRule", "ReshapeRule", "SqueezeRule", "ReduceRule", "ShapeRule",
