@@ -3,6 +3,7 @@
 from .api import InspectReport, PruneResult, apply_plan, inspect, prune_model
 from .errors import (CalibrationError, InvalidArgumentError, InvalidModelError, NothingToPruneError,
                      OnnxPruneError, UnsupportedModelError, VerificationError)
+from .graph.rules import register_channel_rule
 from .plan import PruningPlan
 from .selection import Constraints, Target
 
@@ -10,7 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "inspect", "prune_model", "apply_plan", "PruningPlan", "PruneResult", "InspectReport",
-    "Target", "Constraints",
+    "Target", "Constraints", "register_channel_rule",
     "OnnxPruneError", "InvalidModelError", "UnsupportedModelError", "InvalidArgumentError",
     "NothingToPruneError", "VerificationError", "CalibrationError",
 ]

@@ -8,7 +8,6 @@ All of them run the one pruning path of :mod:`onnxprune.pipeline`.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -92,9 +91,8 @@ def _inspect_prepared(p: Prepared) -> InspectReport:
 
 
 def inspect(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] = None,
-            nodes_to_exclude: Iterable[str] = (), **deprecated: Any) -> InspectReport:
+            nodes_to_exclude: Iterable[str] = ()) -> InspectReport:
     """Prunable layers, channel groups (frozen ones with the reason) and HALCON-style totals."""
-    nodes_to_exclude, _ = _deprecated_names(deprecated, nodes_to_exclude, "raw")
     return _inspect_prepared(prepare(model, input_shapes, nodes_to_exclude))
 
 
@@ -105,8 +103,7 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
                 min_kernels: int = 1, ranking: str = "raw",
                 scores: Optional[dict[str, list[float]]] = None,
                 input_shapes: Optional[dict[str, Sequence[int]]] = None,
-                verify: bool = True, seed: int = 0, config: Optional[PruneConfig] = None,
-                **deprecated: Any) -> PruneResult:
+                verify: bool = True, seed: int = 0, config: Optional[PruneConfig] = None) -> PruneResult:
     """Prune by a data-free criterion (magnitude, l1, l2, bn_scale, random) or by given per-kernel ``scores``.
 
     ``percentage`` is HALCON's: the share of prunable kernels to remove
@@ -116,11 +113,8 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
     ``scores`` maps layer name to one score per output kernel (as written
     by ``onnxprune score``); a unit's score is the mean over its kernels.
     ``ranking`` is ``raw`` here (score order) unless ``per_mac`` is asked
-    for; a full ``config`` replaces every keyword setting. The names
-    ``exclude`` and ``cost_aware`` of earlier releases still work, with a
-    DeprecationWarning.
+    for; a full ``config`` replaces every keyword setting.
     """
-    nodes_to_exclude, ranking = _deprecated_names(deprecated, nodes_to_exclude, ranking)
     if config is None:
         config = PruneConfig(criterion=criterion, percentage=percentage, target_macs=target_macs,
                              target_params=target_params, target_latency=target_latency,
@@ -138,20 +132,6 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
                                   "(run `onnxprune inspect` to see why)")
     unit_scores = scores_from_kernels(p, scores) if scores is not None else None
     return run_pruning(model_input, model_output, None, config, scores=unit_scores, prepared=p)
-
-
-def _deprecated_names(kw: dict[str, Any], nodes_to_exclude: Iterable[str], ranking: str) -> tuple[Iterable[str], str]:
-    """``exclude=`` and ``cost_aware=`` of earlier releases (one release of grace)."""
-    if "exclude" in kw:
-        warnings.warn("prune_model(exclude=...) is deprecated; use nodes_to_exclude=", DeprecationWarning, 2)
-        nodes_to_exclude = tuple(nodes_to_exclude) + tuple(kw.pop("exclude"))
-    if "cost_aware" in kw:
-        warnings.warn("prune_model(cost_aware=...) is deprecated; use ranking='per_mac'", DeprecationWarning, 2)
-        if kw.pop("cost_aware"):
-            ranking = "per_mac"
-    if kw:
-        raise TypeError(f"prune_model() got unexpected keyword argument(s) {', '.join(sorted(kw))}")
-    return nodes_to_exclude, ranking
 
 
 def scores_from_kernels(p: Prepared, scores: dict[str, list[float]]) -> dict[int, float]:

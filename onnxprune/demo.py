@@ -68,15 +68,19 @@ def accuracy(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, bat
 
 
 def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
-    """Prune the demo model and return the printed report."""
+    """Prune the demo model and return the printed report; without ``output`` nothing is left on disk."""
+    if output is not None:
+        return _run_demo(output, target_macs, f"wrote {output}")
+    with tempfile.TemporaryDirectory(prefix="onnxprune-demo-") as tmp:
+        return _run_demo(str(Path(tmp) / "demo_cnn_pruned.onnx"), target_macs,
+                         "the pruned model was not kept: pass -o FILE to keep it")
+
+
+def _run_demo(output: str, target_macs: float, last_line: str) -> str:
     from .compare import interleaved_latency
 
     model_path, _ = demo_files()
     data = demo_data()
-    out_dir = None
-    if output is None:
-        out_dir = tempfile.mkdtemp(prefix="onnxprune-demo-")
-        output = str(Path(out_dir) / "demo_cnn_pruned.onnx")
     result = _prune_demo(model_path, output, data, target_macs)
     original = onnx.load(str(model_path))
     pruned = result.model
@@ -89,7 +93,7 @@ def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
     lines = [f"onnxprune demo: digits CNN ({model_path.name}), {len(data['test'])} held-back MNIST digits",
              f"method: {result.plan.meta.get('criterion')} scores, {result.plan.meta.get('ranking')} ranking, "
              f"target {result.plan.meta.get('target')}, widths rounded: {result.plan.meta.get('round_to')}", "",
-             rep.table(), "", f"wrote {output}"]
+             rep.table(), "", last_line]
     return "\n".join(lines)
 
 
@@ -97,5 +101,6 @@ def _prune_demo(model_path: Path, output: str, data: dict[str, np.ndarray], targ
     """Oracle scores on 256 calibration digits, score-per-MAC ranking in 3 steps, least-squares recovery."""
     from .pipeline import PruneConfig, run_pruning
     calib = {"input": data["calib"][:256]}
-    config = PruneConfig(criterion="oracle", target_macs=target_macs, steps=3, recover="lsq", progress=True)
+    config = PruneConfig(criterion="oracle", target_macs=target_macs, steps=3, recover="lsq",
+                         progress=True)  # a bar on a terminal, log lines in a redirected log
     return run_pruning(model_path, output, calib, config)

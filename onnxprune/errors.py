@@ -7,9 +7,17 @@ the message on one line and exits non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+# Exit codes of the command line (README, "Command line"): one per outcome a script can act on.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # any OnnxPruneError: one line on stderr, nothing written
+EXIT_BELOW_FLOOR = 3  # the pruned model is below the fidelity floor: nothing written
+EXIT_INTERRUPTED = 130
+
 
 class OnnxPruneError(Exception):
     """Base class of every error onnxprune raises on purpose."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class InvalidModelError(OnnxPruneError):
@@ -36,15 +44,13 @@ class CalibrationError(OnnxPruneError):
     """Calibration data is missing, unreadable, or does not fit the model."""
 
 
-EXIT_BAD_INPUT = 2
-EXIT_BELOW_FLOOR = 3
-
-
 class BelowFloorError(OnnxPruneError):
-    """The pruned model's fidelity to the dense model is below the floor; nothing was written.
+    """The pruned model's fidelity to the dense model is below the floor; nothing was written (exit code 3).
 
     ``result`` holds the run (model, plan, report) so a caller can still look at what was refused.
     """
+
+    exit_code = EXIT_BELOW_FLOOR
 
     def __init__(self, message: str, result=None) -> None:
         super().__init__(message)

@@ -88,7 +88,3 @@ class PruningPlan:
             raise InvalidArgumentError(f"{p}: cannot read the plan ({exc})") from None
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"{p}: {exc}") from None
-
-    @property
-    def kernel_count(self) -> int:
-        return sum(len(v) for v in self.remove.values())

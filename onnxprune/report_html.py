@@ -6,7 +6,8 @@ Plots (matplotlib, Agg backend): quality against MACs kept and against the
 measured latency, kept width per layer at each budget, and the summed scores
 per layer (how much each layer's channels matter to the criterion). The HTML
 page embeds the same PNGs as base64 data URIs, so it can be mailed or
-attached as one file.
+attached as one file. The sweep's results (:class:`SweepResult`) are defined
+here, as the report's input, so ``sweep`` imports its report and never the reverse.
 """
 
 from __future__ import annotations
@@ -15,19 +16,49 @@ import base64
 import html
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Optional
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sweep import SweepResult
+from .latency.measure import Timing
 
 logger = logging.getLogger(__name__)
 
-PLOTS = ("quality_vs_macs.png", "quality_vs_latency.png", "widths.png", "sensitivity.png")
+
+@dataclass
+class SweepPoint:
+    """One pruned model of the sweep."""
+
+    budget: float
+    macs_kept: float
+    params_kept: float
+    latency: Timing
+    quality: float
+    widths: dict[str, int]
+    path: Optional[str] = None
+    fidelity: dict = field(default_factory=dict)
 
 
-def _plots(r: "SweepResult", out: Path) -> list[Path]:
+@dataclass
+class SweepResult:
+    """Everything the sweep report shows."""
+
+    model: str
+    kind: str
+    criterion: str
+    dense_latency: Timing
+    dense_quality: float
+    quality_name: str
+    eval_description: str
+    latency_where: str
+    points: list[SweepPoint]
+    layers: list[tuple[str, int]]
+    sensitivity: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # the PNGs written beside the report (none without matplotlib)
+
+
+def _plots(r: SweepResult, out: Path) -> list[Path]:
     """The PNGs written (none without matplotlib: the tables still carry every figure)."""
     try:
         import matplotlib
@@ -86,7 +117,7 @@ def _plots(r: "SweepResult", out: Path) -> list[Path]:
     return paths
 
 
-def _rows(r: "SweepResult") -> list[list[str]]:
+def _rows(r: SweepResult) -> list[list[str]]:
     d = r.dense_latency
     rows = [["budget", "MACs kept", "params kept", "latency (ms, median, range)", "speed-up",
              "speed-up of fastest rounds", r.quality_name]]
@@ -100,7 +131,7 @@ def _rows(r: "SweepResult") -> list[list[str]]:
     return rows
 
 
-def _markdown(r: "SweepResult", plots: list[str]) -> str:
+def _markdown(r: SweepResult, plots: list[str]) -> str:
     rows = _rows(r)
     lines = [f"# Pruning sweep: {r.model}", "",
              f"Budgets: kept fraction of {'MACs' if r.kind == 'macs' else 'measured latency'}; criterion "
@@ -117,12 +148,46 @@ def _markdown(r: "SweepResult", plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(r: "SweepResult", out: Path, plots: list[str]) -> str:
-    def table(rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>")
 
+
+def table(rows: list[list[str]]) -> str:
+    """An HTML table: the first row is the header."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_page(markdown: str, title: str) -> str:
+    """One self-contained HTML page of a Markdown report (``prune --report x.html``).
+
+    Only what the reports write: ``|`` tables (their ``---`` rule dropped),
+    ``#`` headings, ``-`` items and paragraphs.
+    """
+    parts: list[str] = []
+    rows: list[list[str]] = []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            parts.append(table(rows))
+            rows = []
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 6)
+            parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            parts.append(f"<ul><li>{html.escape(line[2:])}</li></ul>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}</head>"
+            f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+
+
+def _html(r: SweepResult, out: Path, plots: list[str]) -> str:
     imgs = "".join(f'<figure><img alt="{p}" src="data:image/png;base64,'
                    f'{base64.b64encode((out / p).read_bytes()).decode()}"><figcaption>{p}</figcaption></figure>'
                    for p in plots)
@@ -130,8 +195,7 @@ def _html(r: "SweepResult", out: Path, plots: list[str]) -> str:
     wrows += [[n, str(k)] + [str(p.widths.get(n, k)) for p in r.points] for n, k in r.layers]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.notes)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>onnxprune sweep: {html.escape(r.model)}"
-            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style></head><body>"
+            f"</title>{_STYLE}</head><body>"
             f"<h1>Pruning sweep: {html.escape(r.model)}</h1><p>Budgets: kept fraction of "
             f"{'MACs' if r.kind == 'macs' else 'measured latency'}; criterion {html.escape(r.criterion)}, scored once. "
             f"Quality: {html.escape(r.quality_name)} on {html.escape(r.eval_description)}. Latency: "
@@ -139,9 +203,9 @@ def _html(r: "SweepResult", out: Path, plots: list[str]) -> str:
             f"<ul>{notes}</ul>{imgs}<h2>Kept kernels per layer</h2>{table(wrows)}</body></html>\n")
 
 
-def write_sweep_report(r: "SweepResult", out: Path) -> Path:
+def write_sweep_report(r: SweepResult, out: Path) -> Path:
     """Write sweep.md, the PNGs, sweep.html and sweep.json into ``out``; returns the HTML path."""
-    plots = [p.name for p in _plots(r, out)]
+    r.plots = plots = [p.name for p in _plots(r, out)]
     (out / "sweep.md").write_text(_markdown(r, plots))
     page = out / "sweep.html"
     page.write_text(_html(r, out, plots))

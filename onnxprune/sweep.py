@@ -12,7 +12,7 @@ All models are timed interleaved with the dense one. The report
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,47 +24,16 @@ from .calibration.dataset import load_calibration
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
-from .latency.measure import Timing, feeds_for, time_interleaved
+from .latency.measure import feeds_for, time_interleaved
 from .pipeline import prepare_run, run_pruning, score_units
-from .schedule import criterion_for
+from .report_html import SweepPoint, SweepResult, write_sweep_report
 from .runtime import make_session
+from .schedule import criterion_for
 
 logger = logging.getLogger(__name__)
 
 BUDGET_KINDS = ("macs", "latency")
 EVAL_LIMIT = 2000
-
-
-@dataclass
-class SweepPoint:
-    """One pruned model of the sweep."""
-
-    budget: float
-    macs_kept: float
-    params_kept: float
-    latency: Timing
-    quality: float
-    widths: dict[str, int]
-    path: Optional[str] = None
-    fidelity: dict = field(default_factory=dict)
-
-
-@dataclass
-class SweepResult:
-    """Everything the sweep report shows."""
-
-    model: str
-    kind: str
-    criterion: str
-    dense_latency: Timing
-    dense_quality: float
-    quality_name: str
-    eval_description: str
-    latency_where: str
-    points: list[SweepPoint]
-    layers: list[tuple[str, int]]
-    sensitivity: dict[str, float]
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_budgets(text: str) -> list[float]:
@@ -122,7 +91,6 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     ``kernel_scores`` (layer -> one score per kernel, as ``onnxprune score``
     writes them) replaces the scoring step.
     """
-    from .report_html import write_sweep_report
     if kind not in BUDGET_KINDS:
         raise InvalidArgumentError(f"unknown budget kind {kind!r}; choose macs or latency")
     out = Path(out_dir)

@@ -122,10 +122,16 @@ def test_plan_json_roundtrip():
         onnxprune.PruningPlan.from_json("[]")
 
 
-def test_demo_runs(capsys, tmp_path):
-    assert main(["demo", "-o", str(tmp_path / "demo.onnx")]) == 0
-    out = capsys.readouterr().out
-    assert "accuracy" in out and (tmp_path / "demo.onnx").exists()
+def test_demo_runs_and_leaves_nothing_behind(capsys, caplog, tmp_path, monkeypatch):
+    """Without -o the demo's model goes to a temporary folder that is removed; off a terminal, progress is log lines."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["demo"]) == 0
+    out, err = capsys.readouterr()
+    assert "accuracy" in out and out.rstrip().endswith("the pruned model was not kept: pass -o FILE to keep it")
+    assert list(tmp_path.iterdir()) == []
+    assert "\r" not in err
+    assert any(r.name == "onnxprune.progress" and r.getMessage().startswith("oracle (local): ") for r in caplog.records)
 
 
 def test_score_then_prune_with_scores_cli(tmp_path, capsys):

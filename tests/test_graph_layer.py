@@ -20,13 +20,11 @@ from onnxprune.graph.layout import WeightLayout, as_matrix, from_matrix, node_at
 from onnxprune.graph.normalize import infer_shapes, normalize
 from onnxprune.graph.probe import probe
 from onnxprune.graph.rules.context import AnalysisContext, RewriteContext
+from onnxprune.graph.session import make_session
 from onnxprune.graph.subgraph import expose, extract, free_inputs, prefix
 from onnxprune.graph.surgery import Surgery
-from onnxprune.runtime import make_session
 
 GRAPH = Path(__file__).resolve().parent.parent / "onnxprune" / "graph"
-UPPER = {"passes", "scoring", "pipeline", "api", "sparsity", "calibration", "selection", "cost", "report",
-         "prepare", "cli", "halcon", "plan", "verify"}
 
 
 def run(model, feeds, names=None):
@@ -35,23 +33,7 @@ def run(model, feeds, names=None):
     return dict(zip(names, sess.run(names, feeds)))
 
 
-# ---------------------------------------------------------------- layering
-
-def test_graph_imports_nothing_above_it():
-    for path in GRAPH.rglob("*.py"):
-        depth = len(path.relative_to(GRAPH).parts)  # 1: graph/x.py, 2: graph/rules/x.py
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level > depth:
-                top = (node.module or "").split(".")[0]
-                assert top not in UPPER, f"{path.name} imports ..{node.module}"
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                parts = node.module.split(".")
-                assert not (parts[0] == "onnxprune" and len(parts) > 1 and parts[1] in UPPER), path.name
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    parts = alias.name.split(".")
-                    assert not (parts[0] == "onnxprune" and len(parts) > 1 and parts[1] in UPPER), path.name
-
+# ---------------------------------------------------------------- layering (imports: tests/test_imports.py)
 
 def test_rules_use_only_their_context():
     """No rule reaches into the analysis' union-find or probe, nor through the surgery to the analysis."""

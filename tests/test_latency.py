@@ -226,12 +226,13 @@ def _sweep_demo(tmp_path, budgets: str, latency_batch: int) -> int:
     assert main(["demo", "--files", str(tmp_path / "demo")]) == 0
     d = tmp_path / "demo"
     return main(["sweep", str(d / "model.onnx"), "--calib", str(d / "calib.npz"), "--calib-limit", "64",
-                 "--criterion", "energy", "--budgets", budgets, "--out", str(tmp_path / "sw"),
+                 "--criterion", "energy", "--budgets", budgets, "-o", str(tmp_path / "sw"),
                  "--latency-batch", str(latency_batch), "--no-models"])
 
 
-def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path):
+def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path, capsys):
     assert _sweep_demo(tmp_path, "0.8,0.6", 8) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'sw'}/sweep.html, sweep.md and 4 plots"
     page = (tmp_path / "sw" / "sweep.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     md = (tmp_path / "sw" / "sweep.md").read_text()
@@ -242,7 +243,7 @@ def test_sweep_on_the_demo_writes_html_with_the_plots(tmp_path):
     assert "after the 64 calibrated on" in data["eval_description"]
 
 
-def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch, caplog):
+def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch, caplog, capsys):
     """No plot extra: the report is written with its tables, no image, and says how to get the plots."""
     import sys
 
@@ -253,3 +254,5 @@ def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch,
     assert not list((tmp_path / "sw").glob("*.png"))
     assert "| 0.7 |" in (tmp_path / "sw" / "sweep.md").read_text()
     assert any("onnxprune[plot]" in r.getMessage() for r in caplog.records)
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f'wrote {tmp_path / "sw"}/sweep.html, sweep.md and no plots (pip install "onnxprune[plot]" for them)'

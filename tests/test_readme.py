@@ -50,7 +50,7 @@ def test_readme_command_line_runs(tmp_path, monkeypatch, capsys):
                 continue
             assert argv[0] == "onnxprune", command
             assert main(argv[1:]) == 0, f"README line failed: {command}\n{capsys.readouterr().err}"
-    for written in ("small.onnx", "s50.onnx", "sparse.onnx", "plan.json", "report.md", "scores.json"):
+    for written in ("small.onnx", "s50.onnx", "sparse.onnx", "plan.json", "report.md", "scores.json", "report.html"):
         assert (Path.cwd() / written).stat().st_size > 0, written
 
 

@@ -7,7 +7,6 @@ skips when the shared folder is absent.
 from __future__ import annotations
 
 import hashlib
-import warnings
 import math
 import os
 from pathlib import Path
@@ -342,25 +341,6 @@ def test_refit_of_auto_pad_convs_recovers_outputs() -> None:
     assert np.linalg.norm(run(fitted.model, test) - ref) < 0.8 * np.linalg.norm(run(plain.model, test) - ref)
 
 
-def test_deprecated_names_still_work_with_a_warning() -> None:
-    calib = {"x": np.random.default_rng(0).standard_normal((16, 8, 10, 10)).astype(np.float32)}
-    new = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data_reader=calib)
-    with pytest.warns(DeprecationWarning, match="calibration_data_reader"):
-        old = sparsify(two_conv_model(), config=SparsifyConfig(threshold=0.5), calibration_data=calib)
-    for name, w in weights_of(new.model).items():
-        np.testing.assert_array_equal(weights_of(old.model)[name], w)
-    with pytest.raises(InvalidArgumentError, match="calibration_data_reader only"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        sparsify(two_conv_model(), None, None, calib, calibration_data=calib)
-    with pytest.warns(DeprecationWarning, match="nodes_to_exclude"):
-        config = SparsifyConfig(exclude=("conv1",))
-    assert config.nodes_to_exclude == ("conv1",) == config.exclude
-    import onnxprune.sparsity as sp
-    with pytest.warns(DeprecationWarning, match="WeightInfo"):
-        assert sp.LayerInfo is sp.WeightInfo
-    assert type(sparsity_info(new.model).layers[0]) is sp.WeightInfo
-
-
 def test_calibration_reader_and_batches_are_accepted() -> None:
     class Reader:
         def __init__(self) -> None:
@@ -549,23 +529,16 @@ def test_cli_sparsify_info_and_mask_round_trip(tmp_path: Path, capsys: pytest.Ca
         cli(str(src), "-o", str(out), "--filler", "magnitude")
 
 
-@pytest.mark.parametrize("flag", ["--calib", "--calibration"])
-def test_cli_gradual_refit_with_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  flag: str) -> None:
-    """--calib takes float model inputs as they are; --calibration is its deprecated old name, said on stderr."""
+def test_cli_gradual_refit_with_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--calib takes float model inputs as they are."""
     src = tmp_path / "two.onnx"
     onnx.save(two_conv_model(), str(src))
     calib = tmp_path / "calib.npz"
     np.savez(calib, images=np.random.default_rng(0).standard_normal((40, 8, 10, 10)).astype(np.float32))
     assert cli(str(src), "-o", str(tmp_path / "out.onnx"), "--threshold", "0.6", "--mode", "gradual",
-               "--start", "0.2", "--gamma", "0.2", flag, str(calib), "--samples", "32") == 0
-    captured = capsys.readouterr()
-    printed = captured.out
+               "--start", "0.2", "--gamma", "0.2", "--calib", str(calib), "--samples", "32") == 0
+    printed = capsys.readouterr().out
     assert "re-fitted" in printed and "steps 0.2, 0.4, 0.6" in printed and "on calibration samples" in printed
-    deprecated = "--calibration is deprecated; use --calib"
-    assert (deprecated in captured.err) == (flag == "--calibration")
-    assert cli(str(src), "-o", str(tmp_path / "b.onnx"), "--calib", str(calib), "--calibration", str(calib)) == 2
-    assert "give --calib only" in capsys.readouterr().err
 
 
 def test_cli_sparsify_from_an_image_folder_with_preprocessing_flags(tmp_path: Path,

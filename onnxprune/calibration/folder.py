@@ -51,7 +51,8 @@ def image_geometry(input_name: str, input_shape: Sequence[Union[int, str, None]]
         height, width, channels = dims[1], dims[2], dims[3]
     guessed = guess_layout(dims)
     if guessed is not None and guessed != preprocess.layout and not (is_static(channels) and channels in (1, 3)):
-        raise CalibrationError(f"{where} is {guessed}: set layout='{guessed}' in Preprocess")
+        raise CalibrationError(f"{where} is {guessed}: set layout='{guessed}' in Preprocess "
+                               f"({'--nhwc' if guessed == 'NHWC' else 'no --nhwc'} on the command line)")
     if is_static(channels):
         if channels not in (1, 3):
             raise CalibrationError(f"{where} takes {channels} channels; images give 1 (grayscale) or 3")
@@ -59,7 +60,7 @@ def image_geometry(input_name: str, input_shape: Sequence[Union[int, str, None]]
             flag = "True" if channels == 1 else "False"
             raise CalibrationError(
                 f"{where} takes {channels} channel(s) but the Preprocess gives {preprocess.channels}: "
-                f"set grayscale={flag}")
+                f"set grayscale={flag} ({'--grayscale' if channels == 1 else 'no --grayscale'} on the command line)")
     static_hw = (int(height) if is_static(height) else None, int(width) if is_static(width) else None)
     if preprocess.size is not None:
         for axis, want, got in (("height", static_hw[0], preprocess.size[0]), ("width", static_hw[1], preprocess.size[1])):
@@ -187,7 +188,8 @@ class ImageFolderReader(BatchReader):
         fixed_batch = input_shape[0] if input_shape and is_static(input_shape[0]) else None
         if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
             raise InvalidArgumentError(
-                f"model input '{input_name}' has a fixed batch size of {fixed_batch}: use batch_size={fixed_batch}")
+                f"model input '{input_name}' has a fixed batch size of {fixed_batch}: use --batch-size {fixed_batch} "
+                f"(Python: batch_size={fixed_batch})")
         if labels_file is not None:
             labels_path = Path(labels_file)
             if not labels_path.exists() and not labels_path.is_absolute() and (folder / labels_path).exists():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -135,10 +135,6 @@ class Preprocess:
     def channels(self) -> int:
         """Channels of the produced input: 1 for grayscale, else 3."""
         return 1 if self.grayscale else 3
-
-    def with_size(self, size: tuple[int, int]) -> "Preprocess":
-        """The same settings with another output size (validated again)."""
-        return replace(self, size=size)
 
 
 def _check_resize_covers(resize: int, size: tuple[int, int]) -> None:

@@ -190,11 +190,16 @@ class ArrayReader(BatchReader):
         if images and preprocess is None:
             preprocess = Preprocess()
             logger.warning("%s: uint8 images without a Preprocess: using RGB, x/255, no mean/std, NCHW; "
-                           "pass preprocess=Preprocess(...) if the model expects another normalization", source)
+                           "pass --scale/--mean/--std (Python: preprocess=Preprocess(...)) "
+                           "if the model expects another normalization", source)
         self._pixels = {n: _image_pixels(named[n], n, source) for n in images}
         self._floats = {n: a for n, a in named.items() if n not in images}
         self._order = list(named)
         self.preprocess = preprocess
+        for n, px in self._pixels.items():
+            if preprocess is not None and preprocess.size is not None and px.shape[1:3] != tuple(preprocess.size):
+                logger.warning("%s: %s images of %dx%d are resized to the model's %dx%d (%s; --size/--resize "
+                               "choose how)", source, n, *px.shape[1:3], *preprocess.size, preprocess.mode)
         if labels is not None:
             labels = np.asarray(labels)
             if labels.ndim == 0 or labels.shape[0] != total:

@@ -47,7 +47,8 @@ def _default_preprocess(preprocess: Optional[Preprocess], source: str, dims: Any
         logger.info("%s: no Preprocess given: grayscale (the model takes one channel), x/255, no mean/std", source)
         return Preprocess(grayscale=True, layout=layout)
     logger.warning("%s: no Preprocess given: images become RGB, x/255, no mean/std, NCHW; "
-                   "pass preprocess=Preprocess(...) if the model expects another normalization", source)
+                   "pass --scale/--mean/--std (Python: preprocess=Preprocess(...)) "
+                   "if the model expects another normalization", source)
     return Preprocess()
 
 
@@ -78,7 +79,8 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
     limit = _check_positive("limit", limit)
     fixed = _fixed_batch(model_inputs)
     if fixed is not None and batch_size is not None and batch_size != fixed:
-        raise InvalidArgumentError(f"the model has a fixed batch size of {fixed}: use batch_size={fixed}")
+        raise InvalidArgumentError(f"the model has a fixed batch size of {fixed}: use --batch-size {fixed} "
+                                   f"(Python: batch_size={fixed})")
     size = batch_size or fixed or DEFAULT_BATCH_SIZE
     drop_last = fixed is not None
     names = list(model_inputs)

@@ -104,9 +104,11 @@ def _layout_hint(shape: tuple[int, ...], dims: Dims) -> str:
     if len(shape) != 4 or layout is None:
         return ""
     if layout == "NCHW" and shape[3] == dims[1] and shape[1] != dims[1]:
-        return "; the data looks channels-last (NHWC) but the model takes NCHW: set layout='NCHW' in Preprocess"
+        return ("; the data looks channels-last (NHWC) but the model takes NCHW: set layout='NCHW' in Preprocess "
+                "(no --nhwc on the command line)")
     if layout == "NHWC" and shape[1] == dims[3] and shape[3] != dims[3]:
-        return "; the data looks channels-first (NCHW) but the model takes NHWC: set layout='NHWC' in Preprocess"
+        return ("; the data looks channels-first (NCHW) but the model takes NHWC: set layout='NHWC' in Preprocess "
+                "(--nhwc on the command line)")
     return ""
 
 
@@ -169,7 +171,7 @@ def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibra
                 if axis == 0:
                     raise CalibrationError(
                         f"{where} has a batch of {got} but the model has a fixed batch size of {want}: "
-                        f"use batch_size={want}")
+                        f"use --batch-size {want} (Python: batch_size={want})")
                 hint = _layout_hint(value.shape, dims)
                 if not hint and names[axis] == "channels" and {got, want} == {1, 3}:
                     hint = ("; set Preprocess(grayscale=True) for a 1-channel model"

@@ -1,7 +1,7 @@
 """The ``onnxprune`` command line: inspect, prune, apply, score, sparsify, demo.
 
 Library code only logs; this module prints. Every OnnxPruneError becomes one
-line on stderr and exit status 2, never a traceback.
+line on stderr and its exit status (2, or 3 below the fidelity floor: errors.py), never a traceback.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import EXIT_BAD_INPUT, EXIT_BELOW_FLOOR, BelowFloorError, OnnxPruneError
+from ..errors import EXIT_BELOW_FLOOR, EXIT_INTERRUPTED, BelowFloorError, OnnxPruneError
+from ..scoring.auto import AUTO
 from ..scoring.registry import CRITERIA
-from .args import (_add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args, _add_target_args,
-                   _input_shapes, _preprocess)
+from .args import (EXCLUDE_HELP, _add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args,
+                   _add_target_args, _input_shapes, _preprocess)
+from .output import check_report_target, emit_refused, emit_result, error_json
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,13 @@ def _config(args, criterion: str):
         max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
         allow_drop=getattr(args, "allow_block_removal", False),
         allocation=getattr(args, "allocation", "auto"),
-        ranking=args.ranking, flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
+        ranking=args.ranking or "per_mac", flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
         steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
         gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
         calibration_samples=args.calib_limit, batch_size=args.batch_size,
         recover=getattr(args, "recover", "none"), quantize=getattr(args, "quantize", None),
         augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
-        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=sys.stderr.isatty(),
+        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=True,
         use_external_data_format=getattr(args, "use_external_data_format", None) or None,
         executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
         task=getattr(args, "task", "auto"), min_fidelity=getattr(args, "min_fidelity", None),
@@ -54,23 +55,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="onnxprune", description="Structured pruning of ONNX models.")
+    from .. import __version__
+    parser = _Parser(prog="onnxprune", description="Structured pruning of ONNX models. Exit codes: 0 done, 2 bad "
+                                                   "input (nothing written), 3 below the fidelity floor, 130 "
+                                                   "interrupted.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="list prunable layers, channel groups and frozen groups with reasons")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
 
     p = sub.add_parser("prune", help="remove the least important kernels and write a smaller model")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
-    p.add_argument("--criterion", default=None, choices=list(CRITERIA),
-                   help="energy (default with --calib), magnitude (default without), oracle, or another registered "
-                        "criterion")
+    p.add_argument("--criterion", default=None, choices=[AUTO, *CRITERIA],
+                   help="how kernels are scored; default: auto with --calib (the oracle while units x MACs x images "
+                        "stay under 3e14, energy beyond), magnitude without data")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
-    p.add_argument("--cost-aware", action="store_true", help="data-free criteria: rank by score per MAC saved")
     _add_target_args(p)
     _add_calib_args(p)
     _add_fidelity_args(p)
@@ -89,17 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
     p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")
     p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
-    p.add_argument("--report", help="write the report as .json or .md")
+    p.add_argument("--report", metavar="FILE|-",
+                   help="also write the report: .md, .json or .html by the extension, - for Markdown on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary object on stdout instead of the tables")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--use-external-data-format", action="store_true",
                    help="write the weights to OUTPUT.data beside the model (automatic over 1.8 GB)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random criterion, of --augment and of the sensitivity samples (default 0)")
 
     p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="scores .json to write")
-    p.add_argument("--criterion", default="oracle", choices=list(CRITERIA))
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--criterion", default="oracle", choices=list(CRITERIA),
+                   help="how kernels are scored (default oracle: the change of the output when a kernel is removed)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
     _add_calib_args(p)
     _add_fidelity_args(p, floor=False, evaluation=False)
     _add_oracle_args(p)
@@ -107,23 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="apply a saved plan")
     _add_model_args(p)
     p.add_argument("--plan", required=True, help="plan JSON from `prune --save-plan`")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
 
     p = sub.add_parser("demo", help="prune the embedded digits CNN end to end")
     p.add_argument("-o", "--output", help="where to write the pruned demo model (default: a temp folder)")
-    p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--target-macs", type=float, default=0.5, help="kept fraction of the MACs, 0-1 (default 0.5)")
     p.add_argument("--files", metavar="DIR", help="only write the demo model, images/ and calib.npz to DIR "
                                                   "(to try the README's commands on)")
 
-    try:
-        from .sparsify import add_sparsify_parser
-    except ImportError:  # pragma: no cover - package always ships it
-        add_sparsify_parser = None
-    if add_sparsify_parser is not None:
-        add_sparsify_parser(sub)
+    from .sparsify import add_sparsify_parser
     from .sweep import add_sweep_parser
+    add_sparsify_parser(sub)
     add_sweep_parser(sub)
+    for verb in sub.choices.values():  # -v also after the verb; SUPPRESS keeps the one given before it
+        verb.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="log progress details")
     return parser
 
 
@@ -155,14 +163,6 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _write_report(report, path: Optional[str]) -> None:
-    if not path:
-        return
-    from ..graph.io import write_text_atomic
-    text = report.markdown() if Path(path).suffix == ".md" else json.dumps(report.to_dict(), indent=2, default=str)
-    write_text_atomic(path, text)
-
-
 def _cmd_score(args) -> int:
     from ..api import kernel_scores
     from ..pipeline import judged, prepare_run, score_units
@@ -188,13 +188,14 @@ def _cmd_prune(args) -> int:
     from ..pipeline import run_pruning
     criterion = args.criterion or ("auto" if args.calib else "magnitude")
     config = _config(args, criterion)
-    _check_outputs(args, args.output, args.save_plan, args.report)
+    _check_outputs(args, args.output, args.save_plan)
+    check_report_target(args)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking="per_mac" if args.cost_aware else "raw", recover="none")
+        config = replace(config, ranking=args.ranking or "raw", recover="none")
         if args.eval:
-            return _print_result(run_pruning(args.model, args.output, None, config, preprocess=_preprocess(args),
-                                             evaluation=args.eval), args)
-        return _print_result(prune_model(args.model, args.output, config=config), args)
+            return emit_result(run_pruning(args.model, args.output, None, config, preprocess=_preprocess(args),
+                                           evaluation=args.eval), args)
+        return emit_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None
     if args.scores:
         from ..prepare import prepare
@@ -203,7 +204,7 @@ def _cmd_prune(args) -> int:
         scores = scores_from_kernels(prepared, load_scores(args.scores))
     res = run_pruning(args.model, args.output, args.calib, config, preprocess=_preprocess(args), scores=scores,
                       prepared=prepared, evaluation=args.eval)
-    return _print_result(res, args)
+    return emit_result(res, args)
 
 
 def _check_outputs(args, *outputs: Optional[str]) -> None:
@@ -215,21 +216,12 @@ def _check_outputs(args, *outputs: Optional[str]) -> None:
             check_output_path(out, *inputs)
 
 
-def _print_result(res, args) -> int:
-    if getattr(args, "save_plan", None):
-        res.plan.save(args.save_plan)
-    _write_report(res.report, getattr(args, "report", None))
-    print(res.report.table())
-    print(f"wrote {res.output_path}")
-    return 0
-
-
 def _cmd_apply(args) -> int:
     from ..api import apply_plan
     _check_outputs(args, args.output)
     res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
                      verify=not args.no_verify)
-    return _print_result(res, args)
+    return emit_result(res, args)
 
 
 def _cmd_demo(args) -> int:
@@ -249,27 +241,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # off a terminal: a line every 30 s, not a bar
     handler = COMMANDS.get(args.command)
     if args.command == "sweep":
         from .sweep import run_sweep
-        handler = run_sweep
+
+        def handler(a):
+            return run_sweep(a, _config(a, a.criterion))
     if handler is None:
         from .sparsify import run_sparsify
         handler = run_sparsify
     try:
         return int(handler(args) or 0)
     except BelowFloorError as exc:
-        if exc.result is not None:
-            _write_report(exc.result.report, getattr(args, "report", None))
-            print(exc.result.report.table())
+        emit_refused(exc.result, args, str(exc))
         print(f"onnxprune: below the fidelity floor: {exc}", file=sys.stderr)
         return EXIT_BELOW_FLOOR
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = exc.exit_code
+        if getattr(args, "json", False):
+            print(error_json(str(exc), code))
+        return code
     except KeyboardInterrupt:
         print("onnxprune: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,9 @@ def _input_shapes(values: Optional[Sequence[str]]) -> Optional[dict[str, list[in
     return out
 
 
+EXCLUDE_HELP = "layer name or fnmatch pattern whose channel group is left alone (repeatable)"
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
@@ -48,14 +51,15 @@ def _round_to(text: str):
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     t = p.add_mutually_exclusive_group()
-    t.add_argument("--percentage", type=float, help="share of prunable kernels to remove, 0-100 (default 10)")
-    t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, e.g. 0.5")
-    t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters")
+    t.add_argument("--percentage", type=float,
+                   help="share of prunable kernels REMOVED, 0-100 (default 10); the --target-* flags give the share "
+                        "KEPT, 0-1")
+    t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, 0-1, e.g. 0.5")
+    t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters, 0-1")
     t.add_argument("--target-latency", type=float,
-                   help="keep at most this fraction of the dense model's latency, measured on --latency-provider "
+                   help="keep at most this fraction (0-1) of the dense model's latency, measured on --latency-provider "
                         "at --latency-batch with --latency-threads (widths chosen from a measured table)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="layer name or fnmatch pattern whose channel group is left alone (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
                    help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
                         "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
@@ -86,7 +90,9 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
     g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="samples per onnxruntime run when scoring and re-fitting (default 32; a model with a fixed "
+                        "batch size needs that size)")
     g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
     g.add_argument("--scale", type=float, default=None, help="pixel scale (default 1/255)")
@@ -94,7 +100,7 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
     g.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
     g.add_argument("--nhwc", action="store_true", help="the model takes NHWC input")
-    g.add_argument("--grayscale", action="store_true")
+    g.add_argument("--grayscale", action="store_true", help="convert the images to one channel (1-channel models)")
 
 
 def _fraction(text: str) -> float:
@@ -134,9 +140,11 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
                    help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
                         "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
-    g.add_argument("--ranking", default="per_mac", choices=["per_mac", "raw", "flops_reg"],
-                   help="order of removal: score per MAC saved (default), raw score, or score - lambda*MACs")
-    g.add_argument("--flops-lambda", type=float, default=1.0)
+    g.add_argument("--ranking", default=None, choices=["per_mac", "raw", "flops_reg"],
+                   help="order of removal: score per MAC saved (default; raw for a data-free criterion without "
+                        "--calib or --scores), raw score, or flops_reg: score - lambda*MACs")
+    g.add_argument("--flops-lambda", type=float, default=1.0,
+                   help="lambda of --ranking flops_reg: score minus lambda times the MACs a unit saves (default 1.0)")
     g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
     g.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where the oracle runs: local CPU workers (default) or a Ray cluster (pip install "

@@ -3,8 +3,7 @@
 Only this module prints. It raises what the library raises: ``onnxprune.cli.main``
 turns every OnnxPruneError into one line on stderr and exit code 2, as for
 every verb. Calibration data comes through the same flags as ``prune``
-(``--calib`` and the preprocessing flags); ``--calibration NPZ`` is the
-deprecated old spelling.
+(``--calib`` and the preprocessing flags).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,7 +71,6 @@ def add_sparsify_parser(subparsers: Any) -> None:
     _add_calib_args(p)
     p.add_argument("--samples", dest="calib_limit", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="alias of --calib-limit: calibration samples the re-fit uses")
-    p.add_argument("--calibration", metavar="NPZ", help=argparse.SUPPRESS)  # deprecated: --calib
     p.add_argument("--no-refit", action="store_true", help="do not re-fit even with --calib")
     p.add_argument("--dense", action="store_true",
                    help="store ordinary dense initializers (masks made permanent, torch's remove)")
@@ -104,11 +101,6 @@ def run_sparsify(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("give the output file with -o OUT (or use --info to inspect MODEL)")
     if args.masks and args.threshold is not None:
         raise InvalidArgumentError("--masks gives the masks explicitly; drop --threshold (or drop --masks)")
-    if args.calibration:
-        print("--calibration is deprecated; use --calib", file=sys.stderr)
-        if args.calib:
-            raise InvalidArgumentError("give --calib only (--calibration is its deprecated old name)")
-        args.calib = args.calibration
     exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
     config = SparsifyConfig(
         threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,

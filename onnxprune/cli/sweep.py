@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..scoring.registry import CRITERIA
-from .args import _add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _preprocess, _round_to
+from .args import (EXCLUDE_HELP, _add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _preprocess,
+                   _round_to)
 
 
 def add_sweep_parser(sub) -> None:
@@ -15,28 +16,31 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--budgets", default="0.9,0.8,0.7,0.6,0.5", help="kept fractions, comma-separated")
     p.add_argument("--budget-kind", choices=["macs", "latency"], default="macs",
                    help="what the budgets are fractions of: MACs (default) or measured latency")
-    p.add_argument("--out", required=True, help="folder for the report, plots and pruned models")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the report, plots and pruned models")
     p.add_argument("--eval", help="evaluation data (with labels: accuracy), never calibrated on; default: the "
                                   "calibration file's rows after --calib-limit")
-    p.add_argument("--criterion", default="oracle", choices=list(CRITERIA))
+    p.add_argument("--criterion", default="oracle", choices=list(CRITERIA),
+                   help="how kernels are scored, once for every budget (default oracle)")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")
-    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
-    p.add_argument("--max-layer-ratio", type=float, default=0.9)
+    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
+                   help="after pruning: least squares (auto), bias compensation, or none")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="kept widths multiples of N (default auto, as for prune)")
+    p.add_argument("--max-layer-ratio", type=float, default=0.9,
+                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
     p.add_argument("--no-models", action="store_true", help="write only the report, not the pruned models")
     _add_calib_args(p)
     _add_oracle_args(p)
     _add_latency_args(p)
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_sweep(args: argparse.Namespace, config) -> int:
+    """``config``: the PruneConfig the shared flags describe (built by the caller, whose module builds them all)."""
     from ..sweep import parse_budgets, sweep
-    from . import _config
     if not args.calib:
         from ..errors import CalibrationError
         raise CalibrationError("sweep needs calibration data: pass --calib DIR|FILE")
-    config = _config(args, args.criterion)
     kernel_scores = None
     if args.scores:
         from ..scores_io import load_scores
@@ -51,5 +55,6 @@ def run_sweep(args: argparse.Namespace) -> int:
               f"{res.dense_latency.median / max(pt.latency.median, 1e-12):>8.2f}x {pt.quality:.2%}")
     for note in res.notes:
         print(f"note: {note}")
-    print(f"wrote {args.out}/sweep.html, sweep.md and plots")
+    plots = f"{len(res.plots)} plots" if res.plots else "no plots (pip install \"onnxprune[plot]\" for them)"
+    print(f"wrote {args.out}/sweep.html, sweep.md and {plots}")
     return 0

@@ -161,7 +161,7 @@ class Analysis:
     def _run(self) -> None:
         for node in self.graph.nodes:
             try:
-                rule_for(node.op).propagate(self, node)
+                rule_for(node.op, node.domain or "").propagate(self, node)
             except ShapeUnknownError as exc:  # only this: any other exception of a rule is a bug
                 self.freeze_inputs(node, f"{node.op} {node.name!r}: shape of {exc.tensor!r} unknown")
         for out in self.graph.outputs:

@@ -175,7 +175,7 @@ def branch_constants(analysis, info: DropInfo) -> dict[tuple[str, int], np.ndarr
     surgery is checked against (onnx's reference evaluator computes
     BatchNormalization differently enough to fail that check).
     """
-    from ..runtime import make_session
+    from .session import make_session
 
     nodes = {n.name: n for n in analysis.graph.nodes}
     by_output = {n.output[0]: n for n in analysis.proto.graph.node if n.output}

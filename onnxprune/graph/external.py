@@ -194,11 +194,6 @@ def infer_large(proto: onnx.ModelProto, **options) -> onnx.ModelProto:
     return proto
 
 
-def weight_bytes(proto: onnx.ModelProto) -> int:
-    """Bytes of raw initializer data (the figure memory use is compared against)."""
-    return sum(len(t.raw_data) for t in proto.graph.initializer if t.HasField("raw_data"))
-
-
 LIMIT = 1_800_000_000  # bytes; protobuf refuses 2 GiB, and a margin keeps the skeleton's own size out of it
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidArgumentError, InvalidModelError
-from ..runtime import make_session
+from .session import make_session
 from .external import needs_external, skeleton
 from .subgraph import expose
 from .tensors import MAX_ELEMENTS

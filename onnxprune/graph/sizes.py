@@ -26,7 +26,7 @@ from typing import Optional
 import onnx
 
 from ..errors import InvalidArgumentError, InvalidModelError
-from ..runtime import make_session
+from .session import make_session
 from .probe import PROBE_BATCH, graph_input_dims, random_inputs, resolve_input_shapes
 
 logger = logging.getLogger(__name__)

@@ -81,7 +81,7 @@ def prune_channels(analysis: Analysis, removed: Iterable[int]) -> onnx.ModelProt
         for node in graph.nodes:
             touches = any(getattr(t, "name", None) in labelled for t in list(node.inputs) + list(node.outputs))
             if touches:
-                rule_for(node.op).rewrite(surgery, node)
+                rule_for(node.op, node.domain or "").rewrite(surgery, node)
     keep_names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep_names:

@@ -274,16 +274,16 @@ class OracleScorer:
         return {r: s / self._count for r, s in self._sum.items()}
 
     def score_all(self, batches: Iterable[Batch], total_batches: Optional[int] = None) -> dict[int, float]:
-        """Add every batch (with a progress bar and ETA when ``progress``) and return the scores.
+        """Add every batch (with progress and ETA when ``progress``: a bar on a terminal, else log lines).
 
         All batches go to the executor as one stream of tasks, so a cluster
         never waits for the slowest cut of one batch before starting the next.
         """
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from ..executors.progress import progress_bar
             total = len(self.units) * total_batches if total_batches else None
-            bar = tqdm(total=total, desc=f"oracle ({self.executor.name})", unit="unit", dynamic_ncols=True)
+            bar = progress_bar(total, f"oracle ({self.executor.name})", "unit")
         try:
             self._run(batches, bar)
         finally:

@@ -9,9 +9,6 @@ records the history in the model's metadata for ``sparsity_info``.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from .api import save_masks, sparsify, sparsity_info
 from .config import FILLERS, MODES, SCOPES, SUPPORTED_OP_TYPES, SparsifyConfig
 from .results import LayerStats, SparsifyResult, SparsityInfo, StorageDecision, VerificationReport, WeightInfo
@@ -33,11 +30,3 @@ __all__ = [
     "sparsity_info",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``LayerInfo``: the old name of WeightInfo, kept one release with a DeprecationWarning."""
-    if name == "LayerInfo":
-        warnings.warn("onnxprune.sparsity.LayerInfo is deprecated; use WeightInfo (onnxprune.api.LayerInfo is "
-                      "a pruning layer, this is one weight tensor)", DeprecationWarning, stacklevel=2)
-        return WeightInfo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

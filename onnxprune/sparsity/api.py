@@ -4,7 +4,7 @@ The pipeline: load (the input is never modified) -> find the Conv / Gemm /
 MatMul weights and check the given masks / scores against them
 (:func:`~onnxprune.sparsity.masks.select_weights`) -> read the calibration
 data (the same sources ``prune_static`` takes) -> ``Pipeline([SparsifyPass,
-SparseStoragePass])`` (:mod:`onnxprune.passes.sparsify`: masks of earlier
+SparseStoragePass])`` (:mod:`onnxprune.sparsity.passes`: masks of earlier
 passes are the zeros already there; each step of the schedule zeros more
 survivors, optionally re-fitted by least squares; exactness against the
 input weights x mask; sparse tensors only where the file gets smaller *and*
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,7 +26,7 @@ from ..calibration import Preprocess, model_input_shapes, open_calibration
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.io import ModelLike, check_output_path, load_model, save_model_atomic
 from ..passes.base import Pipeline
-from ..passes.sparsify import SparseStoragePass, SparsifyPass, verification_feeds
+from .passes import SparseStoragePass, SparsifyPass, verification_feeds
 from .config import SUPPORTED_OP_TYPES, SparsifyConfig
 from .fillers import count_slices
 from .history import other_onnxprune_metadata, read_history
@@ -39,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 # A folder of images, an .npy/.npz path, arrays or a dict of them, a reader with get_next(), an iterable of dicts.
 CalibrationData = Union[np.ndarray, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]], str, os.PathLike, Any]
-
-_UNSET: Any = object()
 
 
 def collect_calibration(data: CalibrationData, model: onnx.ModelProto, max_samples: int,
@@ -67,7 +64,7 @@ def collect_calibration(data: CalibrationData, model: onnx.ModelProto, max_sampl
 def sparsify(model_input: ModelLike, model_output: str | os.PathLike | None = None,
              config: SparsifyConfig | None = None, calibration_data_reader: CalibrationData | None = None,
              masks: NamedArrays | None = None, importance_scores: NamedArrays | None = None, *,
-             preprocess: Optional[Preprocess] = None, calibration_data: Any = _UNSET) -> SparsifyResult:
+             preprocess: Optional[Preprocess] = None) -> SparsifyResult:
     """Zero a fraction of the Conv/Gemm/MatMul weights of ``model_input``.
 
     ``masks`` (torch's custom_from_mask, N2D2's mask files) and
@@ -79,15 +76,8 @@ def sparsify(model_input: ModelLike, model_output: str | os.PathLike | None = No
     CalibrationDataReader, arrays, an iterable of feed dicts), with
     ``preprocess`` for images; it turns on the least-squares re-fit of the
     surviving weights after each step and is the verification input.
-    ``calibration_data=`` is the deprecated name of ``calibration_data_reader``.
     Writes ``model_output`` atomically, only after every check passed.
     """
-    if calibration_data is not _UNSET:
-        warnings.warn("sparsify(calibration_data=...) is deprecated; use calibration_data_reader=",
-                      DeprecationWarning, stacklevel=2)
-        if calibration_data_reader is not None:
-            raise InvalidArgumentError("give calibration_data_reader only (calibration_data is its old name)")
-        calibration_data_reader = calibration_data
     config = config if config is not None else SparsifyConfig()
     if not isinstance(config, SparsifyConfig):
         raise InvalidArgumentError(f"config must be a SparsifyConfig, got {type(config).__name__}")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-import functools
-import warnings
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 from ..errors import InvalidArgumentError
 
@@ -41,8 +39,8 @@ class SparsifyConfig:
         reaching the threshold (N2D2's Delta).
     n, dim: norm order and axis of the ``ln`` filler (torch's ln_structured).
     op_types, nodes_to_exclude: which nodes' weights are pruned;
-        ``nodes_to_exclude`` (onnxruntime's name; ``exclude`` is its deprecated
-        alias) takes node or weight names, glob patterns allowed.
+        ``nodes_to_exclude`` (onnxruntime's name) takes node or weight names,
+        glob patterns allowed.
     dense: store ordinary dense initializers even where sparse tensors
         would be smaller (torch's ``prune.remove``).
     refit: least-squares re-fit of the surviving weights after each step,
@@ -142,23 +140,3 @@ def _as_tuple(value: Sequence[str] | str | None, name: str) -> tuple[str, ...]:
     if any(not v for v in items):
         raise InvalidArgumentError(f"{name} contains an empty name")
     return items
-
-
-_dataclass_init = SparsifyConfig.__init__
-
-
-@functools.wraps(_dataclass_init)
-def _init(self: SparsifyConfig, *args: Any, exclude: Optional[Sequence[str]] = None, **kwargs: Any) -> None:
-    """The dataclass's __init__, also taking ``exclude``, the deprecated name of ``nodes_to_exclude``."""
-    if exclude is not None:
-        warnings.warn("SparsifyConfig(exclude=...) is deprecated; use nodes_to_exclude=", DeprecationWarning,
-                      stacklevel=2)
-        if kwargs.get("nodes_to_exclude"):
-            raise InvalidArgumentError("give nodes_to_exclude only (exclude is its old name)")
-        kwargs["nodes_to_exclude"] = exclude
-    _dataclass_init(self, *args, **kwargs)
-
-
-SparsifyConfig.__init__ = _init  # type: ignore[method-assign]
-SparsifyConfig.exclude = property(lambda self: self.nodes_to_exclude,  # type: ignore[attr-defined]
-                                  doc="Deprecated name of nodes_to_exclude.")

@@ -55,7 +55,9 @@ class OpRule:
     """Base rule: freeze whatever reaches the op (the safe default: unknown means untouched)."""
 
     def propagate(self, a: AnalysisContext, node: gs.Node) -> None:
-        a.freeze_inputs(node, f"{node.op} node {node.name!r} is not understood by the channel analysis")
+        custom = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx", None) else ""
+        a.freeze_inputs(node, f"{node.op} node {node.name!r}{custom} is not understood by the channel analysis"
+                        + (" (onnxprune.register_channel_rule adds a rule)" if custom else ""))
         for t in _outer_tensors(node):
             lt = a.get(t)
             if lt is not None:

@@ -134,10 +134,6 @@ class ElementwiseRule(OpRule):
                 s.set_const(node, i, np.compress(keep, v, axis=ax))
 
 
-class ClipRule(PassRule):
-    """Clip with scalar min/max (ReLU6, the clip of a written-out hard-swish)."""
-
-
 class SoftmaxRule(FollowRule):
     """Softmax/LogSoftmax over an axis other than the channel axis."""
 

@@ -31,15 +31,15 @@ from onnx import helper
 
 from ..errors import VerificationError
 from ..graph.sizes import choose_input_shapes
+from ..passes.base import Pass, PassResult
 from ..runtime import make_session
-from ..sparsity.config import SUPPORTED_OP_TYPES, SparsifyConfig
-from ..sparsity.history import pass_record, read_history, write_history
-from ..sparsity.masks import WeightTargets, step_masks
-from ..sparsity.results import StorageDecision
-from ..sparsity.verify import relative_change
-from ..sparsity.weights import find_weights, read_weight, sparse_nbytes, write_weights
 from ..verify import VerificationResult, uniform_inputs, verify_equivalent
-from .base import Pass, PassResult
+from .config import SUPPORTED_OP_TYPES, SparsifyConfig
+from .history import pass_record, read_history, write_history
+from .masks import WeightTargets, step_masks
+from .results import StorageDecision
+from .verify import relative_change
+from .weights import find_weights, read_weight, sparse_nbytes, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class SparsifyPass(Pass):
         zeros_before = {name: int(m.size - np.count_nonzero(m)) for name, m in mask_now.items()}
         refitter = None
         if self.calibration is not None:
-            from ..sparsity.refit import Refitter  # the re-fit pulls in least squares: only when it runs
+            from .refit import Refitter  # the re-fit pulls in least squares: only when it runs
             refitter = Refitter(base, refs, self.calibration, config)
         refit_status: dict[str, str] = {}  # of the last step
         refitted: set[str] = set()  # re-fitted at any step
