@@ -197,6 +197,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     built = _build(p, config, calibration, scores, removed, plan)
     if judge is not None:
         built = _judged(p, built, judge, calibration, scores, plan, fixed)
+    if judge is None:
+        built.report.extra["fidelity_note"] = "not measured (no data given: --calib or --eval measures it)"
     final = built.run.model
     if config.quantize:
         final = _quantize(p, built.run.model, calibration, config, built.report, judge)

@@ -144,9 +144,9 @@ class Report:
             fid = self.after.fidelity if not key else self.extra.get(key)
             if fid is not None:
                 out.append(f"{label}: {fid.text() if hasattr(fid, 'text') else _fidelity_text(fid)}")
-        for key in ("task", "back_off", "floor"):
+        for key in ("fidelity_note", "task", "back_off", "floor"):
             if key in self.extra:
-                out.append(f"{key.replace('_', '-')}: {self.extra[key]}")
+                out.append(f"{key.replace('_', '-').replace('-note', '')}: {self.extra[key]}")
         return out
 
 

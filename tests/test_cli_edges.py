@@ -59,8 +59,9 @@ def test_prune_json_is_one_object_on_stdout(tmp_path, capsys):
     out = tmp_path / "small.onnx"
     assert main(["prune", MODEL, "-o", str(out), "--target-macs", "0.5", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert sorted(data) == ["exit_code", "macs", "output", "params", "prunable_kernels", "pruned_kernels",
-                            "size_bytes"]
+    assert sorted(data) == ["exit_code", "fidelity_note", "macs", "output", "params", "prunable_kernels",
+                            "pruned_kernels", "size_bytes"]
+    assert data["fidelity_note"].startswith("not measured (no data given")
     assert data["output"] == str(out) and data["exit_code"] == 0 and out.exists()
     assert data["macs"]["before"] == 5_534_592 and data["macs"]["after"] <= 0.5 * 5_534_592
     assert data["params"]["before"] == 45_098 > data["params"]["after"]

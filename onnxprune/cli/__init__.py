@@ -191,7 +191,10 @@ def _cmd_prune(args) -> int:
     _check_outputs(args, args.output, args.save_plan)
     check_report_target(args)
     if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        config = replace(config, ranking=args.ranking or "raw", recover="none")
+        # data-free: nothing real to judge on unless --eval is given (random inputs would say nothing of the
+        # user's outputs); the report says fidelity was not measured
+        config = replace(config, ranking=args.ranking or "raw", recover="none",
+                         measure=config.target_latency is not None or bool(args.eval))
         if args.eval:
             return emit_result(run_pruning(args.model, args.output, None, config, preprocess=_preprocess(args),
                                            evaluation=args.eval), args)
@@ -255,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(handler(args) or 0)
     except BelowFloorError as exc:
         emit_refused(exc.result, args, str(exc))
-        print(f"onnxprune: below the fidelity floor: {exc}", file=sys.stderr)
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
         return EXIT_BELOW_FLOOR
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
