@@ -57,7 +57,7 @@ def main() -> None:
     rows = []
     with imagenet_calib_folder(calib_files) as calib:
         for budget in [float(b) for b in args.budgets.split(",")]:
-            extra = ("--min-fidelity", "0", *shlex.split(args.extra))
+            extra = tuple(shlex.split(args.extra))
             pruned, wall, cpu = run_cli(MODEL, calib, budget, flags, extra)
             out = _outputs(pruned, x)
             row = {"MACs kept (asked)": f"{budget:.0%}", "run time (wall / CPU)": f"{wall / 60:.1f} / {cpu / 60:.1f} min"}
