@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 Batch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
+_MASKED = "{}__oracle_masked"  # a consumed channel tensor times its mask input
 
 
 class OracleScorer:
@@ -134,7 +135,7 @@ class OracleScorer:
             dtype = np_dtype(a.probe.dtypes.get(tensor, 0))  # float16 in a float16 body
             m = gs.Variable(name, dtype=dtype, shape=["N"] + tail)
             graph.inputs.append(m)
-            out = gs.Variable(f"{tensor}__oracle_masked", dtype=dtype)
+            out = gs.Variable(_MASKED.format(tensor), dtype=dtype)
             mul = gs.Node("Mul", f"__oracle_mul_{idx}", inputs=[tensors[tensor], m], outputs=[out])
             graph.nodes.append(mul)
             for e in edges:
@@ -169,8 +170,8 @@ class OracleScorer:
         suffixes = {}
         for ci, cut in enumerate(self.cuts):
             cut.keep = frozenset(i for r in cut.units for i, _ in self.unit_masks[r])
-            suffixes[ci], inputs = suffix_model(self.model, cut.index, set(cut.keep), batched.__contains__,
-                                                self._dtypes())
+            suffixes[ci], inputs, cut.outputs = suffix_model(self.model, cut.index, set(cut.keep),
+                                                             batched.__contains__, self._dtypes())
             cut.inputs = inputs
             frontier_names.update(i for i in inputs if not i.startswith("__oracle_mask_"))
             cut.masks = [int(i.rsplit("_", 1)[1]) for i in inputs if i.startswith("__oracle_mask_")]
@@ -189,13 +190,18 @@ class OracleScorer:
                                self.io_binding, suffixes)
 
     def _dtypes(self) -> dict[str, int]:
-        return {k: v for k, v in self.analysis.probe.dtypes.items() if v}
+        known = {k: v for k, v in self.analysis.probe.dtypes.items() if v}
+        return {**known, **{_MASKED.format(mk.tensor): known[mk.tensor] for mk in self.masks if mk.tensor in known}}
+
+    def _probed(self, name: str) -> str:
+        """The probed tensor a name stands for (a masked tensor has the shape and type of its input)."""
+        return name[:-len(_MASKED.format(""))] if name.endswith(_MASKED.format("")) else name
 
     def _row_bytes(self, name: str) -> int:
         """Bytes per sample of a float activation with a batch axis (0 for anything else)."""
         from ..graph.probe import PROBE_BATCH
-        sh = self.analysis.probe.shapes.get(name)
-        dtype = self.analysis.probe.dtypes.get(name)
+        sh = self.analysis.probe.shapes.get(self._probed(name))
+        dtype = self.analysis.probe.dtypes.get(self._probed(name))
         if not sh or sh[0] != PROBE_BATCH or dtype not in _FLOATS:
             return 0
         return np_dtype(dtype).itemsize * int(np.prod(sh)) // PROBE_BATCH
@@ -211,10 +217,10 @@ class OracleScorer:
     def _is_batched(self, name: str) -> bool:
         """A float activation whose first axis is the batch: safe to tile along the batch axis."""
         from ..graph.probe import PROBE_BATCH
-        shape = self.analysis.probe.shapes.get(name)
-        dtype = self.analysis.probe.dtypes.get(name)
         if name.startswith("__oracle_mask_") or name in self.graph_input_names:
             return True
+        shape = self.analysis.probe.shapes.get(self._probed(name))
+        dtype = self.analysis.probe.dtypes.get(self._probed(name))
         return bool(shape) and shape[0] == PROBE_BATCH and dtype in _FLOATS + (0, None)
 
     # ---------------------------------------------------------------- scoring
