@@ -47,6 +47,7 @@ from ..executors import Executor, LocalExecutor, Task, merge_sums
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
 from ..graph.probe import np_dtype
+from ..progress import LogProgress
 from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
 from .oracle_graph import MaskInput, suffix_model
@@ -280,21 +281,22 @@ class OracleScorer:
         return {r: s / self._count for r, s in self._sum.items()}
 
     def score_all(self, batches: Iterable[Batch], total_batches: Optional[int] = None) -> dict[int, float]:
-        """Add every batch (with a progress bar and ETA when ``progress``) and return the scores.
+        """Add every batch (a progress bar with an ETA when ``progress``, else log lines) and return the scores.
 
         All batches go to the executor as one stream of tasks, so a cluster
         never waits for the slowest cut of one batch before starting the next.
         """
-        bar = None
+        total = len(self.units) * total_batches if total_batches else None
+        desc = f"oracle ({self.executor.name})"
         if self.progress:
             from tqdm import tqdm
-            total = len(self.units) * total_batches if total_batches else None
-            bar = tqdm(total=total, desc=f"oracle ({self.executor.name})", unit="unit", dynamic_ncols=True)
+            bar = tqdm(total=total, desc=desc, unit="unit", dynamic_ncols=True)
+        else:  # not a terminal (a log, CI): a line every few seconds with an ETA, no redrawn frames
+            bar = LogProgress(total, desc, unit="unit")
         try:
             self._run(batches, bar)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return self.scores()
 
 
