@@ -70,7 +70,8 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
     numpy array or dict of arrays, an object with ``get_next()`` (used
     unchanged), or an iterable of feed dicts. ``preprocess`` applies to
     images and uint8 arrays; ``batch_size`` (default 32, or the model's
-    fixed batch size) to folders and arrays; ``limit`` caps the samples read.
+    fixed batch size) to folders and arrays; ``limit`` caps the samples read:
+    spread evenly over a folder, file or arrays, the first ones of a reader or iterable.
     """
     if not isinstance(model_inputs, Mapping) or not model_inputs:
         raise InvalidArgumentError("model_inputs must be a non-empty dict {input name: dims}")

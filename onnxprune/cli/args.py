@@ -85,7 +85,8 @@ def _add_latency_args(p: argparse.ArgumentParser) -> None:
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
-    g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
+    g.add_argument("--calib-limit", type=int, default=256,
+                   help="calibration samples to use, spread evenly over the folder or file (default 256)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
