@@ -317,7 +317,8 @@ def test_folder_reader_fixed_batch_and_bad_arguments(colour_folder):
     reader = ImageFolderReader(colour_folder, "x", (2, 3, 4, 4), Preprocess())
     sizes = [b["x"].shape[0] for b in reader]
     assert sizes == [2, 2] and len(reader) == 4  # the odd image is skipped, not fed as a batch of 1
-    with pytest.raises(InvalidArgumentError, match="fixed batch size of 2: use batch_size=2"):
+    with pytest.raises(InvalidArgumentError,
+                       match="fixed batch size of 2: use --batch-size 2 \\(batch_size=2 in Python\\)"):
         ImageFolderReader(colour_folder, "x", (2, 3, 4, 4), Preprocess(), batch_size=3)
     with pytest.raises(CalibrationError, match="fewer than the fixed batch size 8"):
         ImageFolderReader(colour_folder, "x", (8, 3, 4, 4), Preprocess())
@@ -480,7 +481,8 @@ def with_nan() -> dict[str, np.ndarray]:
     (good_batch((2, 3, 4, 4)), {"input": ("N", 1, 4, 4)}, "wrong channels \\(3 instead of 1\\).*grayscale=True"),
     (good_batch((2, 3, 5, 4)), RGB_MODEL, "wrong height \\(5 instead of 4\\)"),
     (good_batch((2, 3, 4, 6)), RGB_MODEL, "wrong width \\(6 instead of 4\\)"),
-    (good_batch((2, 3, 4, 4)), {"input": (1, 3, 4, 4)}, "fixed batch size of 1: use batch_size=1"),
+    (good_batch((2, 3, 4, 4)), {"input": (1, 3, 4, 4)},
+     "fixed batch size of 1: use --batch-size 1 \\(batch_size=1 in Python\\)"),
     (with_nan(), RGB_MODEL, "2 NaN/Inf value\\(s\\) \\(first in sample 1"),
     ({"input": np.zeros((2, 3, 4, 4), np.uint8)}, RGB_MODEL, "dtype uint8, expected float32.*Preprocess"),
     ({"input": np.zeros((2, 3, 4, 4), np.float64)}, RGB_MODEL, "dtype float64.*astype\\(np.float32\\)"),

@@ -25,7 +25,7 @@ from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
 from .readers import ArrayReader
 from .source import open_calibration
-from .validate import model_input_shapes
+from .validate import fixed_batch, model_input_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,24 @@ class Calibration:
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,
                      batch_size: int = 32, limit: Optional[int] = None,
                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
-    """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable)."""
+    """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable).
+
+    A model whose inputs fix the batch size (most static exports: 1) is
+    calibrated in batches of that size whatever ``batch_size`` says: the
+    model takes nothing else, and a user should not have to find the flag.
+    """
     dtypes = {k: v for k, v in input_dtypes(model).items() if v.kind == "f" and v != np.float32}
     if isinstance(source, Calibration):
         return source
+    inputs = model_input_shapes(model)
+    fixed = fixed_batch(inputs)
+    if fixed is not None and fixed != batch_size:  # a static export: the model takes nothing else
+        logger.info("the model fixes its batch size to %d: calibrating in batches of %d (not %d)",
+                    fixed, fixed, batch_size)
+        batch_size = fixed
     if isinstance(source, CachedDataset):
         return Calibration(source, batch_size, dtypes)
-    reader = open_calibration(source, model_input_shapes(model), preprocess=preprocess, batch_size=batch_size,
-                              limit=limit)
+    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit)
     dataset = CachedDataset(reader, cache_bytes, limit=limit)
     if len(dataset) == 0:
         raise CalibrationError("the calibration data holds no samples")

@@ -188,7 +188,8 @@ class ImageFolderReader(BatchReader):
         fixed_batch = input_shape[0] if input_shape and is_static(input_shape[0]) else None
         if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
             raise InvalidArgumentError(
-                f"model input '{input_name}' has a fixed batch size of {fixed_batch}: use batch_size={fixed_batch}")
+                f"model input '{input_name}' has a fixed batch size of {fixed_batch}: use --batch-size {fixed_batch} "
+                f"(batch_size={fixed_batch} in Python)")
         if labels_file is not None:
             labels_path = Path(labels_file)
             if not labels_path.exists() and not labels_path.is_absolute() and (folder / labels_path).exists():

@@ -46,7 +46,7 @@ from ..errors import CalibrationError, InvalidArgumentError
 from ..executors import Executor, LocalExecutor, Task, merge_sums
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..graph.probe import np_dtype
+from ..graph.probe import PROBE_BATCH, graph_input_dims, np_dtype
 from ..progress import LogProgress
 from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
@@ -59,6 +59,14 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 Batch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
 _MASKED = "{}__oracle_masked"  # a consumed channel tensor times its mask input
+
+
+def _fixed_batch(model: onnx.ModelProto) -> Optional[int]:
+    """The batch size the model's inputs fix (a static first dim), if any does."""
+    for dims in graph_input_dims(model).values():
+        if dims and isinstance(dims[0], int):
+            return dims[0]
+    return None
 
 
 class OracleScorer:
@@ -96,6 +104,14 @@ class OracleScorer:
         # 8% faster than 256); accelerators want bigger ones
         on_cpu = list(providers or self.executor.providers)[0] == "CPUExecutionProvider"
         self.rows_per_run = max(1, rows_per_run or (128 if on_cpu else 512))
+        # a model that fixes its batch (a static export) runs exactly that many rows: one perturbation per run,
+        # never tiled; a fixed batch above 1 runs whole batches (no silent rows left out of a run)
+        self.fixed_batch = _fixed_batch(analysis.proto)
+        if self.fixed_batch is not None:
+            self.rows_per_run = self.fixed_batch
+            self.skip_silent = skip_silent and self.fixed_batch == 1
+            logger.info("oracle: the model fixes its batch to %d: one perturbation per run, not tiled",
+                        self.fixed_batch)
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
         self._batches = 0
@@ -200,12 +216,11 @@ class OracleScorer:
 
     def _row_bytes(self, name: str) -> int:
         """Bytes per sample of a float activation with a batch axis (0 for anything else)."""
-        from ..graph.probe import PROBE_BATCH
         sh = self.analysis.probe.shapes.get(self._probed(name))
         dtype = self.analysis.probe.dtypes.get(self._probed(name))
-        if not sh or sh[0] != PROBE_BATCH or dtype not in _FLOATS:
+        if not sh or sh[0] != self._probe_batch or dtype not in _FLOATS:
             return 0
-        return np_dtype(dtype).itemsize * int(np.prod(sh)) // PROBE_BATCH
+        return np_dtype(dtype).itemsize * int(np.prod(sh)) // self._probe_batch
 
     def _node_macs(self) -> dict[int, float]:
         macs: dict[int, float] = {}
@@ -217,12 +232,16 @@ class OracleScorer:
 
     def _is_batched(self, name: str) -> bool:
         """A float activation whose first axis is the batch: safe to tile along the batch axis."""
-        from ..graph.probe import PROBE_BATCH
         if name.startswith("__oracle_mask_") or name in self.graph_input_names:
             return True
         shape = self.analysis.probe.shapes.get(self._probed(name))
         dtype = self.analysis.probe.dtypes.get(self._probed(name))
-        return bool(shape) and shape[0] == PROBE_BATCH and dtype in _FLOATS + (0, None)
+        return bool(shape) and shape[0] == self._probe_batch and dtype in _FLOATS + (0, None)
+
+    @property
+    def _probe_batch(self) -> int:
+        """The batch the probe ran at: the model's own when it fixes one."""
+        return self.fixed_batch if self.fixed_batch is not None else PROBE_BATCH
 
     # ---------------------------------------------------------------- scoring
     def _tasks(self, batches: Iterable[Batch], sizes: list[int]) -> Iterator[Task]:
