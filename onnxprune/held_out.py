@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from .calibration import Preprocess, open_calibration, spread_indices
+from .calibration.dataset import with_model_size
 from .calibration.validate import model_input_shapes
 from .runtime import make_session
 
@@ -80,6 +81,7 @@ def held_out(calibration_source: Any, eval_source: Any, model: onnx.ModelProto, 
     """All rows of ``eval_source``, else the rows of a calibration file or folder that calibration did not
     take (it took ``calibration_limit`` rows spread over it); None when there are none."""
     inputs = model_input_shapes(model)
+    preprocess = with_model_size(preprocess, model)
     if eval_source is not None:
         reader = open_calibration(eval_source, inputs, preprocess=preprocess, batch_size=batch_size)
         return HeldOut(lambda: _stream(reader), lambda n: f"all {n} rows of the evaluation set")
