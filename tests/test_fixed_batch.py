@@ -47,3 +47,12 @@ def test_prune_cli_on_a_batch_of_one_needs_no_flag(tmp_path, caplog):
     assert pruned.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     outs = make_session(pruned).run(None, {"x": _data(1)})
     assert len(outs) == 4 and all(np.isfinite(o).all() for o in outs)
+
+
+def test_shapes_keep_a_fixed_batch():
+    """Probing and timing feeds use the model's own batch where it fixes one (a calibration row is batch 1)."""
+    from onnxprune.graph.probe import resolve_input_shapes
+    assert resolve_input_shapes(level_heads(2), {"x": [1, 3, 8, 8]}) == {"x": (2, 3, 8, 8)}
+    assert resolve_input_shapes(level_heads(), {"x": [1, 3, 8, 8]}, batch=5) == {"x": (5, 3, 8, 8)}
+    assert prepare(level_heads(2)).with_batch(64) == {"x": (2, 3, 8, 8)}
+    assert prepare(level_heads()).with_batch(64) == {"x": (64, 3, 8, 8)}
