@@ -49,3 +49,15 @@ def test_oracle_without_a_terminal_logs_its_progress(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "onnxprune.progress"]
     n = len(scorer.units)
     assert len(lines) == 1 and lines[0].startswith(f"oracle (local): {n}/{n} units, ")
+
+
+def test_sensitivity_curves_log_their_progress(caplog):
+    from onnxprune.allocation.sensitivity import measure_curves
+    from onnxprune.scoring import magnitude_scores
+    from onnxprune.selection import Constraints
+    p = prepare(inverted_residual())
+    feeds = [{"x": np.random.default_rng(0).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)}]
+    with caplog.at_level(logging.INFO, logger="onnxprune.progress"):
+        curves = measure_curves(p.analysis, p.model, magnitude_scores(p.analysis), Constraints(round_to=1), feeds)
+    lines = [r.getMessage() for r in caplog.records if r.name == "onnxprune.progress"]
+    assert len(lines) == 1 and lines[0].startswith(f"sensitivity: {len(curves)}/{len(curves)} groups, ")

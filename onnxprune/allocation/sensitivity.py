@@ -37,6 +37,7 @@ from ..graph.analysis import Analysis
 from ..graph.layout import as_matrix, from_matrix, node_attrs
 from ..graph.subgraph import expose, extract_reached
 from ..lsq import GramSystem, conv_geometry, fit_gram, im2col
+from ..progress import LogProgress
 from ..runtime import make_session
 from ..scoring.oracle_cost import oracle_cost
 from ..selection import Constraints, _Budget, group_round_to
@@ -306,6 +307,7 @@ class Sensitivity:
 
     def curves(self) -> list[Curve]:
         out = []
+        bar = LogProgress(len(self.orders), "sensitivity", unit="group")  # minutes on a detector: say so
         for gid, sets in self.orders.items():
             curve = Curve(gid)
             n = len(self.analysis.groups[gid].units)
@@ -328,6 +330,8 @@ class Sensitivity:
             out.append(curve)
             logger.info("sensitivity of group %d (%s): %s", gid, self.analysis.groups[gid].name,
                         ", ".join(f"{w}:{l:.3g}" for w, l in zip(curve.widths, curve.loss)))
+            bar.update(1)
+        bar.close()
         return out
 
     def joint_loss(self, curves: list[Curve], choice: list[int]) -> float:
