@@ -52,6 +52,14 @@ def graph_input_dims(proto: onnx.ModelProto) -> dict[str, list]:
     return dims
 
 
+def fixed_batch_of(proto: onnx.ModelProto) -> Optional[int]:
+    """The batch size the model's inputs fix (a static first dim, as static exports have), if any does."""
+    for dims in graph_input_dims(proto).values():
+        if dims and isinstance(dims[0], int):
+            return dims[0]
+    return None
+
+
 def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | None = None,
                          batch: int = PROBE_BATCH, *, recorded: Optional[dict[str, dict[int, int]]] = None,
                          warn: bool = True) -> dict[str, tuple[int, ...]]:

@@ -46,7 +46,7 @@ from ..errors import CalibrationError, InvalidArgumentError
 from ..executors import Executor, LocalExecutor, Task, merge_sums
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..graph.probe import PROBE_BATCH, graph_input_dims, np_dtype
+from ..graph.probe import PROBE_BATCH, fixed_batch_of, np_dtype
 from ..progress import LogProgress
 from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
@@ -59,14 +59,6 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 Batch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
 _MASKED = "{}__oracle_masked"  # a consumed channel tensor times its mask input
-
-
-def _fixed_batch(model: onnx.ModelProto) -> Optional[int]:
-    """The batch size the model's inputs fix (a static first dim), if any does."""
-    for dims in graph_input_dims(model).values():
-        if dims and isinstance(dims[0], int):
-            return dims[0]
-    return None
 
 
 class OracleScorer:
@@ -106,7 +98,7 @@ class OracleScorer:
         self.rows_per_run = max(1, rows_per_run or (128 if on_cpu else 512))
         # a model that fixes its batch (a static export) runs exactly that many rows: one perturbation per run,
         # never tiled; a fixed batch above 1 runs whole batches (no silent rows left out of a run)
-        self.fixed_batch = _fixed_batch(analysis.proto)
+        self.fixed_batch = fixed_batch_of(analysis.proto)
         if self.fixed_batch is not None:
             self.rows_per_run = self.fixed_batch
             self.skip_silent = skip_silent and self.fixed_batch == 1
