@@ -5,8 +5,9 @@ produce, so preprocessing must reproduce the model's own evaluation pipeline.
 The steps and their order follow torchvision's classic evaluation transform:
 convert colour, resize (the shorter side, then center-crop; or plainly to the
 target size; or letterbox, as detectors are fed), scale, subtract the mean,
-divide by the std, lay out as NCHW or NHWC. Images from a folder and uint8 arrays go through the same functions, so
-the two sources give identical inputs for identical pixels.
+divide by the std, lay out as NCHW or NHWC. Images from a folder and uint8
+arrays go through the same functions, so the two sources give identical
+inputs for identical pixels.
 """
 
 from __future__ import annotations
