@@ -21,7 +21,7 @@ import onnx
 
 from .calibration import Preprocess, open_calibration, spread_indices
 from .calibration.dataset import with_model_size
-from .calibration.validate import model_input_shapes
+from .calibration.validate import fixed_batch, model_input_shapes
 from .runtime import make_session
 
 LabelledBatch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
@@ -41,9 +41,10 @@ def _stream(reader) -> Iterator[LabelledBatch]:
         yield item
 
 
-def _without_rows(items: Iterable[LabelledBatch], skip: np.ndarray, size: int) -> Iterator[LabelledBatch]:
-    """The rows of ``items`` whose running index is not in ``skip``, re-batched to ``size`` rows
-    (only the last batch is shorter: a model with a fixed batch of 1 is fed one row at a time)."""
+def _without_rows(items: Iterable[LabelledBatch], skip: np.ndarray, size: int,
+                  drop_last: bool) -> Iterator[LabelledBatch]:
+    """The rows of ``items`` whose running index is not in ``skip``, re-batched to ``size`` rows (only the
+    last batch is shorter, and left out with ``drop_last``: a model that fixes its batch takes no other)."""
     offset = 0
     parts: list[LabelledBatch] = []
     count = 0
@@ -57,7 +58,7 @@ def _without_rows(items: Iterable[LabelledBatch], skip: np.ndarray, size: int) -
         while count >= size:
             merged, parts, count = _merge(parts, size)
             yield merged
-    if count:
+    if count and not drop_last:
         merged, _, _ = _merge(parts, count)
         yield merged
 
@@ -93,7 +94,8 @@ def held_out(calibration_source: Any, eval_source: Any, model: onnx.ModelProto, 
         return None
     taken = spread_indices(total, calibration_limit)
     size = reader.reader.batch_size
-    return HeldOut(lambda: _without_rows(_stream(reader), taken, size),
+    drop_last = fixed_batch(inputs) is not None
+    return HeldOut(lambda: _without_rows(_stream(reader), taken, size, drop_last),
                    lambda n: f"{n} held-out rows of the calibration file (all but the {len(taken)} rows "
                              f"spread over it that calibration took)")
 

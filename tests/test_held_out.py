@@ -53,6 +53,12 @@ def test_evaluation_set_is_used_whole_and_a_fixed_batch_of_one_is_kept(tmp_path)
     fixed = held_out(tmp_path / "e.npz", None, _model(1), preprocess=None, batch_size=1, calibration_limit=10)
     rows, batches = _rows(fixed.batches())
     assert len(rows) == 20 and all(len(y) == 1 for _, y in batches)
+    four = held_out(tmp_path / "e.npz", None, _model(4), preprocess=None, batch_size=4, calibration_limit=10)
+    rows, batches = _rows(four.batches())  # the reader yields 28 rows (7 batches), 9 of them taken: 19 left
+    assert [len(y) for _, y in batches] == [4] * 4  # full batches of the model's 4 only
+    np.testing.assert_array_equal(rows, np.setdiff1d(np.arange(28), spread_indices(30, 10))[:16])
+    seven = held_out(tmp_path / "e.npz", None, _model(4), preprocess=None, batch_size=4, calibration_limit=7)
+    assert [len(y) for _, y in seven.batches()] == [4] * 5  # 21 rows left: the last one does not fill a batch
     model = _model()
     outs, labels = outputs_of({"dense": model}, ev.batches())
     want = make_session(model).run(None, {"x": x})[0]
