@@ -25,7 +25,7 @@ from .config import RANKINGS, PruneConfig
 from .errors import BelowFloorError, CalibrationError, NothingToPruneError
 from .fidelity.judge import NOISE_SAMPLES, Judge, holdout_count, make_judge
 from .graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
-from .graph.probe import input_dtypes
+from .graph.probe import fixed_batch_of, input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
 from .plan import PruningPlan
@@ -47,7 +47,8 @@ def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, repor
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
-        one = {k: v[:1] for k, v in random_feed.items()}
+        fixed = fixed_batch_of(p.model)  # a model that fixes its batch runs at that batch only
+        one = {k: v[:fixed or 1] for k, v in random_feed.items()}
         timing = interleaved_latency({"before": p.model, "after": final}, one, rounds=10, runs=3)
         report.before.latency_ms, report.after.latency_ms = timing["before"][0], timing["after"][0]
         report.extra["latency_range_ms"] = {"before": list(timing["before"]), "after": list(timing["after"])}

@@ -12,7 +12,7 @@ from .cost import CostModel
 from .graph.analysis import Analysis
 from .graph.external import needs_external
 from .graph.io import ModelLike, load_model
-from .graph.probe import Probe, probe
+from .graph.probe import Probe, graph_input_dims, probe
 from .passes.normalize import NormalizePass
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ class Prepared:
         return self.probe.input_shapes
 
     def with_batch(self, batch: int) -> dict[str, tuple[int, ...]]:
-        return {k: (batch,) + tuple(v[1:]) for k, v in self.probe.input_shapes.items()}
+        """Input shapes at ``batch`` rows; an input that fixes its batch (a static export) keeps its own."""
+        dims = graph_input_dims(self.model)
+        return {k: (dims[k][0] if dims.get(k) and isinstance(dims[k][0], int) else batch,) + tuple(v[1:])
+                for k, v in self.probe.input_shapes.items()}
 
 
 def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] = None,

@@ -2,8 +2,9 @@
 
 Every budget goes through the one pruning path (:func:`pipeline.run_pruning`
 with the shared scores, recovery as by default). Accuracy is measured only on
-rows the scores and the recovery never saw: a separate evaluation source, or
-the rows of the calibration file after the ones used for calibration; without
+rows the scores and the recovery never saw: every row of a separate
+evaluation source, or every row of the calibration file that calibration
+did not take (:mod:`onnxprune.held_out`, streamed in batches); without
 labels the pruned outputs are compared with the dense model's (fidelity).
 All models are timed interleaved with the dense one. The report
 (:mod:`onnxprune.report_html`) is Markdown + PNG and one self-contained HTML page.
@@ -20,20 +21,18 @@ import numpy as np
 import onnx
 
 from .calibration import Preprocess
-from .calibration.dataset import load_calibration
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
+from .held_out import held_out, outputs_of
 from .latency.measure import feeds_for, time_interleaved
 from .pipeline import prepare_run, run_pruning, score_units
 from .report_html import SweepPoint, SweepResult, write_sweep_report
-from .runtime import make_session
 from .schedule import criterion_for
 
 logger = logging.getLogger(__name__)
 
 BUDGET_KINDS = ("macs", "latency")
-EVAL_LIMIT = 2000
 
 
 def parse_budgets(text: str) -> list[float]:
@@ -45,31 +44,6 @@ def parse_budgets(text: str) -> list[float]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise InvalidArgumentError(f"--budgets {text!r}: every budget is a kept fraction in (0, 1]")
     return sorted(set(values), reverse=True)
-
-
-def _held_out(calibration_source: Any, eval_source: Any, proto: onnx.ModelProto, config: PruneConfig,
-              preprocess: Optional[Preprocess], used: int) -> tuple[Optional[dict], Optional[np.ndarray], str]:
-    """Evaluation inputs and labels never used for calibration, and where they came from."""
-    if eval_source is not None:
-        ev = load_calibration(eval_source, proto, preprocess=preprocess, batch_size=config.batch_size,
-                              limit=EVAL_LIMIT, cache_bytes=config.cache_bytes)
-        return ev.dataset.inputs, ev.labels, f"{len(ev)} rows of the evaluation set"
-    if calibration_source is None or not isinstance(calibration_source, (str, Path)):
-        return None, None, "no held-out data"
-    full = load_calibration(calibration_source, proto, preprocess=preprocess, batch_size=config.batch_size,
-                            limit=used + EVAL_LIMIT, cache_bytes=config.cache_bytes)
-    if len(full) <= used:
-        return None, None, "no held-out data"
-    inputs = {k: v[used:] for k, v in full.dataset.inputs.items()}
-    labels = None if full.labels is None else full.labels[used:]
-    return inputs, labels, f"{len(full) - used} held-out rows of the calibration file (after the {used} calibrated on)"
-
-
-def _outputs(model: onnx.ModelProto, inputs: dict, batch: int) -> np.ndarray:
-    sess = make_session(model)
-    n = len(next(iter(inputs.values())))
-    return np.concatenate([sess.run(None, {k: v[i:i + batch] for k, v in inputs.items()})[0]
-                           for i in range(0, n, batch)])
 
 
 def _quality(out: np.ndarray, ref: np.ndarray, labels: Optional[np.ndarray]) -> tuple[float, dict]:
@@ -106,16 +80,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
         scores = scores_from_kernels(p, kernel_scores)
     else:
         scores = score_units(p, base, calibration)
-    used = len(calibration) if calibration is not None else 0
-    inputs, labels, where = _held_out(calibration_source, eval_source, p.original, base, preprocess, used)
     notes = []
-    if inputs is None:
-        inputs = feeds_for(p.model, p.with_batch(64), seed=1)
-        where = "64 random inputs (no held-out data: pass an evaluation set)"
-        notes.append("fidelity measured on random inputs: pass --eval, or a calibration file with more rows "
-                     "than --calib-limit, for a held-out measurement")
-    ref = _outputs(p.original, inputs, base.batch_size).astype(np.float64)
-    dense_quality, _ = _quality(ref, ref, labels)
     name = Path(str(model_input)).stem if not isinstance(model_input, onnx.ModelProto) else "model"
     results = []
     for b in budgets:
@@ -128,9 +93,22 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     feed = feeds_for(p.model, p.with_batch(settings.batch))
     models = {"dense": p.original, **{b: r.model for b, r in results}}
     times = time_interleaved(models, {k: feed for k in models}, settings)
+    evaluation = held_out(calibration_source, eval_source, p.original, preprocess=preprocess,
+                          batch_size=calibration.batch_size if calibration is not None else base.batch_size,
+                          calibration_limit=base.calibration_samples)
+    if evaluation is not None:
+        outputs, labels = outputs_of(models, evaluation.batches())
+        where = evaluation.description(len(outputs["dense"]))
+    else:
+        outputs, labels = outputs_of(models, [(feeds_for(p.model, p.with_batch(64), seed=1), None)])
+        where = "64 random inputs (no held-out data: pass an evaluation set)"
+        notes.append("fidelity measured on random inputs: pass --eval, or a calibration file with more rows "
+                     "than --calib-limit, for a held-out measurement")
+    ref = outputs["dense"]
+    dense_quality, _ = _quality(ref, ref, labels)
     points = []
     for b, res in results:
-        q, fid = _quality(_outputs(res.model, inputs, base.batch_size).astype(np.float64), ref, labels)
+        q, fid = _quality(outputs[b], ref, labels)
         rep = res.report
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},

@@ -207,6 +207,23 @@ def unknown_op() -> onnx.ModelProto:
     return b.build()
 
 
+def level_heads(batch=None) -> onnx.ModelProto:
+    """A two-level detector: per level a class head (3) and a box head (4), each its own graph output.
+
+    Level 1 works on the trunk (8 channels), level 2 on a stride-2 deeper trunk
+    (16 channels), so level 2's heads start after level 1's outputs are
+    computed: a suffix cut inside level 2 does not reach them. ``batch``
+    fixes the batch dim (None: symbolic 'N').
+    """
+    b = Builder(shape=(batch, 3, 8, 8))
+    t1 = b.op("Relu", [b.conv("x", 3, 8)])
+    t2 = b.op("Relu", [b.conv(b.op("Relu", [b.conv(t1, 8, 16, stride=2)]), 16, 16)])
+    for t, c in ((t1, 8), (t2, 16)):
+        for out in (3, 4):
+            b.output(b.conv(b.op("Relu", [b.conv(t, c, 8)]), 8, out, k=1), 4)
+    return b.build()
+
+
 PATTERNS = {
     "chain_flatten_gemm": chain_flatten_gemm,
     "option_a_shortcut": option_a_shortcut,

@@ -11,14 +11,14 @@ from onnxprune.config import PruneConfig
 from onnxprune.errors import InvalidArgumentError
 from onnxprune.graph.surgery import prune_channels
 from onnxprune.lsq import GramSystem, fit_gram, fit_toward
-from onnxprune.pipeline import load_calibration, plan_units
+from onnxprune.pipeline import load_calibration, plan_units, run_pruning
 from onnxprune.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring import magnitude_scores
 from onnxprune.scoring.oracle_cost import oracle_cost
 from onnxprune.selection import Constraints, Target
 
-from builders import chain_flatten_gemm, inverted_residual, option_a_shortcut
+from builders import chain_flatten_gemm, inverted_residual, level_heads, option_a_shortcut
 
 
 def _data(n: int = 40, seed: int = 0) -> np.ndarray:
@@ -45,7 +45,7 @@ def test_fit_from_gram_equals_fit_on_the_rows_of_a_column_subset():
     assert a.err_plain == pytest.approx(b.err_plain, rel=1e-6)
 
 
-@pytest.mark.parametrize("builder", [inverted_residual, option_a_shortcut, chain_flatten_gemm])
+@pytest.mark.parametrize("builder", [inverted_residual, option_a_shortcut, chain_flatten_gemm, level_heads])
 def test_curves_without_refit_equal_the_distortion_of_the_pruned_model(builder):
     """Zeroing the consuming columns in one session is the surgery: same outputs on the held-back samples."""
     model = builder()
@@ -61,6 +61,25 @@ def test_curves_without_refit_equal_the_distortion_of_the_pruned_model(builder):
         for removed, loss in zip(c.removed[1:], c.loss[1:]):
             pruned = make_session(prune_channels(p.analysis, removed)).run(None, held)
             assert loss == pytest.approx(float(oracle_cost("mse", base, pruned, None).mean()), rel=1e-4, abs=1e-9)
+
+
+def test_default_path_on_a_model_whose_groups_reach_only_some_outputs():
+    """Per-level heads: energy + sensitivity allocation + least squares, and the oracle, complete and stay exact.
+
+    A group of level 2 does not reach level 1's outputs; its curve still compares every output (level 1's
+    unchanged), so the loss equals the distortion of the pruned model over all four outputs.
+    """
+    model = level_heads()
+    data = _data(48)
+    for criterion in ("energy", "oracle"):
+        config = PruneConfig(criterion=criterion, target_macs=0.7)
+        assert config.allocation_for(True) == ("sensitivity" if criterion == "energy" else "greedy")
+        result = run_pruning(model, None, {"x": data}, config)
+        assert result.report.after.macs <= 0.7 * result.report.before.macs
+        outs = make_session(result.model).run(None, {"x": data[:4]})
+        assert len(outs) == 4 and all(np.isfinite(o).all() for o in outs)
+        assert result.report.extra["recovery"].startswith("least-squares re-fit of ")
+        assert result.report.verification.startswith("verified:")
 
 
 def test_refit_lowers_the_measured_distortion():

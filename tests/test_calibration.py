@@ -26,6 +26,7 @@ from onnxprune.calibration import (
     ImageFolderReader,
     IterableReader,
     Preprocess,
+    spread_indices,
     RewindableReader,
     ValidatingReader,
     load_arrays,
@@ -224,8 +225,8 @@ def test_folder_reader_labels_tsv_order_and_limit(colour_folder):
     np.testing.assert_array_equal(labels, [4, 0])
     np.testing.assert_allclose(batch["x"][1, :, 0, 0], expected_pixel((255, 128, 0), Preprocess()), rtol=1e-6)
     limited = ImageFolderReader(colour_folder, "x", ("N", 3, 4, 4), Preprocess(), labels_file="labels.tsv", limit=2)
-    np.testing.assert_array_equal(limited.labels, [4, 0])
-    assert len(limited) == 2
+    np.testing.assert_array_equal(limited.labels, [4, 2])  # spread over the list: rows 0 and 2 of 3
+    assert [f.name for f in limited.files] == ["d.png", "c.png"] and len(limited) == 2
 
 
 def test_folder_reader_labels_without_header_and_class_folders(tmp_path, colour_folder):
@@ -316,7 +317,8 @@ def test_folder_reader_fixed_batch_and_bad_arguments(colour_folder):
     reader = ImageFolderReader(colour_folder, "x", (2, 3, 4, 4), Preprocess())
     sizes = [b["x"].shape[0] for b in reader]
     assert sizes == [2, 2] and len(reader) == 4  # the odd image is skipped, not fed as a batch of 1
-    with pytest.raises(InvalidArgumentError, match="fixed batch size of 2: use --batch-size 2"):
+    with pytest.raises(InvalidArgumentError,
+                       match="fixed batch size of 2: use --batch-size 2 \\(batch_size=2 in Python\\)"):
         ImageFolderReader(colour_folder, "x", (2, 3, 4, 4), Preprocess(), batch_size=3)
     with pytest.raises(CalibrationError, match="fewer than the fixed batch size 8"):
         ImageFolderReader(colour_folder, "x", (8, 3, 4, 4), Preprocess())
@@ -479,7 +481,8 @@ def with_nan() -> dict[str, np.ndarray]:
     (good_batch((2, 3, 4, 4)), {"input": ("N", 1, 4, 4)}, "wrong channels \\(3 instead of 1\\).*grayscale=True"),
     (good_batch((2, 3, 5, 4)), RGB_MODEL, "wrong height \\(5 instead of 4\\)"),
     (good_batch((2, 3, 4, 6)), RGB_MODEL, "wrong width \\(6 instead of 4\\)"),
-    (good_batch((2, 3, 4, 4)), {"input": (1, 3, 4, 4)}, "fixed batch size of 1: use --batch-size 1"),
+    (good_batch((2, 3, 4, 4)), {"input": (1, 3, 4, 4)},
+     "fixed batch size of 1: use --batch-size 1 \\(batch_size=1 in Python\\)"),
     (with_nan(), RGB_MODEL, "2 NaN/Inf value\\(s\\) \\(first in sample 1"),
     ({"input": np.zeros((2, 3, 4, 4), np.uint8)}, RGB_MODEL, "dtype uint8, expected float32.*Preprocess"),
     ({"input": np.zeros((2, 3, 4, 4), np.float64)}, RGB_MODEL, "dtype float64.*astype\\(np.float32\\)"),
@@ -688,10 +691,11 @@ def test_shared_cifar10_npz_feeds_resnet_preprocessing():
     pre = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD)
     cache = CachedDataset(open_calibration(path, {"input": ("N", 3, 32, 32)}, pre, batch_size=100, limit=300))
     raw = np.load(path)
+    rows = spread_indices(len(raw["labels"]), 300)  # spread over the file, not its first 300 rows
     assert len(cache) == 300 and cache.inputs["input"].shape == (300, 3, 32, 32)
-    np.testing.assert_array_equal(cache.labels, raw["labels"][:300])
-    np.testing.assert_allclose(cache.inputs["input"][7, :, 5, 9], expected_pixel(tuple(raw["images"][7, 5, 9]), pre),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(cache.labels, raw["labels"][rows])
+    np.testing.assert_allclose(cache.inputs["input"][7, :, 5, 9],
+                               expected_pixel(tuple(raw["images"][rows[7], 5, 9]), pre), rtol=1e-5, atol=1e-6)
     model = SHARED / "models" / "resnet20_cifar10.onnx"
     ort = pytest.importorskip("onnxruntime")
     if not model.is_file():
@@ -706,9 +710,30 @@ def test_shared_imagenet_dev_folder_follows_labels_tsv():
     folder = SHARED / "data" / "imagenet_dev"
     pre = Preprocess(resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     reader = open_calibration(folder, {"input": ("batch", 3, 224, 224)}, pre, batch_size=4, limit=8)
-    listed = [line.split("\t")[0] for line in (folder / "labels.tsv").read_text().splitlines()[1:9]]
-    assert [f.name for f in reader.reader.files] == listed
+    listed = [line.split("\t")[0] for line in (folder / "labels.tsv").read_text().splitlines()[1:]]
+    assert [f.name for f in reader.reader.files] == [listed[i] for i in spread_indices(len(listed), 8)]
     batch, labels = reader.get_next_with_labels()
     assert batch["input"].shape == (4, 3, 224, 224) and batch["input"].dtype == np.float32
-    np.testing.assert_array_equal(labels, [0, 2, 4, 6])
+    np.testing.assert_array_equal(labels, [62, 186, 312, 436])  # files 31, 93, 156, 218 of 500, one per class
     assert -2.2 < batch["input"].min() < batch["input"].max() < 2.7
+
+
+def test_spread_indices_are_even_increasing_and_complete():
+    np.testing.assert_array_equal(spread_indices(10, 4), [1, 3, 6, 8])
+    np.testing.assert_array_equal(spread_indices(5, None), np.arange(5))
+    np.testing.assert_array_equal(spread_indices(5, 9), np.arange(5))
+    for total, count in ((1000, 256), (5000, 2000), (7, 6), (500, 250)):
+        rows = spread_indices(total, count)
+        assert len(rows) == count and rows[0] >= 0 and rows[-1] < total and (np.diff(rows) >= 1).all()
+
+
+def test_limit_of_a_class_sorted_file_covers_every_class(tmp_path):
+    """--calib-limit on a class-sorted .npz: 40 of 500 rows, 4 of each of the 10 classes (first rows: class 0 only)."""
+    path = tmp_path / "sorted.npz"
+    labels = np.repeat(np.arange(10), 50)
+    images = np.broadcast_to(labels[:, None, None, None].astype(np.uint8), (500, 4, 4, 3))
+    np.savez(path, images=images, labels=labels)
+    cache = CachedDataset(open_calibration(path, RGB_MODEL, Preprocess(scale=1.0), batch_size=16, limit=40))
+    assert len(cache) == 40
+    np.testing.assert_array_equal(np.bincount(cache.labels, minlength=10), [4] * 10)
+    np.testing.assert_array_equal(cache.inputs["input"][:, 0, 0, 0], cache.labels)  # pixels travel with labels

@@ -14,7 +14,6 @@ import onnxprune
 from onnxprune.cli import COMMANDS, build_parser, main
 from onnxprune.demo import demo_files
 from onnxprune.errors import EXIT_BELOW_FLOOR, BelowFloorError
-from onnxprune.executors.progress import LogProgress
 
 MODEL = str(demo_files()[0])
 
@@ -124,18 +123,6 @@ def test_data_free_prune_takes_the_ranking_given(monkeypatch, tmp_path):
     for extra in ([], ["--ranking", "per_mac"]):
         main(["prune", MODEL, "-o", str(tmp_path / "s.onnx"), *extra])
     assert seen == ["raw", "per_mac"]
-
-
-def test_log_progress_lines(caplog):
-    clock = iter([0.0, 10.0, 40.0, 45.0]).__next__
-    bar = LogProgress(100, "oracle (local)", "unit", interval=30, clock=clock)
-    with caplog.at_level(logging.INFO, "onnxprune.progress"):
-        bar.update(20)  # t=10: under the interval, quiet
-        bar.update(30)  # t=40: a line
-        bar.close()  # t=45: the last line
-    assert [r.getMessage() for r in caplog.records] == [
-        "oracle (local): 50/100 units (50%), 40 s, about 40 s left",
-        "oracle (local): 50/100 units (50%), 45 s, about 45 s left"]
 
 
 def test_uint8_images_of_another_size_are_resized_with_a_warning(tmp_path, caplog):

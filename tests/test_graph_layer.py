@@ -21,7 +21,7 @@ from onnxprune.graph.normalize import infer_shapes, normalize
 from onnxprune.graph.probe import probe
 from onnxprune.graph.rules.context import AnalysisContext, RewriteContext
 from onnxprune.graph.session import make_session
-from onnxprune.graph.subgraph import expose, extract, free_inputs, prefix
+from onnxprune.graph.subgraph import expose, extract, extract_reached, free_inputs, prefix
 from onnxprune.graph.surgery import Surgery
 
 GRAPH = Path(__file__).resolve().parent.parent / "onnxprune" / "graph"
@@ -333,6 +333,20 @@ def test_extract_copies_sparse_initializers():
     piece, inputs = extract(model, list(model.graph.node)[:5], ["y"])
     assert inputs == ["x", "z"] and len(piece.graph.sparse_initializer) == 1
     assert np.array_equal(run(piece, feeds)["y"], run(model, feeds)["y"])
+
+
+def test_extract_reached_keeps_the_outputs_a_cut_computes():
+    """A cut after one head's last node: that head is left out (and named when asked for), never an invalid model."""
+    model, feeds = _chain()
+    nodes = list(model.graph.node)[1:5]  # Mul .. Sigmoid: computes y, not n
+    with pytest.raises(ValueError, match=r"piece: output\(s\) n are not computed by its 4 node\(s\)"):
+        extract(model, nodes, ["y", "n"], name="piece")
+    piece, inputs, reached = extract_reached(model, nodes, ["n", "y"], name="piece")
+    assert reached == [1] and [o.name for o in piece.graph.output] == ["y"] and inputs == ["a", "z"]
+    a = np.maximum(feeds["x"], 0)
+    assert np.array_equal(run(piece, {"a": a, "z": feeds["z"]})["y"], run(model, feeds)["y"])
+    with pytest.raises(ValueError, match="compute none of the outputs n"):
+        extract_reached(model, nodes, ["n"], name="piece")
 
 
 def test_prefix_keeps_only_needed_nodes():

@@ -12,7 +12,7 @@ from onnxprune.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 
-from builders import inverted_residual, option_a_shortcut, se_block, transpose_reshape_gemm_prelu
+from builders import inverted_residual, level_heads, option_a_shortcut, se_block, transpose_reshape_gemm_prelu
 
 
 def batches(p, n=6, k=2, seed=0, labels=False):
@@ -24,7 +24,8 @@ def batches(p, n=6, k=2, seed=0, labels=False):
     return out
 
 
-@pytest.mark.parametrize("builder", [option_a_shortcut, se_block, inverted_residual, transpose_reshape_gemm_prelu])
+@pytest.mark.parametrize("builder", [option_a_shortcut, se_block, inverted_residual, transpose_reshape_gemm_prelu,
+                                     level_heads])
 @pytest.mark.parametrize("cost,workers", [("auto", 1), ("mse", 1), ("auto", 3)])
 def test_fast_equals_naive(builder, cost, workers):
     p = prepare(builder())

@@ -35,8 +35,9 @@ from onnx import helper, numpy_helper
 
 from ..graph.analysis import Analysis
 from ..graph.layout import as_matrix, from_matrix, node_attrs
-from ..graph.subgraph import expose, extract
+from ..graph.subgraph import expose, extract_reached
 from ..lsq import GramSystem, conv_geometry, fit_gram, im2col
+from ..progress import LogProgress
 from ..runtime import make_session
 from ..scoring.oracle_cost import oracle_cost
 from ..selection import Constraints, _Budget, group_round_to
@@ -164,20 +165,22 @@ def _eval_model(model: onnx.ModelProto, sites: list[_Site]) -> onnx.ModelProto:
     return m
 
 
-def _suffix(model: onnx.ModelProto, sites: list[_Site]) -> tuple[onnx.ModelProto, list[str]]:
-    """The part of ``model`` from the first site on, with the sites' weights as inputs, and the tensors it is fed.
+def _suffix(model: onnx.ModelProto, sites: list[_Site]) -> tuple[onnx.ModelProto, list[str], list[int]]:
+    """The part of ``model`` from the first site on, with the sites' weights as inputs; the tensors it is fed
+    and the positions of the model outputs it computes.
 
     Everything before the first consumer of a group is the same whatever the
     group loses, so it is computed once (the base run) and not per option;
     only this group's weights are inputs, so every other layer keeps
-    onnxruntime's fast paths for constant weights.
+    onnxruntime's fast paths for constant weights. An output computed before
+    the first site (another head) is unchanged: the loss takes it from the base run.
     """
     names = {s.node.name for s in sites}
     nodes = list(model.graph.node)
     start = min(i for i, n in enumerate(nodes) if n.name in names)
-    sub, feeds = extract(model, nodes[start:], [o.name for o in model.graph.output], name="suffix")
+    sub, feeds, reached = extract_reached(model, nodes[start:], [o.name for o in model.graph.output], name="suffix")
     weights = {x for s in sites for x in (s.weight, s.bias)}
-    return _eval_model(sub, sites), [f for f in feeds if f not in weights]
+    return _eval_model(sub, sites), [f for f in feeds if f not in weights], reached
 
 
 def _collect(model: onnx.ModelProto, sites: list[_Site], feeds: list[dict], n_fit: int, max_rows: int,
@@ -270,7 +273,7 @@ class Sensitivity:
         self.suffixes = {g: _suffix(model, self.sites_of[g]) for g in self.orders if self.sites_of.get(g)}
         outputs = [o.name for o in model.graph.output]
         graph_inputs = {i.name for i in model.graph.input}
-        cuts = sorted({x for _, feeds_of in self.suffixes.values() for x in feeds_of} - set(outputs) - graph_inputs)
+        cuts = sorted({x for _, feeds_of, _ in self.suffixes.values() for x in feeds_of} - set(outputs) - graph_inputs)
         base_session = make_session(expose(model, cuts))
         self.base, self.cut_values = [], []
         for f in self.held:
@@ -281,21 +284,30 @@ class Sensitivity:
         self._sessions: dict[int, object] = {}
         self.option_feeds: dict[tuple[int, int], dict[str, np.ndarray]] = {}
 
-    def _distortion(self, session, inputs: list[str], option: dict[str, np.ndarray]) -> float:
-        runs = [session.run(None, {**{x: v[x] for x in inputs}, **option}) for v in self.cut_values]
-        return float(np.concatenate([oracle_cost(self.cost, b, r, None) for b, r in zip(self.base, runs)]).mean())
+    def _distortion(self, session, inputs: list[str], option: dict[str, np.ndarray],
+                    reached: Optional[list[int]] = None) -> float:
+        """Mean cost over every model output; those outside ``reached`` (None: all) are the base run's."""
+        costs = []
+        for v, base in zip(self.cut_values, self.base):
+            run = session.run(None, {**{x: v[x] for x in inputs}, **option})
+            pert = list(base)
+            for i, y in zip(range(len(base)) if reached is None else reached, run):
+                pert[i] = y
+            costs.append(oracle_cost(self.cost, base, pert, None))
+        return float(np.concatenate(costs).mean())
 
     def loss(self, gid: int, option: dict[str, np.ndarray]) -> float:
         """Mean output distortion on the held-back samples with group ``gid``'s weights ``option`` fed."""
         if gid not in self.suffixes:
             return 0.0  # nothing multiplies its channels by weights: nothing downstream sees them
-        model, inputs = self.suffixes[gid]
+        model, inputs, reached = self.suffixes[gid]
         if gid not in self._sessions:
             self._sessions = {gid: make_session(model)}  # one group at a time: sessions are large
-        return self._distortion(self._sessions[gid], inputs, option)
+        return self._distortion(self._sessions[gid], inputs, option, reached)
 
     def curves(self) -> list[Curve]:
         out = []
+        bar = LogProgress(len(self.orders), "sensitivity", unit="group")  # minutes on a detector: say so
         for gid, sets in self.orders.items():
             curve = Curve(gid)
             n = len(self.analysis.groups[gid].units)
@@ -318,6 +330,8 @@ class Sensitivity:
             out.append(curve)
             logger.info("sensitivity of group %d (%s): %s", gid, self.analysis.groups[gid].name,
                         ", ".join(f"{w}:{l:.3g}" for w, l in zip(curve.widths, curve.loss)))
+            bar.update(1)
+        bar.close()
         return out
 
     def joint_loss(self, curves: list[Curve], choice: list[int]) -> float:

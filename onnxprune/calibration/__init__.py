@@ -32,12 +32,14 @@ from .readers import (
     ValidatingReader,
     load_arrays,
     next_with_labels,
+    spread_indices,
 )
 from .source import open_calibration
 from .validate import Dims, ModelInputs, format_dims, model_input_shapes, validate_batch
 
 __all__ = [
     "ArrayReader",
+    "spread_indices",
     "Augment",
     "Calibration",
     "load_calibration",

@@ -12,6 +12,7 @@ flip copies of image samples (:mod:`.augment`) for least squares.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
 from .readers import ArrayReader
 from .source import open_calibration
-from .validate import model_input_shapes
+from .validate import fixed_batch, is_static, model_input_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +100,55 @@ class Calibration:
         return Calibration(CachedDataset(reader, self.dataset.max_bytes * (spec.rounds + 1)), self.batch_size)
 
 
+def recorded_image_size(model: onnx.ModelProto) -> Optional[tuple[int, int]]:
+    """(height, width) from the exporter's metadata ``imgsz`` (Ultralytics writes e.g. "[320, 320]"), if any."""
+    for prop in model.metadata_props:
+        if prop.key == "imgsz" and len(prop.value) < 40:
+            values = [int(v) for v in re.findall(r"\d+", prop.value)]
+            if len(values) in (1, 2) and all(v > 0 for v in values):
+                return (values[0], values[-1])
+    return None
+
+
+def with_model_size(preprocess: Optional[Preprocess], model: onnx.ModelProto) -> Optional[Preprocess]:
+    """``preprocess`` with the size the model was exported for, when it gives none and the model's image
+    input has a dynamic height or width (a folder of images then needs no --size)."""
+    if preprocess is None or preprocess.size is not None:
+        return preprocess
+    inputs = list(model_input_shapes(model).values())
+    if len(inputs) != 1 or not inputs[0] or len(inputs[0]) != 4:
+        return preprocess
+    dims = inputs[0]
+    hw = dims[2:4] if preprocess.layout == "NCHW" else dims[1:3]
+    size = recorded_image_size(model)
+    if size is None or all(is_static(d) for d in hw):
+        return preprocess
+    logger.info("image size %dx%d from the model's metadata 'imgsz' (give --size to choose another)", *size)
+    return preprocess.with_size(size)
+
+
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,
                      batch_size: int = 32, limit: Optional[int] = None,
                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
-    """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable)."""
+    """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable).
+
+    A model whose inputs fix the batch size (most static exports: 1) is
+    calibrated in batches of that size whatever ``batch_size`` says: the
+    model takes nothing else, and a user should not have to find the flag.
+    """
     dtypes = {k: v for k, v in input_dtypes(model).items() if v.kind == "f" and v != np.float32}
     if isinstance(source, Calibration):
         return source
+    inputs = model_input_shapes(model)
+    preprocess = with_model_size(preprocess, model)
+    fixed = fixed_batch(inputs)
+    if fixed is not None and fixed != batch_size:  # a static export: the model takes nothing else
+        logger.info("the model fixes its batch size to %d: calibrating in batches of %d (not %d)",
+                    fixed, fixed, batch_size)
+        batch_size = fixed
     if isinstance(source, CachedDataset):
         return Calibration(source, batch_size, dtypes)
-    reader = open_calibration(source, model_input_shapes(model), preprocess=preprocess, batch_size=batch_size,
-                              limit=limit)
+    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit)
     dataset = CachedDataset(reader, cache_bytes, limit=limit)
     if len(dataset) == 0:
         raise CalibrationError("the calibration data holds no samples")

@@ -2,7 +2,8 @@
 
 Files are read in sorted name order, or in the order a labels TSV lists them
 (``file<TAB>class_index<TAB>...`` with a header line), so a run is
-reproducible and "the first N images" means the same on every machine. A
+reproducible; a ``limit`` of N takes N files spread evenly over that list
+(a class-sorted folder gives every class, not the first few). A
 folder of class sub-folders (torchvision's ImageFolder layout) is read too,
 labelled by the sorted sub-folder index. Images are decoded one batch at a
 time; only the batch being served is in memory.
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import CalibrationError, InvalidArgumentError
 from .preprocess import IMAGE_EXTENSIONS, Preprocess, load_image, normalize
-from .readers import DEFAULT_BATCH_SIZE, BatchReader, LabelledBatch, _check_positive
+from .readers import DEFAULT_BATCH_SIZE, BatchReader, LabelledBatch, _check_positive, spread_indices
 from .validate import Dims, format_dims, guess_layout, is_static
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class ImageFolderReader(BatchReader):
         if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
             raise InvalidArgumentError(
                 f"model input '{input_name}' has a fixed batch size of {fixed_batch}: use --batch-size {fixed_batch} "
-                f"(Python: batch_size={fixed_batch})")
+                f"(batch_size={fixed_batch} in Python)")
         if labels_file is not None:
             labels_path = Path(labels_file)
             if not labels_path.exists() and not labels_path.is_absolute() and (folder / labels_path).exists():
@@ -202,9 +203,11 @@ class ImageFolderReader(BatchReader):
             files, labels = read_labels_file(folder / DEFAULT_LABELS_FILE, folder)
         else:
             files, labels = find_images(folder)
-        if limit is not None:
-            files = files[:limit]
-            labels = None if labels is None else labels[:limit]
+        if limit is not None and limit < len(files):  # spread over the sorted list, never its first files
+            rows = spread_indices(len(files), limit)
+            logger.info("%s: %d of %d images, spread evenly over the list", folder, limit, len(files))
+            files = [files[i] for i in rows]
+            labels = None if labels is None else labels[rows]
         if fixed_batch is not None and len(files) % fixed_batch:
             if len(files) < fixed_batch:
                 raise CalibrationError(

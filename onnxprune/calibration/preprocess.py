@@ -4,9 +4,10 @@ Pruning scores are only as good as the activations the calibration images
 produce, so preprocessing must reproduce the model's own evaluation pipeline.
 The steps and their order follow torchvision's classic evaluation transform:
 convert colour, resize (the shorter side, then center-crop; or plainly to the
-target size), scale, subtract the mean, divide by the std, lay out as NCHW or
-NHWC. Images from a folder and uint8 arrays go through the same functions, so
-the two sources give identical inputs for identical pixels.
+target size; or letterbox, as detectors are fed), scale, subtract the mean,
+divide by the std, lay out as NCHW or NHWC. Images from a folder and uint8
+arrays go through the same functions, so the two sources give identical
+inputs for identical pixels.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ _INTERPOLATIONS = {
     "lanczos": _RESAMPLING.LANCZOS,
 }
 _MODES = ("resize_crop", "resize")
+LETTERBOX_PLACES = ("bottom-right", "center")
+LETTERBOX_PAD = 114
+"""Grey of the letterbox border: Ultralytics' pad colour (its detectors were trained with it)."""
 _ORDERS = ("RGB", "BGR")
 _LAYOUTS = ("NCHW", "NHWC")
 
@@ -70,6 +74,16 @@ class Preprocess:
       the model receives them (after the BGR swap when ``channel_order='BGR'``).
     - ``channel_order``: ``'RGB'`` or ``'BGR'``; ``layout``: ``'NCHW'`` or ``'NHWC'``.
     - ``grayscale``: one luma channel (Pillow's ITU-R 601-2 conversion).
+    - ``letterbox``: keep the aspect ratio instead of ``mode``: resize so the
+      image fits ``size`` (the longer side, relative to the target, fills it),
+      then pad with grey 114. ``True`` or ``'bottom-right'`` puts the image at
+      the top-left and pads bottom/right (how the shared YOLOv8n export's
+      preprocessing pads); ``'center'`` splits the padding as Ultralytics'
+      ``LetterBox`` does by default (``center=True``: top = round(dh/2 - 0.1),
+      bottom the rest). Ultralytics resizes with OpenCV's INTER_LINEAR and
+      ``int(round(side * r))``; here the sizes round the same way and
+      ``interpolation`` is Pillow's, which filters over the whole footprint
+      when shrinking (OpenCV samples 2x2), so pixels can differ by a few levels.
     """
 
     size: Optional[tuple[int, int]] = None
@@ -82,6 +96,7 @@ class Preprocess:
     layout: str = "NCHW"
     grayscale: bool = False
     interpolation: str = "bilinear"
+    letterbox: Union[bool, str, None] = None
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -129,12 +144,47 @@ class Preprocess:
             raise InvalidArgumentError(
                 f"Preprocess.interpolation must be one of {tuple(_INTERPOLATIONS)}, got {self.interpolation!r}")
         object.__setattr__(self, "interpolation", interp)
+        object.__setattr__(self, "letterbox", _letterbox_place(self.letterbox))
+        if self.letterbox is not None and self.resize is not None:
+            raise InvalidArgumentError("Preprocess.resize (the shorter side before cropping) does not apply "
+                                       "with letterbox: the image is fitted into size and padded")
         object.__setattr__(self, "grayscale", bool(self.grayscale))
 
     @property
     def channels(self) -> int:
         """Channels of the produced input: 1 for grayscale, else 3."""
         return 1 if self.grayscale else 3
+
+
+def _letterbox_place(value: Union[bool, str, None]) -> Optional[str]:
+    """None (no letterbox), 'bottom-right' (True) or 'center'."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "bottom-right"
+    place = str(value).lower().replace("_", "-")
+    if place not in LETTERBOX_PLACES:
+        raise InvalidArgumentError(
+            f"Preprocess.letterbox must be True, {' or '.join(repr(p) for p in LETTERBOX_PLACES)}, got {value!r}")
+    return place
+
+
+def letterbox_image(image: Image.Image, size: tuple[int, int], place: str, resample: int) -> Image.Image:
+    """``image`` resized to fit ``size`` = (height, width) with its aspect ratio kept, padded with grey 114."""
+    height, width = size
+    w, h = image.size
+    r = min(height / h, width / w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), resample)
+    if (new_w, new_h) == (width, height):
+        return image
+    dw, dh = width - new_w, height - new_h
+    left, top = (int(round(dw / 2 - 0.1)), int(round(dh / 2 - 0.1))) if place == "center" else (0, 0)
+    fill = LETTERBOX_PAD if image.mode == "L" else (LETTERBOX_PAD,) * len(image.getbands())
+    canvas = Image.new(image.mode, (width, height), fill)
+    canvas.paste(image, (left, top))
+    return canvas
 
 
 def _check_resize_covers(resize: int, size: tuple[int, int]) -> None:
@@ -154,6 +204,8 @@ def resize_image(image: Image.Image, size: tuple[int, int], preprocess: Preproce
     height, width = size
     resample = _INTERPOLATIONS[preprocess.interpolation]
     w, h = image.size
+    if preprocess.letterbox is not None:
+        return letterbox_image(image, size, preprocess.letterbox, resample)
     if preprocess.mode == "resize":
         return image if (w, h) == (width, height) else image.resize((width, height), resample)
     if preprocess.resize is not None:

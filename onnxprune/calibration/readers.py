@@ -70,6 +70,20 @@ def _check_positive(name: str, value: Optional[int]) -> Optional[int]:
     return int(value)
 
 
+def spread_indices(total: int, count: Optional[int]) -> np.ndarray:
+    """``count`` row indices spread evenly over ``range(total)`` (all of them when count is None or >= total).
+
+    Files are often sorted (by class, by time, by camera): their first rows are
+    not a sample of them. Row ``i`` is ``floor((i + 1/2) * total / count)``,
+    the middle of the i-th of ``count`` equal slices: increasing, no repeats,
+    and the same on every machine.
+    """
+    if count is None or count >= total:
+        return np.arange(total, dtype=np.int64)
+    i = np.arange(count, dtype=np.int64)
+    return (2 * i + 1) * total // (2 * count)
+
+
 class BatchReader:
     """Base of readers over a known number of samples, read in fixed-size slices."""
 
@@ -84,6 +98,11 @@ class BatchReader:
     def batch_size(self) -> int:
         """Samples per batch (the last batch may be smaller unless drop_last)."""
         return self._batch_size
+
+    @property
+    def source_samples(self) -> int:
+        """Samples taken from the source (after limit, before drop_last)."""
+        return self._num_samples
 
     @property
     def num_samples(self) -> int:
@@ -152,7 +171,8 @@ class ArrayReader(BatchReader):
     Float arrays are used as model inputs (cast to float32). uint8 arrays are
     images (NHWC, or NCHW/NHW when recognisable) and go through ``preprocess``
     (colour, size, scale, mean, std, layout) one batch at a time, so memory
-    holds the compact uint8 copy only.
+    holds the compact uint8 copy only. ``limit`` keeps that many rows spread
+    evenly over the arrays (:func:`spread_indices`), never the first ones.
     """
 
     def __init__(self, arrays: Union[np.ndarray, Mapping[str, np.ndarray]], input_name: Optional[str] = None,
@@ -205,9 +225,14 @@ class ArrayReader(BatchReader):
             if labels.ndim == 0 or labels.shape[0] != total:
                 count = 1 if labels.ndim == 0 else labels.shape[0]
                 raise CalibrationError(f"{source}: {count} labels for {total} samples; give one label per sample")
-        num = total if limit is None else min(total, limit)
-        self._labels = None if labels is None else labels[:num]
-        super().__init__(num, batch_size, drop_last=drop_last, source=source)
+        if limit is not None and limit < total:  # spread over the source, never its first rows
+            rows = spread_indices(total, limit)
+            self._pixels = {n: a[rows] for n, a in self._pixels.items()}
+            self._floats = {n: a[rows] for n, a in self._floats.items()}
+            labels = None if labels is None else labels[rows]
+            logger.info("%s: %d of %d samples, spread evenly over the source", source, limit, total)
+        self._labels = labels
+        super().__init__(min(total, limit or total), batch_size, drop_last=drop_last, source=source)
 
     @property
     def labels(self) -> Optional[np.ndarray]:
@@ -342,6 +367,9 @@ def _batch_length(batch: Any) -> int:
 
 class ValidatingReader:
     """Wraps any reader: checks each batch against the model and stops after ``limit`` samples.
+
+    A reader is a stream of unknown length, so its ``limit`` is its first
+    samples; folders, files and arrays spread theirs in their own readers.
 
     The wrapped reader is used as is, so a user's onnxruntime reader needs no
     change; errors name ``source`` and the samples of the failing batch.

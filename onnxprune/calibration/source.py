@@ -22,17 +22,9 @@ from ..errors import CalibrationError, InvalidArgumentError
 from .folder import ImageFolderReader
 from .preprocess import Preprocess
 from .readers import DEFAULT_BATCH_SIZE, ArrayReader, IterableReader, ValidatingReader, _check_positive, load_arrays
-from .validate import ModelInputs, guess_layout, is_static
+from .validate import ModelInputs, fixed_batch, guess_layout, is_static
 
 logger = logging.getLogger(__name__)
-
-
-def _fixed_batch(model_inputs: ModelInputs) -> Optional[int]:
-    """The batch size every input fixes, if any does."""
-    for dims in model_inputs.values():
-        if dims and is_static(dims[0]):
-            return int(dims[0])
-    return None
 
 
 def _default_preprocess(preprocess: Optional[Preprocess], source: str, dims: Any = None) -> Preprocess:
@@ -71,16 +63,17 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
     numpy array or dict of arrays, an object with ``get_next()`` (used
     unchanged), or an iterable of feed dicts. ``preprocess`` applies to
     images and uint8 arrays; ``batch_size`` (default 32, or the model's
-    fixed batch size) to folders and arrays; ``limit`` caps the samples read.
+    fixed batch size) to folders and arrays; ``limit`` caps the samples read:
+    spread evenly over a folder, file or arrays, the first ones of a reader or iterable.
     """
     if not isinstance(model_inputs, Mapping) or not model_inputs:
         raise InvalidArgumentError("model_inputs must be a non-empty dict {input name: dims}")
     batch_size = _check_positive("batch_size", batch_size)
     limit = _check_positive("limit", limit)
-    fixed = _fixed_batch(model_inputs)
+    fixed = fixed_batch(model_inputs)
     if fixed is not None and batch_size is not None and batch_size != fixed:
         raise InvalidArgumentError(f"the model has a fixed batch size of {fixed}: use --batch-size {fixed} "
-                                   f"(Python: batch_size={fixed})")
+                                   f"(batch_size={fixed} in Python)")
     size = batch_size or fixed or DEFAULT_BATCH_SIZE
     drop_last = fixed is not None
     names = list(model_inputs)

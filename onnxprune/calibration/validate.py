@@ -65,6 +65,14 @@ def _axis_names(dims: Dims) -> tuple[str, ...]:
     return ("batch",) + tuple(f"axis {i}" for i in range(1, len(dims)))
 
 
+def fixed_batch(model_inputs: ModelInputs) -> Optional[int]:
+    """The batch size the model's inputs fix (a static first dim), if any does."""
+    for dims in model_inputs.values():
+        if dims and is_static(dims[0]):
+            return int(dims[0])
+    return None
+
+
 def model_input_shapes(model: Any) -> dict[str, Optional[Dims]]:
     """The inputs a feed needs, from an onnx.ModelProto or an onnxruntime InferenceSession.
 
@@ -171,7 +179,7 @@ def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibra
                 if axis == 0:
                     raise CalibrationError(
                         f"{where} has a batch of {got} but the model has a fixed batch size of {want}: "
-                        f"use --batch-size {want} (Python: batch_size={want})")
+                        f"use --batch-size {want} (batch_size={want} in Python)")
                 hint = _layout_hint(value.shape, dims)
                 if not hint and names[axis] == "channels" and {got, want} == {1, 3}:
                     hint = ("; set Preprocess(grayscale=True) for a 1-channel model"

@@ -244,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # off a terminal: a line every 30 s, not a bar
+    logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # progress lines of long runs, even without -v
     handler = COMMANDS.get(args.command)
     if args.command == "sweep":
         from .sweep import run_sweep

@@ -89,12 +89,17 @@ def _add_latency_args(p: argparse.ArgumentParser) -> None:
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
-    g.add_argument("--calib-limit", type=int, default=256, help="calibration samples to use (default 256)")
+    g.add_argument("--calib-limit", type=int, default=256,
+                   help="calibration samples to use, spread evenly over the folder or file (default 256)")
     g.add_argument("--batch-size", type=int, default=32,
-                   help="samples per onnxruntime run when scoring and re-fitting (default 32; a model with a fixed "
-                        "batch size needs that size)")
+                   help="samples per onnxruntime run when scoring and re-fitting (default 32; a model that fixes its "
+                        "batch size is calibrated at that size)")
     g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
+    g.add_argument("--letterbox", nargs="?", const="bottom-right", choices=["bottom-right", "center"],
+                   help="keep the aspect ratio: fit the image into --size and pad with grey 114 at the "
+                        "bottom/right (default) or on both sides (center, Ultralytics' LetterBox); a model whose "
+                        "metadata has imgsz needs no --size")
     g.add_argument("--scale", type=float, default=None, help="pixel scale (default 1/255)")
     g.add_argument("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
@@ -154,7 +159,7 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
                         "default: start a local Ray instance")
 
 
-_PREPROCESS_FLAGS = ("size", "resize", "scale", "mean", "std", "bgr", "nhwc", "grayscale")
+_PREPROCESS_FLAGS = ("size", "resize", "letterbox", "scale", "mean", "std", "bgr", "nhwc", "grayscale")
 
 
 def _preprocess(args):
@@ -186,7 +191,7 @@ def _preprocess(args):
         size = (h, w)
     kw = dict(size=size, resize=args.resize, scale=1 / 255 if args.scale is None else args.scale,
               channel_order="BGR" if args.bgr else "RGB", layout="NHWC" if args.nhwc else "NCHW",
-              grayscale=args.grayscale)
+              grayscale=args.grayscale, letterbox=getattr(args, "letterbox", None))
     if args.mean:
         kw["mean"] = floats("--mean", args.mean)
     if args.std:

@@ -17,8 +17,8 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--budget-kind", choices=["macs", "latency"], default="macs",
                    help="what the budgets are fractions of: MACs (default) or measured latency")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the report, plots and pruned models")
-    p.add_argument("--eval", help="evaluation data (with labels: accuracy), never calibrated on; default: the "
-                                  "calibration file's rows after --calib-limit")
+    p.add_argument("--eval", help="evaluation data (with labels: accuracy), never calibrated on, every row "
+                                  "used; default: the calibration file's rows that --calib-limit did not take")
     p.add_argument("--criterion", default="oracle", choices=list(CRITERIA),
                    help="how kernels are scored, once for every budget (default oracle)")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")

@@ -52,6 +52,14 @@ def graph_input_dims(proto: onnx.ModelProto) -> dict[str, list]:
     return dims
 
 
+def fixed_batch_of(proto: onnx.ModelProto) -> Optional[int]:
+    """The batch size the model's inputs fix (a static first dim, as static exports have), if any does."""
+    for dims in graph_input_dims(proto).values():
+        if dims and isinstance(dims[0], int):
+            return dims[0]
+    return None
+
+
 def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | None = None,
                          batch: int = PROBE_BATCH, *, recorded: Optional[dict[str, dict[int, int]]] = None,
                          warn: bool = True) -> dict[str, tuple[int, ...]]:
@@ -68,7 +76,8 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, list[int]] | N
             for i, (s, d) in enumerate(zip(shape, dims)):
                 if isinstance(d, int) and i > 0 and s != d:
                     raise InvalidArgumentError(f"input {name!r} dim {i} is fixed to {d} in the model, got {s}")
-            shape[0] = batch if dims and not isinstance(dims[0], int) else shape[0]
+            if dims:  # the batch is the probe's, or the model's own where it fixes one
+                shape[0] = dims[0] if isinstance(dims[0], int) else batch
             if any(int(s) < 1 for s in shape) or int(np.prod([float(s) for s in shape])) > MAX_ELEMENTS:
                 raise InvalidArgumentError(f"input shape for {name!r} {shape} must have dims >= 1 and at most "
                                            f"{MAX_ELEMENTS:,} elements")

@@ -15,7 +15,7 @@ from typing import Collection, Mapping, Optional, Sequence, Union
 import onnx
 from onnx import helper
 
-__all__ = ["expose", "free_inputs", "extract", "prefix", "implicit_inputs"]
+__all__ = ["expose", "free_inputs", "extract", "extract_reached", "prefix", "implicit_inputs"]
 
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
@@ -115,12 +115,19 @@ def extract(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
     info, else ``types``, else FLOAT); the initializers they use are copied
     once; opset imports, IR version and local functions come from ``model``.
     An output given by name is typed like an input, or left untyped when
-    nothing is known about it.
+    nothing is known about it. Every output must be computed by ``nodes`` or
+    be one of its inputs (ValueError otherwise: onnxruntime would reject the
+    model with a message that names no cause); :func:`extract_reached`
+    keeps only the outputs a cut computes.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     sparse = {t.values.name: t for t in g.sparse_initializer}
     feeds = free_inputs(nodes, set(inits) | set(sparse))
+    available = {o for n in nodes for o in n.output if o} | set(feeds)
+    missing = [o for o in (x.name if isinstance(x, onnx.ValueInfoProto) else x for x in outputs) if o not in available]
+    if missing:
+        raise ValueError(f"{name}: output(s) {', '.join(missing)} are not computed by its {len(nodes)} node(s)")
     known = _model_types(model)
     used = {x for n in nodes for x in _reads(n)}
     graph = onnx.GraphProto(name=name)
@@ -138,6 +145,24 @@ def extract(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
     out.ir_version = model.ir_version
     out.functions.extend(model.functions)
     return out, feeds
+
+
+def extract_reached(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], outputs: Sequence[str], *,
+                    types: Optional[Mapping[str, int]] = None,
+                    name: str = "subgraph") -> tuple[onnx.ModelProto, list[str], list[int]]:
+    """:func:`extract` with only those of ``outputs`` the nodes compute, and their positions in ``outputs``.
+
+    A suffix of a multi-output model (per-level detection heads, multi-task
+    heads) that starts after a head's last node cannot compute that head;
+    nothing in the suffix changes it either, so a caller takes it from a run
+    of the whole model. At least one output must be computed.
+    """
+    produced = {o for n in nodes for o in n.output if o}
+    kept = [i for i, o in enumerate(outputs) if o in produced]
+    if not kept:
+        raise ValueError(f"{name}: its {len(nodes)} node(s) compute none of the outputs {', '.join(outputs)}")
+    sub, feeds = extract(model, nodes, [outputs[i] for i in kept], types=types, name=name)
+    return sub, feeds, kept
 
 
 def prefix(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:

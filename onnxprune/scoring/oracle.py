@@ -46,7 +46,8 @@ from ..errors import CalibrationError, InvalidArgumentError
 from ..executors import Executor, LocalExecutor, Task, merge_sums
 from ..graph.analysis import Analysis
 from ..graph.normalize import to_proto
-from ..graph.probe import np_dtype
+from ..graph.probe import PROBE_BATCH, fixed_batch_of, np_dtype
+from ..progress import LogProgress, progress_bar
 from ..runtime import make_session
 from .oracle_cost import COSTS, CostFn, oracle_cost
 from .oracle_graph import MaskInput, suffix_model
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 Batch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
+_MASKED = "{}__oracle_masked"  # a consumed channel tensor times its mask input
 
 
 class OracleScorer:
@@ -94,6 +96,14 @@ class OracleScorer:
         # 8% faster than 256); accelerators want bigger ones
         on_cpu = list(providers or self.executor.providers)[0] == "CPUExecutionProvider"
         self.rows_per_run = max(1, rows_per_run or (128 if on_cpu else 512))
+        # a model that fixes its batch (a static export) runs exactly that many rows: one perturbation per run,
+        # never tiled; a fixed batch above 1 runs whole batches (no silent rows left out of a run)
+        self.fixed_batch = fixed_batch_of(analysis.proto)
+        if self.fixed_batch is not None:
+            self.rows_per_run = self.fixed_batch
+            self.skip_silent = skip_silent and self.fixed_batch == 1
+            logger.info("oracle: the model fixes its batch to %d: one perturbation per run, not tiled",
+                        self.fixed_batch)
         self._sum = {r: 0.0 for r in self.units}
         self._count = 0
         self._batches = 0
@@ -134,7 +144,7 @@ class OracleScorer:
             dtype = np_dtype(a.probe.dtypes.get(tensor, 0))  # float16 in a float16 body
             m = gs.Variable(name, dtype=dtype, shape=["N"] + tail)
             graph.inputs.append(m)
-            out = gs.Variable(f"{tensor}__oracle_masked", dtype=dtype)
+            out = gs.Variable(_MASKED.format(tensor), dtype=dtype)
             mul = gs.Node("Mul", f"__oracle_mul_{idx}", inputs=[tensors[tensor], m], outputs=[out])
             graph.nodes.append(mul)
             for e in edges:
@@ -169,8 +179,8 @@ class OracleScorer:
         suffixes = {}
         for ci, cut in enumerate(self.cuts):
             cut.keep = frozenset(i for r in cut.units for i, _ in self.unit_masks[r])
-            suffixes[ci], inputs = suffix_model(self.model, cut.index, set(cut.keep), batched.__contains__,
-                                                self._dtypes())
+            suffixes[ci], inputs, cut.outputs = suffix_model(self.model, cut.index, set(cut.keep),
+                                                             batched.__contains__, self._dtypes())
             cut.inputs = inputs
             frontier_names.update(i for i in inputs if not i.startswith("__oracle_mask_"))
             cut.masks = [int(i.rsplit("_", 1)[1]) for i in inputs if i.startswith("__oracle_mask_")]
@@ -189,16 +199,20 @@ class OracleScorer:
                                self.io_binding, suffixes)
 
     def _dtypes(self) -> dict[str, int]:
-        return {k: v for k, v in self.analysis.probe.dtypes.items() if v}
+        known = {k: v for k, v in self.analysis.probe.dtypes.items() if v}
+        return {**known, **{_MASKED.format(mk.tensor): known[mk.tensor] for mk in self.masks if mk.tensor in known}}
+
+    def _probed(self, name: str) -> str:
+        """The probed tensor a name stands for (a masked tensor has the shape and type of its input)."""
+        return name[:-len(_MASKED.format(""))] if name.endswith(_MASKED.format("")) else name
 
     def _row_bytes(self, name: str) -> int:
         """Bytes per sample of a float activation with a batch axis (0 for anything else)."""
-        from ..graph.probe import PROBE_BATCH
-        sh = self.analysis.probe.shapes.get(name)
-        dtype = self.analysis.probe.dtypes.get(name)
-        if not sh or sh[0] != PROBE_BATCH or dtype not in _FLOATS:
+        sh = self.analysis.probe.shapes.get(self._probed(name))
+        dtype = self.analysis.probe.dtypes.get(self._probed(name))
+        if not sh or sh[0] != self._probe_batch or dtype not in _FLOATS:
             return 0
-        return np_dtype(dtype).itemsize * int(np.prod(sh)) // PROBE_BATCH
+        return np_dtype(dtype).itemsize * int(np.prod(sh)) // self._probe_batch
 
     def _node_macs(self) -> dict[int, float]:
         macs: dict[int, float] = {}
@@ -210,12 +224,16 @@ class OracleScorer:
 
     def _is_batched(self, name: str) -> bool:
         """A float activation whose first axis is the batch: safe to tile along the batch axis."""
-        from ..graph.probe import PROBE_BATCH
-        shape = self.analysis.probe.shapes.get(name)
-        dtype = self.analysis.probe.dtypes.get(name)
         if name.startswith("__oracle_mask_") or name in self.graph_input_names:
             return True
-        return bool(shape) and shape[0] == PROBE_BATCH and dtype in _FLOATS + (0, None)
+        shape = self.analysis.probe.shapes.get(self._probed(name))
+        dtype = self.analysis.probe.dtypes.get(self._probed(name))
+        return bool(shape) and shape[0] == self._probe_batch and dtype in _FLOATS + (0, None)
+
+    @property
+    def _probe_batch(self) -> int:
+        """The batch the probe ran at: the model's own when it fixes one."""
+        return self.fixed_batch if self.fixed_batch is not None else PROBE_BATCH
 
     # ---------------------------------------------------------------- scoring
     def _tasks(self, batches: Iterable[Batch], sizes: list[int]) -> Iterator[Task]:
@@ -274,21 +292,21 @@ class OracleScorer:
         return {r: s / self._count for r, s in self._sum.items()}
 
     def score_all(self, batches: Iterable[Batch], total_batches: Optional[int] = None) -> dict[int, float]:
-        """Add every batch (with progress and ETA when ``progress``: a bar on a terminal, else log lines).
+        """Add every batch (a progress bar with an ETA when ``progress``, else log lines) and return the scores.
 
         All batches go to the executor as one stream of tasks, so a cluster
         never waits for the slowest cut of one batch before starting the next.
         """
-        bar = None
+        total = len(self.units) * total_batches if total_batches else None
+        desc = f"oracle ({self.executor.name})"
         if self.progress:
-            from ..executors.progress import progress_bar
-            total = len(self.units) * total_batches if total_batches else None
-            bar = progress_bar(total, f"oracle ({self.executor.name})", "unit")
+            bar = progress_bar(total, desc, "unit")  # a bar on a terminal, else log lines
+        else:  # the library, quiet by default: log lines (INFO of onnxprune.progress) every few seconds
+            bar = LogProgress(total, desc, unit="unit")
         try:
             self._run(batches, bar)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return self.scores()
 
 

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from ..graph.io import opset_version
-from ..graph.subgraph import extract
+from ..graph.subgraph import extract_reached
 
 
 @dataclass
@@ -29,8 +29,11 @@ class MaskInput:
 
 
 def suffix_model(model: onnx.ModelProto, start: int, keep_masks: Optional[set[int]],
-                 is_batched: Callable[[str], bool], dtypes: Mapping[str, int]) -> tuple[onnx.ModelProto, list[str]]:
-    """Nodes from ``start`` on, plus the prefix nodes that compute non-batch inputs (shape tensors).
+                 is_batched: Callable[[str], bool],
+                 dtypes: Mapping[str, int]) -> tuple[onnx.ModelProto, list[str], list[int]]:
+    """Nodes from ``start`` on, plus the prefix nodes that compute non-batch inputs (shape tensors); the
+    names it is fed and the positions of the model outputs it computes (another head, finished before
+    ``start``, is unchanged by the units of this suffix: the caller takes it from the unperturbed run).
 
     Shape tensors may encode the batch size; recomputing them inside the
     suffix from (tiled) activations keeps them consistent with the tiled batch.
@@ -77,7 +80,7 @@ def suffix_model(model: onnx.ModelProto, start: int, keep_masks: Optional[set[in
         chosen |= extra
     nodes = [all_nodes[i] for i in sorted(chosen)]
     types = {k: v for k, v in dtypes.items() if v}
-    return extract(model, nodes, list(g.output), types=types, name="suffix")
+    return extract_reached(model, nodes, [o.name for o in g.output], types=types, name="suffix")
 
 
 def add_activity_outputs(model: onnx.ModelProto, masks: Sequence[MaskInput]) -> list[str]:

@@ -38,6 +38,7 @@ class CutSpec:
     index: int
     inputs: list[str] = field(default_factory=list)   # suffix inputs (activations and mask inputs)
     masks: list[int] = field(default_factory=list)    # mask-input indices used in the suffix
+    outputs: list[int] = field(default_factory=list)  # positions of the model outputs the suffix computes
     units: list[int] = field(default_factory=list)
     keep: frozenset = frozenset()                     # masks the suffix keeps (the others multiply by one)
     macs_fraction: float = 1.0
@@ -107,8 +108,8 @@ class OraclePlan:
         """The suffix model of cut ``i`` (built by the caller, or rebuilt here from the masked model)."""
         if i not in self._suffixes:
             cut = self.cuts[i]
-            self._suffixes[i], _ = suffix_model(self.model, cut.index, set(cut.keep), self.batched.__contains__,
-                                                self.dtypes)
+            self._suffixes[i], _, _ = suffix_model(self.model, cut.index, set(cut.keep),
+                                                   self.batched.__contains__, self.dtypes)
         return self._suffixes[i]
 
     def runner(self, i: int) -> DeviceRunner:
@@ -236,13 +237,16 @@ def cut_task(plan: OraclePlan, batch: tuple[dict[str, np.ndarray], Optional[np.n
                     sel = [slice(offsets[j], offsets[j + 1])] + [slice(None)] * (m.ndim - 1)
                     sel[plan.masks[i].axis] = pos
                     m[tuple(sel)] = 0.0
-        pert = runner.run(plan.output_names, feed)
+        pert = runner.run([plan.output_names[i] for i in cut.outputs], feed)
         for j, r in enumerate(chunk):
             sl = slice(offsets[j], offsets[j + 1])
             own = rows[r]
             full = len(own) == n
-            c = plan.cost_of(base if full else [b[own] for b in base], [p[sl] for p in pert],
-                             labels if full or labels is None else labels[own])
+            rows_base = base if full else [b[own] for b in base]
+            changed = list(rows_base)  # outputs the suffix does not compute are unchanged
+            for i, p in zip(cut.outputs, pert):
+                changed[i] = p[sl]
+            c = plan.cost_of(rows_base, changed, labels if full or labels is None else labels[own])
             sums[r] += float(c.sum())
         macs += cut.macs_fraction * plan.dense_macs * total_rows
     return CutResult(sums, n * len(cut.units), skipped, macs, time.perf_counter() - t0)
