@@ -100,15 +100,15 @@ def held_out(calibration_source: Any, eval_source: Any, model: onnx.ModelProto, 
                              f"spread over it that calibration took)")
 
 
-def outputs_of(models: Mapping[Hashable, onnx.ModelProto],
-               batches: Iterable[LabelledBatch]) -> tuple[dict[Hashable, np.ndarray], Optional[np.ndarray]]:
-    """Every model's first output on every row (float64), in one pass over ``batches``; and the labels."""
+def outputs_of(models: Mapping[Hashable, onnx.ModelProto], batches: Iterable[LabelledBatch]
+               ) -> tuple[dict[Hashable, list[list[np.ndarray]]], Optional[np.ndarray]]:
+    """Every model's outputs (one list of arrays per batch), in one pass over ``batches``; and the labels."""
     sessions = {k: make_session(m) for k, m in models.items()}
-    outs: dict[Hashable, list[np.ndarray]] = {k: [] for k in models}
+    outs: dict[Hashable, list[list[np.ndarray]]] = {k: [] for k in models}
     labels: list[np.ndarray] = []
     for feeds, y in batches:
         for k, s in sessions.items():
-            outs[k].append(s.run(None, feeds)[0].astype(np.float64))
+            outs[k].append([np.asarray(v) for v in s.run(None, feeds)])
         if y is not None:
             labels.append(np.asarray(y))
-    return {k: np.concatenate(v) for k, v in outs.items()}, (np.concatenate(labels) if labels else None)
+    return outs, (np.concatenate(labels) if labels else None)

@@ -24,6 +24,9 @@ from .calibration import Preprocess
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
+from .fidelity import Fidelity, TaskCost, make_judge, measure_fidelity
+from .fidelity.cost import needs_task_cost
+from .fidelity.measure import LABELS
 from .held_out import held_out, outputs_of
 from .latency.measure import feeds_for, time_interleaved
 from .pipeline import prepare_run, run_pruning, score_units
@@ -46,14 +49,9 @@ def parse_budgets(text: str) -> list[float]:
     return sorted(set(values), reverse=True)
 
 
-def _quality(out: np.ndarray, ref: np.ndarray, labels: Optional[np.ndarray]) -> tuple[float, dict]:
-    """Top-1 accuracy with labels, else arg-max agreement with the dense model; plus the relative L2 distance."""
-    fid = {"rel_l2": float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))}
-    if out.ndim >= 2 and out.shape[-1] > 1:
-        fid["argmax_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).mean())
-    if labels is not None:
-        return float((out.argmax(-1) == labels).mean()), fid
-    return fid.get("argmax_agreement", 1.0 - fid["rel_l2"]), fid
+def _quality(fid: Fidelity) -> float:
+    """Top-1 accuracy where labels gave it, else the task's fidelity to the dense model (one measure)."""
+    return fid.values.get("top1", fid.value)
 
 
 def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
@@ -73,6 +71,12 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     base = replace(config, percentage=None, target_macs=None, target_params=None, target_latency=None, steps=1,
                    gradual_start=None, gradual_gamma=None, min_fidelity=0.0)
     p, calibration = prepare_run(model_input, calibration_source, base, preprocess=preprocess)
+    if calibration is not None:  # the task (and so the oracle's cost) from the dense outputs on a few rows
+        spec = make_judge(p.model, calibration.feeds()[:2], None, "calibration rows", base.task).spec
+    else:
+        spec = make_judge(p.model, [feeds_for(p.model, p.with_batch(8), seed=1)], None, "random", base.task).spec
+    base = replace(base, oracle_cost=TaskCost(spec) if base.oracle_cost == "auto" and needs_task_cost(spec)
+                   else base.oracle_cost)
     if kernel_scores is None:  # every budget prunes as `prune` would: the criterion (and its allocation) resolved once
         base = replace(base, criterion=criterion_for(p, base, calibration))
     if kernel_scores is not None:
@@ -98,21 +102,23 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
                           calibration_limit=base.calibration_samples)
     if evaluation is not None:
         outputs, labels = outputs_of(models, evaluation.batches())
-        where = evaluation.description(len(outputs["dense"]))
+        where = evaluation.description(sum(len(b[0]) for b in outputs["dense"]))
     else:
         outputs, labels = outputs_of(models, [(feeds_for(p.model, p.with_batch(64), seed=1), None)])
         where = "64 random inputs (no held-out data: pass an evaluation set)"
         notes.append("fidelity measured on random inputs: pass --eval, or a calibration file with more rows "
                      "than --calib-limit, for a held-out measurement")
     ref = outputs["dense"]
-    dense_quality, _ = _quality(ref, ref, labels)
+    dense = measure_fidelity(spec, ref, ref, labels, data=where)
+    dense_quality = dense.values.get("dense_top1", 1.0) if labels is not None else 1.0
     points = []
     for b, res in results:
-        q, fid = _quality(outputs[b], ref, labels)
+        fid = measure_fidelity(spec, ref, outputs[b], labels, data=where)
+        q = _quality(fid)
         rep = res.report
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},
-                                 str(res.output_path) if res.output_path else None, fid))
+                                 str(res.output_path) if res.output_path else None, fid.to_dict()))
         lat = rep.extra.get("latency")
         if lat and lat["missed_by"] > 0:
             notes.append(f"budget {b:g}: latency target missed by {100 * lat['missed_by']:.1f} points "
@@ -123,7 +129,8 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
         for layer, _ in p.analysis.unit_kernels[r]:
             sensitivity[layer] = sensitivity.get(layer, 0.0) + float(s)
     result = SweepResult(name, kind, base.criterion, times["dense"], dense_quality,
-                         "top-1 accuracy" if labels is not None else "arg-max agreement with the dense model",
+                         "top-1 accuracy" if labels is not None and "top1" in dense.values
+                         else f"{LABELS[dense.headline]} with the dense model ({spec.task})",
                          where, settings.describe(), points, layers, sensitivity, notes)
     write_sweep_report(result, out)
     return result

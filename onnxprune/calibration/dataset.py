@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -124,7 +124,7 @@ def with_model_size(preprocess: Optional[Preprocess], model: onnx.ModelProto) ->
     if size is None or all(is_static(d) for d in hw):
         return preprocess
     logger.info("image size %dx%d from the model's metadata 'imgsz' (give --size to choose another)", *size)
-    return preprocess.with_size(size)
+    return replace(preprocess, size=tuple(size))
 
 
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,

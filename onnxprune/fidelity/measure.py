@@ -29,6 +29,9 @@ LABELS = {"top1_agreement": "top-1 agreement", "top1": "top-1", "dense_top1": "d
           "cosine": "cosine similarity", "similarity": "1 - rel. L2 (per feature)", "rel_l2": "rel. L2"}
 
 
+LOWER_IS_BETTER = {"rel_l2"}
+
+
 @dataclass
 class Fidelity:
     """Fidelity to the dense model: the task's headline figure, every other figure, and on what it was measured."""
@@ -128,8 +131,9 @@ def measure_fidelity(spec: TaskSpec, ref_batches: Sequence[list[np.ndarray]], ou
                            out_batches, i)
         if spec.headline in v:
             headline_values.append(v[spec.headline])
-            for k, x in v.items():
-                values[k] = min(values.get(k, x), x) if k in values else x
+            for k, x in v.items():  # the worst output counts: the largest error, the smallest agreement
+                worst = max if k in LOWER_IS_BETTER else min
+                values[k] = worst(values[k], x) if k in values else x
         else:
             values.update({f"{o.name}: {k}": x for k, x in v.items()})
     values = {spec.headline: min(headline_values) if headline_values else 1.0, **values}
