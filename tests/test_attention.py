@@ -188,3 +188,33 @@ def test_ppocrv4_recognizer_heads_prune_exactly():
     rng = np.random.default_rng(0)
     pruned, ver = build_pruned(p, removed, extra_feeds=[{"x": rng.uniform(0, 1, (2, 3, 48, 320)).astype(np.float32)}])
     assert ver.max_rel_error < 1e-5 and count_params(pruned) < count_params(p.model)
+
+
+def test_cost_model_counts_the_attention_products_per_head():
+    """Q K^T and P V shrink with the heads: the predicted MACs equal the pruned model's recount."""
+    p = prepared("separate")
+    removed = np.array(head_group(p.analysis).units[:2])
+    pruned, _ = build_pruned(p, removed)
+    assert p.cost.evaluate(removed)[0] == prepare(pruned).cost.dense_macs
+    saved = p.cost.unit_savings()[int(removed[0])][0]
+    assert saved == 4 * 16 * 6 * 3 + 4 * 16 * 6 + 2 * 6 * 6 * 4  # Q, K, V columns + W_o rows + its share of both products
+
+
+def test_least_squares_refits_the_output_projection_from_the_surviving_heads(tmp_path):
+    import onnxprune
+    from onnxprune.runtime import make_session
+    model = tmp_path / "enc.onnx"
+    onnx.save(encoder(), model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 6, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    dense = make_session(encoder()).run(None, {"x": x})[0]
+    err = {}
+    for rec in ("none", "lsq"):
+        cfg = onnxprune.PruneConfig(target_macs=0.7, criterion="l1", recover=rec, measure=False,
+                                    nodes_to_exclude=["MatMul_66"])  # the MLP: only heads go
+        res = onnxprune.prune_static(model, tmp_path / f"{rec}.onnx", str(tmp_path / "calib.npz"), config=cfg)
+        assert res.verification.max_rel_error < 1e-5
+        got = make_session(onnx.load(tmp_path / f"{rec}.onnx")).run(None, {"x": x})[0]
+        err[rec] = float(np.mean((got - dense) ** 2))
+    assert err["lsq"] < err["none"]
