@@ -133,3 +133,35 @@ def fused(kind: str, kv_heads: int | None = None, ln: bool = True) -> onnx.Model
         ctx = b.op("Attention", [q, k, v], q_num_heads=H, kv_num_heads=kv)
     y = b.op("Add", ["x", e.linear(ctx, D, D)])
     return e.build(y)
+
+
+def torch_encoder(layers: int = 1, T: int = 6, D: int = 16, H: int = 4, ffn: int = 32) -> onnx.ModelProto | None:
+    """HF-BERT-style encoder blocks written in PyTorch, exported by the legacy (TorchScript) exporter with a
+    dynamic batch; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    import io
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(D, D) for _ in range(4))
+            self.ln1, self.ln2 = torch.nn.LayerNorm(D), torch.nn.LayerNorm(D)
+            self.up, self.down = torch.nn.Linear(D, ffn), torch.nn.Linear(ffn, D)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            h = self.ln1(x)
+            q, k, v = (f(h).view(b, t, H, D // H).transpose(1, 2) for f in (self.q, self.k, self.v))
+            p = torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, dim=-1)
+            x = x + self.o((p @ v).transpose(1, 2).reshape(b, t, D))
+            return x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*(Block() for _ in range(layers))).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, T, D),), buf, dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}})
+    return onnx.load_from_string(buf.getvalue())

@@ -13,7 +13,7 @@ from onnxprune.report import count_params
 from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 from onnxprune.scoring.registry import score
 
-from attention_builders import Encoder, encoder, fused
+from attention_builders import Encoder, encoder, fused, torch_encoder
 from test_surgery_patterns import random_plan_is_exact
 from conftest import shared_path
 
@@ -218,3 +218,18 @@ def test_least_squares_refits_the_output_projection_from_the_surviving_heads(tmp
         got = make_session(onnx.load(tmp_path / f"{rec}.onnx")).run(None, {"x": x})[0]
         err[rec] = float(np.mean((got - dense) ** 2))
     assert err["lsq"] < err["none"]
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_pytorch_legacy_export_heads_prune_exactly(data):
+    """view(b, t, H, hd).transpose(1, 2): targets built from Shape at run time; skipped without torch."""
+    model = _TORCH.setdefault("model", torch_encoder())
+    if model is None:
+        pytest.skip("torch is not installed")
+    p = _TORCH.setdefault("prepared", prepare(model))
+    assert len(head_group(p.analysis).units) == 4
+    random_plan_is_exact(p, data)
+
+
+_TORCH: dict = {}
