@@ -3,8 +3,8 @@
 1. A 4-layer encoder built in code (D=256, 8 heads of 32, MLP 1024, T=128, pre-LayerNorm, Erf GELU):
    half the heads of every layer removed (lowest L1), exactness verified, onnxruntime CPU latency of
    dense and pruned timed interleaved at batch 1 and 8.
-2. The same kind of encoder written in PyTorch (HF-BERT style attention) and exported with the legacy
-   exporter (skipped without torch; the dynamo exporter needs onnxscript): heads found, exact at half.
+2. The same kind of encoder written in PyTorch (HF-BERT style attention) and exported with the legacy and
+   the dynamo exporter (skipped without torch; dynamo needs onnxscript): heads found, exact at half.
 3. PP-OCRv4 recognizer (../shared): heads found by inspect; data-free L1 pruning at 70% of the MACs.
 
 Run: python benchmarks/attention.py
@@ -76,9 +76,10 @@ def main() -> None:
         got = time_interleaved({"dense": dense, "pruned": pruned}, {"dense": feed, "pruned": feed}, settings)
         speed.append({"batch": batch, "dense": got["dense"].text(), "half heads": got["pruned"].text(),
                       "speed-up": f"{got['dense'].median / got['pruned'].median:.2f}x"})
-    exported = torch_encoder(layers=2, T=16, D=D, H=H, ffn=FFN)
-    if exported is not None:
-        rows.append(heads_row("PyTorch legacy export (2x, T=16 probed)", exported, {"x": (1, 16, D)})[0])
+    for exporter in ("legacy", "dynamo"):
+        exported = torch_encoder(layers=2, T=16, D=D, H=H, ffn=FFN, exporter=exporter)
+        if exported is not None:
+            rows.append(heads_row(f"PyTorch {exporter} export (2x, T=16)", exported, {"x": (1, 16, D)})[0])
     rec = SHARED / "models" / "ppocrv4_rec.onnx"
     notes = ""
     if rec.exists():

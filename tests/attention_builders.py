@@ -135,11 +135,14 @@ def fused(kind: str, kv_heads: int | None = None, ln: bool = True) -> onnx.Model
     return e.build(y)
 
 
-def torch_encoder(layers: int = 1, T: int = 6, D: int = 16, H: int = 4, ffn: int = 32) -> onnx.ModelProto | None:
-    """HF-BERT-style encoder blocks written in PyTorch, exported by the legacy (TorchScript) exporter with a
-    dynamic batch; None without torch."""
+def torch_encoder(layers: int = 1, T: int = 6, D: int = 16, H: int = 4, ffn: int = 32,
+                  exporter: str = "legacy") -> onnx.ModelProto | None:
+    """HF-BERT-style encoder blocks written in PyTorch, exported with a dynamic batch by the ``legacy``
+    (TorchScript) or the ``dynamo`` exporter; None without torch (or, for dynamo, onnxscript)."""
     try:
         import torch
+        if exporter == "dynamo":
+            import onnxscript  # noqa: F401 - the dynamo exporter's dependency
     except ImportError:
         return None
     import io
@@ -161,6 +164,9 @@ def torch_encoder(layers: int = 1, T: int = 6, D: int = 16, H: int = 4, ffn: int
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(*(Block() for _ in range(layers))).eval()
+    if exporter == "dynamo":
+        return torch.onnx.export(net, (torch.randn(2, T, D),), dynamo=True, input_names=["x"], output_names=["y"],
+                                 dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False).model_proto
     buf = io.BytesIO()
     torch.onnx.export(net, (torch.randn(1, T, D),), buf, dynamo=False, opset_version=17, input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "N"}})

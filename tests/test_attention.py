@@ -220,14 +220,17 @@ def test_least_squares_refits_the_output_projection_from_the_surviving_heads(tmp
     assert err["lsq"] < err["none"]
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_pytorch_legacy_export_heads_prune_exactly(data):
-    """view(b, t, H, hd).transpose(1, 2): targets built from Shape at run time; skipped without torch."""
-    model = _TORCH.setdefault("model", torch_encoder())
-    if model is None:
-        pytest.skip("torch is not installed")
-    p = _TORCH.setdefault("prepared", prepare(model))
+def test_pytorch_export_heads_prune_exactly(exporter, data):
+    """view(b, t, H, hd).transpose(1, 2) through both exporters; skipped without torch (dynamo: onnxscript)."""
+    if exporter not in _TORCH:
+        model = torch_encoder(exporter=exporter)
+        _TORCH[exporter] = None if model is None else prepare(model)
+    p = _TORCH[exporter]
+    if p is None:
+        pytest.skip("torch (and for dynamo onnxscript) not installed")
     assert len(head_group(p.analysis).units) == 4
     random_plan_is_exact(p, data)
 
