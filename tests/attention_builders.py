@@ -21,6 +21,7 @@ class Encoder:
         self.T, self.D, self.H, self.hd = T, D, H, D // H
         self.b = Builder(shape=(batch, T, D), seed=seed, opset=opset)
         self.domains: list[str] = []
+        self.shared: dict[tuple, str] = {}  # constant targets reused by every Reshape that wants the same one
 
     def f32(self, *shape: int, scale: float = 0.3) -> str:
         return self.b.const((self.b.rng.standard_normal(shape) * scale).astype(np.float32))
@@ -40,10 +41,13 @@ class Encoder:
         return b.op("Add", [y, self.f32(n_out, scale=0.1)]) if bias else y
 
     def target(self, like: str, *tail: int, computed: bool = False) -> str:
-        """(batch, T, *tail) as a constant [0, 0, ...], or built at run time from Shape(like) (not foldable)."""
+        """(batch, T, *tail) as a constant [0, 0, ...] (one per tail, shared like a dynamo export's), or built
+        at run time from Shape(like) (not foldable)."""
         b = self.b
         if not computed:
-            return b.const(_i64(0, 0, *tail), "s")
+            if tail not in self.shared:
+                self.shared[tail] = b.const(_i64(0, 0, *tail), "s")
+            return self.shared[tail]
         dims = b.op("Slice", [b.op("Shape", [like]), b.const(_i64(0), "s"), b.const(_i64(2), "s")])
         return b.op("Concat", [dims] + [b.const(_i64(v), "s") for v in tail], axis=0)
 

@@ -236,3 +236,18 @@ def test_pytorch_export_heads_prune_exactly(exporter, data):
 
 
 _TORCH: dict = {}
+
+
+def test_two_blocks_sharing_constant_targets_prune_independently():
+    """Every Reshape of both blocks reads the same [0, 0, 4, 4] and [0, 0, 16]: a rewrite copies it for one node."""
+    e = Encoder()
+    x = "x"
+    for _ in range(2):
+        x = e.b.op("Add", [x, e.attention(e.layer_norm(x))])
+    p = prepare(e.build(x))
+    first, second = [g for g in p.analysis.groups if g.heads_of]
+    pruned, ver = build_pruned(p, first.units[:1] + second.units[:3], extra_feeds=feeds_for(p, 3))
+    assert ver.max_rel_error < 1e-5
+    targets = {tuple(onnx.numpy_helper.to_array(i).tolist()) for i in pruned.graph.initializer
+               if i.data_type == onnx.TensorProto.INT64}
+    assert targets == {(0, 0, 12), (0, 0, 4), (0, 0, 3, 4), (0, 0, 1, 4)}  # block 1 keeps 3 heads, block 2 one

@@ -113,7 +113,7 @@ def _step(a: ShapeContext, node: gs.Node, t: gs.Tensor, tr: _Trace) -> tuple[Opt
         if idx is None or (k is not None and idx.ndim != 0):
             return None, f"Gather {node.name!r} picks along a split axis with run-time or several indices"
         if idx.ndim != 0:
-            return tr.moved(lambda p: p, rank_out), ""
+            return tr.moved(lambda p: p if p < axis else p + idx.ndim - 1, rank_out), ""
         pos = [None if p is None or p == axis else p - (p > axis) for p in tr.pos]
         return _Trace(pos, rank_out, tr.selected | ({k} if k is not None else set())), ""
     return None, f"{node.op} {node.name!r} uses the split channels before any attention MatMul"
