@@ -32,7 +32,8 @@ from .base import FollowRule, _const, _input, _norm_axis
 from .context import AnalysisContext, ShapeContext
 
 # ops a split head axis may pass on its way to the attention MatMuls without changing what a head is
-_TRACE_PASS = frozenset(("Softmax", "Cast", "Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Where"))
+_TRACE_UNARY = frozenset(("Softmax", "Cast", "Identity", "Dropout"))
+_TRACE_BROADCAST = frozenset(("Add", "Sub", "Mul", "Div", "Where"))  # ranks align on the right
 _MAX_TRACE = 64  # nodes a proof may visit from one Reshape (a block has about 12)
 
 
@@ -65,11 +66,11 @@ def _step(a: ShapeContext, node: gs.Node, t: gs.Tensor, tr: _Trace) -> tuple[Opt
     if node.op == "Transpose":
         perm = list(node.attrs.get("perm", list(range(tr.rank))[::-1]))
         return tr.moved(perm.index, tr.rank), ""
-    if node.op in _TRACE_PASS:
-        if node.op == "Softmax" or node.op == "Cast" or node.op in ("Identity", "Dropout"):
-            if node.op == "Softmax" and tr.at(_norm_axis(int(node.attrs.get("axis", -1)), tr.rank)) is not None:
-                return None, f"Softmax {node.name!r} normalises over a split axis"
-            return tr.moved(lambda p: p, rank_out), ""
+    if node.op in _TRACE_UNARY:
+        if node.op == "Softmax" and tr.at(_norm_axis(int(node.attrs.get("axis", -1)), tr.rank)) is not None:
+            return None, f"Softmax {node.name!r} normalises over a split axis"
+        return tr.moved(lambda p: p, rank_out), ""
+    if node.op in _TRACE_BROADCAST:
         return tr.moved(lambda p: p + rank_out - tr.rank, rank_out), ""
     if node.op in ("Slice", "Split"):
         shape_in = a.shape(t)
@@ -82,7 +83,7 @@ def _step(a: ShapeContext, node: gs.Node, t: gs.Tensor, tr: _Trace) -> tuple[Opt
             if k is None:
                 continue
             if any(a.shape(o)[ax] != 1 for o in node.outputs) or shape_in[ax] == 1:
-                return None, f"{node.op} {node.name!r} cuts a split axis into parts wider than 1"
+                return None, f"{node.op} {node.name!r} cuts a split axis other than into single entries"
             picked.add(k)
         return tr.moved(lambda p: p, tr.rank, frozenset(picked)), ""
     if node.op == "Squeeze":
