@@ -50,6 +50,7 @@ class GroupInfo:
     frozen_reason: Optional[str]
     droppable: bool = False  # every channel may go (a residual branch; see graph/depth.py)
     drop_reason: Optional[str] = None
+    heads_of: Optional[str] = None  # the units are attention heads of this node's block
 
 
 @dataclass
@@ -80,7 +81,7 @@ def _inspect_prepared(p: Prepared) -> InspectReport:
     layers = [LayerInfo(l.name, l.op, l.kernels, l.prunable_kernels, l.macs, l.params, group_of_layer.get(l.name))
               for l in a.layers.values()]
     groups = [GroupInfo(g.id, g.name, len(g.units), sum(len(a.unit_kernels[r]) for r in g.units), g.layers,
-                        g.frozen_reason, g.droppable, g.drop_reason) for g in a.groups]
+                        g.frozen_reason, g.droppable, g.drop_reason, g.heads_of) for g in a.groups]
     prunable = [l for l in layers if l.prunable_kernels > 0]
     return InspectReport(
         layers=layers, groups=groups, prunable_conv_num=len(prunable),

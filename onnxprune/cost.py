@@ -4,8 +4,9 @@ Selection evaluates thousands of candidate removal sets; rebuilding the model
 for each would be far too slow. Each producer's MACs and parameters scale
 with the fraction of its output channels kept and, for ungrouped layers, the
 fraction of its input channels kept, so a removal set is costed with a few
-numpy operations per layer. Activation-by-activation MatMuls (attention)
-count as fixed MACs.
+numpy operations per layer. Activation-by-activation MatMuls (attention
+scores and context) scale with the heads they keep, and count as fixed
+MACs where their heads are not units.
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ class CostModel:
             lab_in = analysis.labels.get(layer.input)
             in_roots = None if (lab_in is None or layer.grouped) else roots[lab_in.units]
             self.layers.append(_LayerCost(layer.name, layer.macs, w, b, out_roots, in_roots))
-        self.fixed_macs = _fixed_macs(analysis)
+        self.fixed_macs = 0
+        for name, macs, out in _activation_matmuls(analysis):
+            lab = analysis.labels.get(out)
+            if lab is None:
+                self.fixed_macs += macs
+            else:  # heads on a batch axis: removing one removes its share of the products
+                self.layers.append(_LayerCost(name, macs, 0, 0, roots[lab.units], None))
         covered = {id(t) for node in analysis.graph.nodes if node.name in analysis.layers
                    for t in node.inputs[1:] if isinstance(t, gs.Constant)}
         self.fixed_params = sum(int(np.prod(t.shape)) for t in analysis.graph.tensors().values()
@@ -83,9 +90,9 @@ class CostModel:
         return {r: (v[0], v[1]) for r, v in saved.items()}
 
 
-def _fixed_macs(analysis: Analysis) -> int:
-    """MACs of MatMuls between two activations (not prunable, still counted)."""
-    total = 0
+def _activation_matmuls(analysis: Analysis) -> list[tuple[str, int, str]]:
+    """(name, MACs per sample, output) of every MatMul between two activations."""
+    found = []
     for node in analysis.graph.nodes:
         if node.op != "MatMul" or node.name in analysis.layers:
             continue
@@ -95,5 +102,5 @@ def _fixed_macs(analysis: Analysis) -> int:
         except ShapeUnknownError:
             continue
         batch = out_shape[0] if len(out_shape) > 2 else 1
-        total += int(np.prod(out_shape)) * int(a_shape[-1]) // max(batch, 1)
-    return total
+        found.append((node.name, int(np.prod(out_shape)) * int(a_shape[-1]) // max(batch, 1), node.outputs[0].name))
+    return found

@@ -3,8 +3,9 @@
 ``random_model(seed)`` draws a small NCHW network: a chain of blocks, each
 picked from the supported patterns (conv chains, BN, residual Adds, depthwise
 and grouped convs, Concat/Split, SE gates, Pad, Resize, ConvTranspose,
-pooling) and from patterns the analysis must freeze (ops it does not know,
-odd broadcasts, channel reshapes, channel-mixing ops), then a head (graph
+pooling, multi-head attention over the positions) and from patterns the
+analysis must freeze (ops it does not know, odd broadcasts, channel
+reshapes, channel-mixing ops, near-miss attention), then a head (graph
 output, Flatten/Reshape/Transpose into Gemm or MatMul). ``check_model``
 prepares it and prunes it at random plans, and returns what happened:
 verified exact, frozen with a reason, our own error, or a crash. The test
@@ -24,6 +25,7 @@ import onnx
 from onnx import helper
 
 from builders import Builder
+from fuzz_attention import attention, odd_attention
 
 
 @dataclass
@@ -213,7 +215,14 @@ class Gen:
         y = b.op("Unsqueeze", [t.name, b.const(np.array([2], np.int64))])
         return T(b.op("Squeeze", [y, b.const(np.array([2], np.int64))]), t.c, t.h, t.w)
 
+    def attention(self, t: T) -> T:
+        """Multi-head self-attention over the positions (tests/fuzz_attention.py)."""
+        return attention(self, t)
+
     # ------------------------------------------------------------ blocks the analysis must refuse (or prove)
+    def odd_attention(self, t: T) -> T:
+        return odd_attention(self, t)
+
     def tile(self, t: T) -> T:
         """Channels repeated (Tile) or strided (Slice step 2): coupling no rule maps."""
         b = self.b
@@ -314,8 +323,8 @@ class Gen:
 OPSET = 18  # ReduceMean/ReduceMax take their axes as an input
 SUPPORTED = ("conv", "depthwise", "grouped", "residual", "concat", "split", "se", "pad", "resize", "deconv",
              "pool_", "slice_", "fanout", "gate", "sum3", "bias_add", "shared_weight", "extra_output",
-             "spatial_matmul", "unsqueeze")
-REFUSED = ("unknown", "odd_broadcast", "channel_reshape", "tile")
+             "spatial_matmul", "unsqueeze", "attention")
+REFUSED = ("unknown", "odd_broadcast", "channel_reshape", "tile", "odd_attention")
 
 
 def random_model(seed: int) -> tuple[onnx.ModelProto, list[str]]:

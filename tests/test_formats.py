@@ -37,7 +37,8 @@ def runtime_reshape_head(kind: str) -> onnx.ModelProto:
 
     ``torch``:  Shape -> Gather(0) -> Unsqueeze -> Concat(., [12])   (x.view(x.size(0), 12))
     ``paddle``: Shape -> Cast(int32) -> Slice(0:1) -> Cast(int64) -> Concat(., [12])   (PP-OCR cls head)
-    ``other``:  the batch entry read from the graph input's shape: not provably a copy, stays frozen
+    ``other``:  the batch entry read from the graph input's shape: not a copy (no folding), but only the
+                constant channel entry of the Concat is rewritten, so it prunes
     ``moved``:  Concat([12], Shape[0]): dim 0 copied to position 1, stays frozen
     """
     b = Builder(opset=13)
@@ -70,7 +71,15 @@ def test_runtime_reshape_target_folds(kind):
     assert res.report.removed_kernels == 4
 
 
-@pytest.mark.parametrize("kind", ["other", "moved"])
+def test_runtime_reshape_target_with_a_constant_channel_entry_prunes():
+    """The target stays computed at run time; the Concat's constant [12] is the entry surgery rewrites."""
+    model = runtime_reshape_head("other")
+    assert any(n.op_type == "Shape" for n in normalize(model).graph.node)
+    assert _prunable(model)[:2] == (1, 12)
+    assert _prune(model).report.removed_kernels == 4
+
+
+@pytest.mark.parametrize("kind", ["moved"])
 def test_runtime_reshape_target_not_a_copy_stays_frozen(kind):
     model = runtime_reshape_head(kind)
     convs, kernels, reasons = _prunable(model)

@@ -44,12 +44,16 @@ def test_pattern_is_prunable(name):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_plan_is_exact(name, data):
-    p = prepared(name)
+    random_plan_is_exact(prepared(name), data)
+
+
+def random_plan_is_exact(p, data, batch: int = 3) -> None:
+    """Remove a hypothesis-drawn feasible set of units; the surgery must verify exact and shrink the model."""
     units = p.analysis.prunable_units
     chosen = data.draw(st.lists(st.sampled_from(units), unique=True, max_size=len(units)))
     removed = feasible(p, chosen)
     rng = np.random.default_rng(len(removed))
-    real = [{k: rng.uniform(-1, 1, s).astype(np.float32) for k, s in p.with_batch(3).items()}]
+    real = [{k: rng.uniform(-1, 1, s).astype(np.float32) for k, s in p.with_batch(batch).items()}]
     pruned, ver = build_pruned(p, removed, extra_feeds=real)
     assert ver is not None and ver.max_rel_error < 1e-5
     if removed:

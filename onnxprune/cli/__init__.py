@@ -151,9 +151,10 @@ def _cmd_inspect(args) -> int:
     grows = [("group", "units", "kernels", "layers", "status")]
     for g in rep.groups:
         layers = g.layers[0] + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else "")
-        grows.append((str(g.id), str(g.units), str(g.kernels), layers,
-                      ("prunable, droppable" if g.droppable else "prunable") if g.frozen_reason is None
-                      else f"frozen: {g.frozen_reason}"))
+        status = (("prunable, droppable" if g.droppable else "prunable") if g.frozen_reason is None
+                  else f"frozen: {g.frozen_reason}")
+        grows.append((str(g.id), f"{g.units} heads" if g.heads_of else str(g.units), str(g.kernels), layers,
+                      status + (f" (attention heads of {g.heads_of!r})" if g.heads_of else "")))
     print(_fmt(grows))
     print()
     print(f"input shapes probed: {rep.input_shapes}")

@@ -61,6 +61,7 @@ class Group:
     units: list[int]
     layers: list[str]
     frozen_reason: Optional[str] = None
+    heads_of: Optional[str] = None  # the units are attention heads of this node's block (rules/attention.py)
     drop_refusal: Optional[str] = None  # why removing every channel would cut the graph (see graph/depth.py)
 
     @property
@@ -99,6 +100,7 @@ class Analysis:
         self.layers: dict[str, Layer] = {}
         self._frozen: list[tuple[np.ndarray, str]] = []
         self._const_users: dict[int, int] = {}
+        self._heads: list[tuple[np.ndarray, str]] = []
         self._run()
         self.release_weights()
 
@@ -149,6 +151,9 @@ class Analysis:
 
     def add_consumer(self, node: gs.Node, index: int, t: gs.Tensor) -> None:
         self.consumers.append(ConsumerEdge(node.name, index, t.name))
+
+    def mark_heads(self, units: np.ndarray, block: str) -> None:
+        self._heads.append((np.asarray(units, dtype=np.int64), block))
 
     def add_producer(self, node: gs.Node, out: gs.Tensor, grouped: bool = False) -> None:
         w = node.inputs[1].values
@@ -224,6 +229,7 @@ class Analysis:
                         layers.append(name)
             reasons = [self.frozen_reason[r] for r in rs if r in self.frozen_reason]
             group = Group(gid, layers[0], rs, layers, reasons[0] if reasons else None)
+            group.heads_of = next((block for units, block in self._heads if int(roots[units[0]]) in rs), None)
             self.groups.append(group)
             for r in rs:
                 self.group_of[r] = gid

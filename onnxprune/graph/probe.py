@@ -144,13 +144,20 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
     weights = None
     if needs_external(proto):  # expose a skeleton: copying a big model costs its size again
         weights, proto = proto, skeleton(proto, with_arrays=False)[0]
-    exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
+    guessed = _guess_types(proto, typed)
+    session = None
+    if guessed:  # contrib ops (com.microsoft attention) stop onnx's type inference: try their inputs' type
+        try:
+            exposed, session = _session({**typed, **guessed}, proto, weights)
+            typed.update(guessed)
+        except Exception:  # noqa: BLE001 - a wrong guess: expose only what inference typed
+            logger.debug("probe: guessed output types rejected, exposing inferred types only")
+    if session is None:
+        try:
+            exposed, session = _session(typed, proto, weights)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
+            raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     names = [o.name for o in exposed.graph.output]
-    del exposed.graph.value_info[:]
-    try:
-        session = make_session(exposed, ["CPUExecutionProvider"], optimize=False, weights=weights)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
-        raise InvalidModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     feeds = random_inputs(proto, input_shapes)
     try:
         values = session.run(names, feeds)
@@ -167,3 +174,23 @@ def probe(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> P
     for name, shape in input_shapes.items():
         result.shapes[name] = tuple(shape)
     return result
+
+
+def _session(typed: dict[str, int], proto: onnx.ModelProto, weights):
+    """The model with every typed intermediate tensor exposed, and its session."""
+    exposed = expose(proto, [out for node in proto.graph.node for out in node.output if out in typed], typed)
+    del exposed.graph.value_info[:]
+    return exposed, make_session(exposed, ["CPUExecutionProvider"], optimize=False, weights=weights)
+
+
+def _guess_types(proto: onnx.ModelProto, typed: dict[str, int]) -> dict[str, int]:
+    """Element types for outputs inference left untyped: the type of the node's first typed input, in order."""
+    known = dict(typed)
+    known.update({t.name: t.data_type for t in proto.graph.initializer})
+    guessed: dict[str, int] = {}
+    for node in proto.graph.node:
+        src = next((known[i] for i in node.input if i in known), 0)
+        for out in node.output:
+            if out and out not in known and src:
+                known[out] = guessed[out] = src
+    return guessed

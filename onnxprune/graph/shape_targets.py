@@ -18,7 +18,7 @@ analysis freezes the group with its reason.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -41,8 +41,11 @@ def _through_casts(t: gs.Tensor) -> gs.Tensor:
     return t
 
 
-def _shape_dims(t: gs.Tensor, data: gs.Tensor) -> Optional[list[int]]:
-    """The dims of ``data`` that the 1-d (or 0-d) tensor ``t`` holds, if it is read off ``Shape(data)``."""
+def shape_source(t: gs.Tensor, rank_of: Optional[Callable[[gs.Tensor], int]] = None
+                 ) -> Optional[tuple[gs.Tensor, list[int]]]:
+    """(X, dims) when the 1-d (or 0-d) tensor ``t`` holds dims ``dims`` of ``Shape(X)``, else None.
+
+    X's rank comes from ``rank_of`` (e.g. probed shapes), else from its inferred shape."""
     t = _through_casts(t)
     if not isinstance(t, gs.Variable) or len(t.inputs) != 1:
         return None
@@ -53,9 +56,22 @@ def _shape_dims(t: gs.Tensor, data: gs.Tensor) -> Optional[list[int]]:
     if not isinstance(src, gs.Variable) or len(src.inputs) != 1 or src.inputs[0].op != "Shape":
         return None
     shape_node = src.inputs[0]
-    if shape_node.inputs[0] is not data or data.shape is None:  # the rank decides what a slice of the shape reads
+    data = shape_node.inputs[0]
+    rank = rank_of(data) if rank_of is not None else None if data.shape is None else len(data.shape)
+    if rank is None:  # the rank decides what a slice of the shape reads
         return None
-    rank = len(data.shape)
+    dims = _dims_read(node, shape_node, rank)
+    return None if dims is None else (data, dims)
+
+
+def _shape_dims(t: gs.Tensor, data: gs.Tensor) -> Optional[list[int]]:
+    """The dims of ``data`` that the 1-d (or 0-d) tensor ``t`` holds, if it is read off ``Shape(data)``."""
+    found = shape_source(t)
+    return found[1] if found is not None and found[0] is data else None
+
+
+def _dims_read(node: gs.Node, shape_node: gs.Node, rank: int) -> Optional[list[int]]:
+    """The dims of a rank-``rank`` tensor that a Gather or Slice of its ``Shape`` picks."""
     start = int(shape_node.attrs.get("start", 0))
     end = shape_node.attrs.get("end")
     dims = list(range(rank))[slice(start, None if end is None else int(end))]

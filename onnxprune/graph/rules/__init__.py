@@ -1,7 +1,7 @@
 """Per-operator channel rules, looked up from a plain registry.
 
 One class per operator family (:mod:`.producers`, :mod:`.channelwise`,
-:mod:`.rearranging`); each sees only the narrow contexts of :mod:`.context`.
+:mod:`.rearranging`, :mod:`.reshape`, :mod:`.attention`, :mod:`.fused_attention`); each sees only the narrow contexts of :mod:`.context`.
 An op that is not in the registry gets :data:`DEFAULT_RULE`, which freezes
 every unit reaching it: unknown means untouched. Ops of another domain than
 ONNX's own (a custom op, ``com.microsoft``'s) are looked up by (domain, op)
@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 
 from ...errors import InvalidArgumentError
+from .attention import GatherRule, LayerNormRule
 from .base import FollowRule, OpRule
 from .channelwise import ElementwiseRule, NormRule, PassRule, ResizeRule, SoftmaxRule, SpatialRule
 from .context import AnalysisContext, RewriteContext, ShapeContext
+from .fused_attention import FusedAttentionRule
 from .producers import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
-from .rearranging import (ConcatRule, FlattenRule, PadRule, ReduceRule, ReshapeRule, ShapeRule, SliceRule,
-                          SplitRule, SqueezeRule, TransposeRule)
+from .rearranging import (ConcatRule, FlattenRule, PadRule, ReduceRule, ShapeRule, SliceRule, SplitRule,
+                          SqueezeRule, TransposeRule)
+from .reshape import ReshapeRule
 
 __all__ = [
     "RULES", "CUSTOM_RULES", "DEFAULT_RULE", "rule_for", "register_channel_rule",
@@ -27,6 +30,7 @@ __all__ = [
     "ConvRule", "ConvTransposeRule", "GemmRule", "MatMulRule", "PassRule", "SpatialRule", "NormRule",
     "ElementwiseRule", "SoftmaxRule", "ResizeRule", "ConcatRule", "SplitRule", "SliceRule",
     "PadRule", "TransposeRule", "FlattenRule", "ReshapeRule", "SqueezeRule", "ReduceRule", "ShapeRule",
+    "GatherRule", "FusedAttentionRule", "LayerNormRule",
 ]
 
 _UNARY = (
@@ -57,7 +61,13 @@ RULES: dict[str, OpRule] = {
     "Softmax": SoftmaxRule(), "LogSoftmax": SoftmaxRule(),
     "Resize": ResizeRule(), "Upsample": ResizeRule(),
     "Shape": ShapeRule(),
+    "Gather": GatherRule(),
+    "Attention": FusedAttentionRule(),  # ai.onnx (opset 23) heads; com.microsoft (QKV weight inside) frozen
+    "MultiHeadAttention": FusedAttentionRule(),
 }
+for _op in ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+            "SkipSimplifiedLayerNormalization", "RMSNormalization"):
+    RULES[_op] = LayerNormRule()
 for _op in _UNARY:
     RULES[_op] = PassRule()
 for _op in _SPATIAL:
@@ -67,7 +77,13 @@ for _op in _ELEMENTWISE:
 
 DEFAULT_RULE = OpRule()
 ONNX_DOMAINS = ("", "ai.onnx")
-CUSTOM_RULES: dict[tuple[str, str], OpRule] = {}  # (domain, op type) -> rule, filled by register_channel_rule
+CUSTOM_RULES: dict[tuple[str, str], OpRule] = {  # (domain, op type) -> rule; register_channel_rule adds more
+    ("com.microsoft", "Attention"): FusedAttentionRule(),  # frozen with its reason (QKV weight inside the op)
+    ("com.microsoft", "MultiHeadAttention"): FusedAttentionRule(),
+    **{("com.microsoft", op): LayerNormRule() for op in ("SkipLayerNormalization", "SimplifiedLayerNormalization",
+                                                         "SkipSimplifiedLayerNormalization")},
+    **{("com.microsoft", op): PassRule() for op in ("Gelu", "FastGelu", "QuickGelu")},
+}
 
 logger = logging.getLogger(__name__)
 

@@ -66,6 +66,10 @@ class AnalysisContext(ShapeContext, Protocol):
         """Record ``node`` as a layer whose output channels (of ``out``) are prunable kernels."""
         ...
 
+    def mark_heads(self, units: np.ndarray, block: str) -> None:
+        """Record ``units`` as the attention heads of ``block`` (what inspect calls them)."""
+        ...
+
 
 class RewriteContext(ShapeContext, Protocol):
     """What ``OpRule.rewrite`` may read and change during surgery."""

@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..channels import Labels
 from ..layout import WeightLayout, weight_layout
+from .attention import activation_matmul
 from .base import OpRule, _const, _input
 from .context import AnalysisContext, RewriteContext
 
@@ -174,8 +175,11 @@ class MatMulRule(OpRule):
     def propagate(self, a: AnalysisContext, node: gs.Node) -> None:
         x, w = node.inputs
         W = _const(w)
+        if W is None and _const(x) is None:
+            activation_matmul(a, node)  # attention scores and context: heads on a batch axis
+            return
         if W is None or W.ndim != 2 or _const(x) is not None:
-            a.freeze_inputs(node, f"MatMul {node.name!r} multiplies two activations (attention-like)")
+            a.freeze_inputs(node, f"MatMul {node.name!r} has a constant left operand or a weight that is not 2-D")
             return
         if a.shared_const(w, node):
             a.freeze_inputs(node, f"MatMul {node.name!r} shares its weights")
@@ -187,4 +191,5 @@ class MatMulRule(OpRule):
         a.add_producer(node, out)
 
     def rewrite(self, s: RewriteContext, node: gs.Node) -> None:
-        _rewrite_weights(s, node, s.keep(node.inputs[0]), s.keep(node.outputs[0]))
+        if _const(node.inputs[1]) is not None:  # a MatMul of two activations has nothing to slice
+            _rewrite_weights(s, node, s.keep(node.inputs[0]), s.keep(node.outputs[0]))

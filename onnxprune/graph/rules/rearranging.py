@@ -2,8 +2,8 @@
 
 Concat/Split/Slice/Pad change which positions of the channel axis exist
 (their sizes, bounds and pad amounts are rewritten in surgery); Transpose,
-Flatten, Reshape, Squeeze/Unsqueeze and Reduce* move the channel axis or
-merge it with its neighbours. What cannot be mapped exactly is frozen.
+Flatten, Squeeze/Unsqueeze and Reduce* move the channel axis or
+merge it with its neighbours (Reshape: :mod:`.reshape`). What cannot be mapped exactly is frozen.
 """
 
 from __future__ import annotations
@@ -249,68 +249,6 @@ class FlattenRule(FollowRule):
             a.freeze_inputs(node, f"Flatten {node.name!r} merges the channel axis with the batch axis")
             return
         a.set(node.outputs[0], Labels(1, _merge_labels(shape, lx, k, len(shape))))
-
-
-class ReshapeRule(FollowRule):
-    """Reshape that keeps the channel axis, or merges it with neighbouring axes.
-
-    The mapping is read off the probed shapes; a target shape that hard-codes
-    a channel-dependent size is rewritten when it is a constant, and the
-    group is frozen when it is computed at run time with an explicit size.
-    """
-
-    def _mapping(self, a: AnalysisContext, node: gs.Node, lx: Labels) -> Optional[tuple[str, int, int, int]]:
-        ins, outs = a.shape(node.inputs[0]), a.shape(node.outputs[0])
-        p = 0
-        while p < min(len(ins), len(outs)) and ins[p] == outs[p] and p <= lx.axis:
-            if p == lx.axis:
-                return ("keep", p, p, p + 1)
-            p += 1
-        s = 0
-        while s < min(len(ins), len(outs)) - p and ins[-1 - s] == outs[-1 - s]:
-            if len(ins) - 1 - s == lx.axis:
-                return ("keep", len(outs) - 1 - s, len(outs) - 1 - s, len(outs) - s)
-            s += 1
-        mid_in = ins[p:len(ins) - s]
-        mid_out = outs[p:len(outs) - s]
-        if len(mid_out) == 1 and p <= lx.axis < len(ins) - s and int(np.prod(mid_in)) == mid_out[0]:
-            return ("merge", p, p, len(ins) - s)
-        return None
-
-    def follow(self, a: AnalysisContext, node: gs.Node, lx: Labels) -> None:
-        m = self._mapping(a, node, lx)
-        if m is None:
-            a.freeze_inputs(node, f"Reshape {node.name!r} {a.shape(node.inputs[0])}->{a.shape(node.outputs[0])} "
-                                  "splits or mixes the channel axis")
-            return
-        kind, out_axis, start, stop = m
-        target = _const(node.inputs[1])
-        if target is None:
-            value = a.known_ints(node.inputs[1].name)
-            if value is None or int(value[out_axis]) not in (-1,) and not (kind == "keep" and int(value[out_axis]) == 0):
-                a.freeze_inputs(node, f"Reshape {node.name!r}: target shape computed at run time "
-                                      "with an explicit channel-dependent size")
-                return
-        elif a.shared_const(node.inputs[1], node) and int(target[out_axis]) not in (0, -1):
-            a.freeze_inputs(node, f"Reshape {node.name!r}: shared target shape")
-            return
-        if kind == "keep":
-            a.set(node.outputs[0], Labels(out_axis, lx.units))
-        else:
-            a.set(node.outputs[0], Labels(out_axis, _merge_labels(a.shape(node.inputs[0]), lx, start, stop)))
-
-    def rewrite(self, s: RewriteContext, node: gs.Node) -> None:
-        keep_out = s.keep(node.outputs[0])
-        target = _const(node.inputs[1])
-        if keep_out is None or target is None:
-            return
-        out_axis = s.labels(node.outputs[0]).axis
-        v = int(target[out_axis])
-        if v in (0, -1):
-            return
-        new = target.copy()
-        new[out_axis] = v // keep_out.shape[0] * int(keep_out.sum())
-        s.set_const(node, 1, new)
 
 
 class SqueezeRule(FollowRule):
