@@ -24,7 +24,7 @@ from .calibration import Preprocess
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
-from .fidelity import Fidelity, TaskCost, make_judge, measure_fidelity
+from .fidelity import TaskCost, make_judge, measure_fidelity
 from .fidelity.cost import needs_task_cost
 from .fidelity.measure import LABELS
 from .held_out import held_out, outputs_of
@@ -47,11 +47,6 @@ def parse_budgets(text: str) -> list[float]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise InvalidArgumentError(f"--budgets {text!r}: every budget is a kept fraction in (0, 1]")
     return sorted(set(values), reverse=True)
-
-
-def _quality(fid: Fidelity) -> float:
-    """Top-1 accuracy where labels gave it, else the task's fidelity to the dense model (one measure)."""
-    return fid.values.get("top1", fid.value)
 
 
 def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
@@ -114,7 +109,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     points = []
     for b, res in results:
         fid = measure_fidelity(spec, ref, outputs[b], labels, data=where)
-        q = _quality(fid)
+        q = fid.quality
         rep = res.report
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},
