@@ -1,9 +1,8 @@
-"""Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, fidelity.
+"""Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, raw distortion.
 
-Latency of variants is timed *interleaved*: every session runs in turn
-within each round, so a slow spell of a shared machine hits all of them
-alike instead of one row (back-to-back medians varied by 30% between
-identical models in benchmarks/latency_round_to.py).
+Latency of variants is timed interleaved by the one timer
+(:func:`onnxprune.latency.measure.time_models`), so a slow spell of a
+shared machine hits every row alike.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import numpy as np
 import onnx
 
 from .fidelity.distortion import distortion
+from .latency.measure import LatencySettings, time_models
 from .runtime import make_session
 
 
@@ -27,15 +27,6 @@ class Variant:
     latency_ms: dict[int, tuple[float, float, float]]
     fidelity: Optional[dict[str, float]] = None
     accuracy: Optional[float] = None
-
-
-def interleaved_latency(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], rounds: int = 10,
-                        runs: int = 5, warmup: int = 3) -> dict[str, tuple[float, float, float]]:
-    """Per model: (median, min, max) over rounds of the best of ``runs`` timed runs, in ms; models take turns
-    (:func:`onnxprune.latency.measure.time_interleaved` on the default provider)."""
-    from .latency.measure import LatencySettings, time_interleaved
-    t = time_interleaved(models, {k: feed for k in models}, LatencySettings(rounds=rounds, runs=runs), warmup)
-    return {k: (v.median, v.low, v.high) for k, v in t.items()}
 
 
 def output_fidelity(model: onnx.ModelProto, reference_outputs: Sequence[np.ndarray],
@@ -63,8 +54,8 @@ def compare_variants(models: dict[str, onnx.ModelProto], feeds: Sequence[dict[st
         n = next(iter(first.values())).shape[0]
         reps = -(-b // n)
         feed = {k: np.concatenate([v] * reps)[:b] for k, v in first.items()}
-        for k, t in interleaved_latency(models, feed, rounds, runs).items():
-            lat[k][b] = t
+        for k, t in time_models(models, feed, LatencySettings(rounds=rounds, runs=runs)).items():
+            lat[k][b] = (t.median, t.low, t.high)
     return [Variant(k, int(m.ByteSize()), lat[k], None if k == reference else output_fidelity(m, ref_out, feeds))
             for k, m in models.items()]
 

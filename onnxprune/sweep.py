@@ -28,7 +28,7 @@ from .fidelity import TaskCost, make_judge, measure_fidelity
 from .fidelity.cost import needs_task_cost
 from .fidelity.measure import LABELS
 from .held_out import held_out, outputs_of
-from .latency.measure import feeds_for, time_interleaved
+from .latency.measure import feeds_for, time_models
 from .pipeline import prepare_run, run_pruning, score_units
 from .report_html import SweepPoint, SweepResult, write_sweep_report
 from .schedule import criterion_for
@@ -91,7 +91,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     settings = base.latency_settings
     feed = feeds_for(p.model, p.with_batch(settings.batch))
     models = {"dense": p.original, **{b: r.model for b, r in results}}
-    times = time_interleaved(models, {k: feed for k in models}, settings)
+    times = time_models(models, feed, settings)
     evaluation = held_out(calibration_source, eval_source, p.original, preprocess=preprocess,
                           batch_size=calibration.batch_size if calibration is not None else base.batch_size,
                           calibration_limit=base.calibration_samples)
