@@ -4,7 +4,7 @@ Every budget goes through the one pruning path (:func:`pipeline.run_pruning`
 with the shared scores, recovery as by default). Accuracy is measured only on
 rows the scores and the recovery never saw: every row of a separate
 evaluation source, or every row of the calibration file that calibration
-did not take (:mod:`onnxprune.held_out`, streamed in batches); without
+did not take (:mod:`onnxprune.fidelity.held_out`, streamed in batches); without
 labels the pruned outputs are compared with the dense model's (fidelity).
 All models are timed interleaved with the dense one. The report
 (:mod:`onnxprune.report_html`) is Markdown + PNG and one self-contained HTML page.
@@ -27,7 +27,7 @@ from .graph.io import ModelLike
 from .fidelity import TaskCost, make_judge, measure_fidelity
 from .fidelity.cost import needs_task_cost
 from .fidelity.measure import LABELS
-from .held_out import held_out, outputs_of
+from .fidelity.held_out import held_out, outputs_of
 from .latency.measure import feeds_for, time_models
 from .pipeline import prepare_run, run_pruning, score_units
 from .report_html import SweepPoint, SweepResult, write_sweep_report
