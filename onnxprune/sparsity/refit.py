@@ -29,7 +29,6 @@ import numpy as np
 import onnx
 
 from ..calibration import model_input_shapes
-from ..errors import CalibrationError
 from ..graph.layout import as_matrix, from_matrix, node_attrs, weight_layout
 from ..lsq import Site, fit_samples, holdout, masked_fit, sq_error, stream
 from ..lsq.segments import SegmentForward
