@@ -77,7 +77,7 @@ def run_demo(output: Optional[str] = None, target_macs: float = 0.5) -> str:
 
 
 def _run_demo(output: str, target_macs: float, last_line: str) -> str:
-    from .compare import interleaved_latency
+    from .latency.measure import LatencySettings, time_models
 
     model_path, _ = demo_files()
     data = demo_data()
@@ -88,8 +88,8 @@ def _run_demo(output: str, target_macs: float, last_line: str) -> str:
     rep.before.accuracy = accuracy(original, data["test"], data["test_labels"])
     rep.after.accuracy = accuracy(pruned, data["test"], data["test_labels"])
     feed = {"input": data["test"][:64]}
-    timing = interleaved_latency({"before": original, "after": pruned}, feed, rounds=15, runs=3)
-    rep.before.latency_ms, rep.after.latency_ms = timing["before"][0], timing["after"][0]
+    timing = time_models({"before": original, "after": pruned}, feed, LatencySettings(rounds=15, runs=3))
+    rep.before.latency_ms, rep.after.latency_ms = timing["before"].median, timing["after"].median
     lines = [f"onnxprune demo: digits CNN ({model_path.name}), {len(data['test'])} held-back MNIST digits",
              f"method: {result.plan.meta.get('criterion')} scores, {result.plan.meta.get('ranking')} ranking, "
              f"target {result.plan.meta.get('target')}, widths rounded: {result.plan.meta.get('round_to')}", "",

@@ -43,15 +43,15 @@ __all__ = ["PruneConfig", "RANKINGS", "Calibration", "load_calibration", "score_
 def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, judge: Optional[Judge],
              random_feed, config: PruneConfig = PruneConfig()) -> None:
     """Latency before/after (timed interleaved) and fidelity to the dense model on the judge's rows."""
-    from .compare import interleaved_latency
+    from .latency.measure import LatencySettings, time_against_dense
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
         fixed = fixed_batch_of(p.model)  # a model that fixes its batch runs at that batch only
         one = {k: v[:fixed or 1] for k, v in random_feed.items()}
-        timing = interleaved_latency({"before": p.model, "after": final}, one, rounds=10, runs=3)
-        report.before.latency_ms, report.after.latency_ms = timing["before"][0], timing["after"][0]
-        report.extra["latency_range_ms"] = {"before": list(timing["before"]), "after": list(timing["after"])}
+        s = time_against_dense(p.model, final, one, LatencySettings(rounds=10, runs=3))
+        report.before.latency_ms, report.after.latency_ms = s.dense.median, s.pruned.median
+        report.extra["latency_range_ms"] = {"before": s.dense.as_list(), "after": s.pruned.as_list()}
     if judge is not None:
         report.after.fidelity = judge.measure(final)
         if final is not pruned:
@@ -63,18 +63,13 @@ def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, repor
 def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config: PruneConfig) -> None:
     """The final model timed interleaved with the dense one as configured. The target counts as met only when
     the measured ranges do not overlap (a difference inside the timing noise is "could not tell")."""
-    from .latency.measure import feeds_for, time_interleaved
+    from .latency.measure import feeds_for, time_against_dense
     settings = config.latency_settings
-    feed = feeds_for(p.model, p.with_batch(settings.batch))
-    t = time_interleaved({"dense": p.model, "pruned": final}, {"dense": feed, "pruned": feed}, settings)
-    dense, pruned = t["dense"], t["pruned"]
-    report.before.latency_ms, report.after.latency_ms = dense.median, pruned.median
-    fraction = pruned.median / max(dense.median, 1e-12)
-    target = config.target.latency
-    distinct = pruned.high < dense.low or pruned.low > dense.high
-    info = {"target": target, "measured_fraction": fraction, "speedup": dense.median / max(pruned.median, 1e-12),
-            "dense_ms": [dense.median, dense.low, dense.high], "pruned_ms": [pruned.median, pruned.low, pruned.high],
-            "fastest_round_fraction": pruned.low / max(dense.low, 1e-12),
+    s = time_against_dense(p.model, final, feeds_for(p.model, p.with_batch(settings.batch)), settings)
+    report.before.latency_ms, report.after.latency_ms = s.dense.median, s.pruned.median
+    fraction, target, distinct = s.fraction, config.target.latency, s.outside_noise
+    info = {"target": target, "measured_fraction": fraction, "speedup": s.speedup, "dense_ms": s.dense.as_list(),
+            "pruned_ms": s.pruned.as_list(), "fastest_round_fraction": s.fastest_fraction,
             "where": settings.describe(), "missed_by": max(0.0, fraction - target),
             "outside_noise": bool(distinct)}
     report.extra["latency"] = info

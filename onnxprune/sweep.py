@@ -4,7 +4,7 @@ Every budget goes through the one pruning path (:func:`pipeline.run_pruning`
 with the shared scores, recovery as by default). Accuracy is measured only on
 rows the scores and the recovery never saw: every row of a separate
 evaluation source, or every row of the calibration file that calibration
-did not take (:mod:`onnxprune.held_out`, streamed in batches); without
+did not take (:mod:`onnxprune.fidelity.held_out`, streamed in batches); without
 labels the pruned outputs are compared with the dense model's (fidelity).
 All models are timed interleaved with the dense one. The report
 (:mod:`onnxprune.report_html`) is Markdown + PNG and one self-contained HTML page.
@@ -24,11 +24,11 @@ from .calibration import Preprocess
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
-from .fidelity import Fidelity, TaskCost, make_judge, measure_fidelity
+from .fidelity import TaskCost, make_judge, measure_fidelity
 from .fidelity.cost import needs_task_cost
 from .fidelity.measure import LABELS
-from .held_out import held_out, outputs_of
-from .latency.measure import feeds_for, time_interleaved
+from .fidelity.held_out import held_out, outputs_of
+from .latency.measure import feeds_for, time_models
 from .pipeline import prepare_run, run_pruning, score_units
 from .report_html import SweepPoint, SweepResult, write_sweep_report
 from .schedule import criterion_for
@@ -47,11 +47,6 @@ def parse_budgets(text: str) -> list[float]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise InvalidArgumentError(f"--budgets {text!r}: every budget is a kept fraction in (0, 1]")
     return sorted(set(values), reverse=True)
-
-
-def _quality(fid: Fidelity) -> float:
-    """Top-1 accuracy where labels gave it, else the task's fidelity to the dense model (one measure)."""
-    return fid.values.get("top1", fid.value)
 
 
 def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
@@ -96,7 +91,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     settings = base.latency_settings
     feed = feeds_for(p.model, p.with_batch(settings.batch))
     models = {"dense": p.original, **{b: r.model for b, r in results}}
-    times = time_interleaved(models, {k: feed for k in models}, settings)
+    times = time_models(models, feed, settings)
     evaluation = held_out(calibration_source, eval_source, p.original, preprocess=preprocess,
                           batch_size=calibration.batch_size if calibration is not None else base.batch_size,
                           calibration_limit=base.calibration_samples)
@@ -114,7 +109,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     points = []
     for b, res in results:
         fid = measure_fidelity(spec, ref, outputs[b], labels, data=where)
-        q = _quality(fid)
+        q = fid.quality
         rep = res.report
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},

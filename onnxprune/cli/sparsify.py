@@ -21,7 +21,7 @@ from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.io import check_output_path
 from .args import _add_calib_args, _preprocess
 from ..sparsity.api import save_masks, sparsify, sparsity_info
-from ..sparsity.config import DEFAULT_OP_TYPES, FILLERS, MODES, SCOPES, SparsifyConfig
+from ..sparsity.config import DEFAULT_OP_TYPES, FILLERS, SCOPES, SparsifyConfig
 from ..sparsity.results import SparsifyResult, SparsityInfo
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def add_sparsify_parser(subparsers: Any) -> None:
     p.add_argument("--filler", choices=FILLERS, default="l1", help="how to pick the zeros (default l1)")
     p.add_argument("--scope", choices=SCOPES, default="layer",
                    help="threshold per layer or over all layers (torch's global_unstructured)")
-    p.add_argument("--mode", choices=MODES, default="static", help="all at once, or start..threshold by gamma")
-    p.add_argument("--start", type=float, default=0.1, help="first threshold of gradual mode (default 0.1)")
-    p.add_argument("--gamma", type=float, default=0.05, help="threshold increment of gradual mode (default 0.05)")
+    p.add_argument("--steps", type=int, default=1, help="reach the threshold in N equal steps, re-fitting between")
+    p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: the first step's threshold")
+    p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: threshold increment per step")
     p.add_argument("--delta", type=float, default=0.001, help="iternonstruct step: zero |w| <= k*delta")
     p.add_argument("--n", type=_norm_order, default=2.0, help="norm order of the ln filler (number or inf)")
     p.add_argument("--dim", type=int, default=0, help="axis whose slices the ln filler removes (default 0)")
@@ -104,7 +104,7 @@ def run_sparsify(args: argparse.Namespace) -> int:
     exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
     config = SparsifyConfig(
         threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
-        mode=args.mode, start=args.start, gamma=args.gamma, delta=args.delta, n=args.n, dim=args.dim,
+        steps=args.steps, gradual_start=args.gradual_start, gradual_gamma=args.gradual_gamma, delta=args.delta, n=args.n, dim=args.dim,
         relative=args.relative, op_types=args.op_types, nodes_to_exclude=exclude, seed=args.seed, dense=args.dense,
         refit=not args.no_refit, refit_samples=args.calib_limit,
     )

@@ -30,6 +30,7 @@ import onnx
 from onnx import helper
 
 from ..errors import VerificationError
+from ..fidelity.distortion import relative_l2
 from ..graph.sizes import choose_input_shapes
 from ..passes.base import Pass, PassResult
 from ..runtime import make_session
@@ -38,7 +39,6 @@ from .config import SUPPORTED_OP_TYPES, SparsifyConfig
 from .history import pass_record, read_history, write_history
 from .masks import WeightTargets, step_masks
 from .results import StorageDecision
-from .verify import relative_change
 from .weights import find_weights, read_weight, sparse_nbytes, write_weights
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class SparsifyPass(Pass):
         what = "exactness vs input weights x mask" + (" (re-fitted layers as fitted)" if refitted else "")
         try:
             verification = _verify(result.model, reference, feeds, what)
-            change = relative_change(_run(before, feeds), _run(reference, feeds))
+            change = relative_l2(_run(before, feeds), _run(reference, feeds))
         except VerificationError as exc:
             hint = "; pass calibration data with real inputs" if self.feed_kind == "random inputs" else ""
             raise self.fail_post(f"on {self.feed_kind}: {exc}{hint}") from None
