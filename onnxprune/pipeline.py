@@ -187,6 +187,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if config.quantize and calibration is None and calibration_source is None:
         raise CalibrationError(f"--quantize {config.quantize} needs calibration data (static quantization "
                                "calibrates activation ranges): pass --calib DIR|FILE or a calibration_data_reader")
+    has_data = calibration is not None or calibration_source is not None
+    config = replace(config, measure=config.measure_for(has_data or evaluation is not None),
+                     ranking=config.ranking_for(has_data or scores is not None))
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration, hold_out=config.measure)
     judge = None

@@ -21,7 +21,7 @@ from .config import PruneConfig
 from .errors import NothingToPruneError
 from .graph.surgery import prune_channels
 from .prepare import Prepared, prepare
-from .scoring.auto import resolve_criterion
+from .scoring.auto import AUTO, resolve_criterion
 from .scoring.registry import ScoreRequest, score
 from .selection import Target, select
 
@@ -70,7 +70,7 @@ def rank_scores(p: Prepared, scores: dict[int, float], config: PruneConfig) -> t
     """Apply normalisation and the ranking rule; returns (keys, cost_aware flag for selection)."""
     if config.layer_norm:
         scores = _normalise(p, scores)
-    if config.ranking == "per_mac":
+    if config.ranking in ("per_mac", AUTO):  # auto unresolved (a caller of the planning functions): per_mac
         return scores, True
     if config.ranking == "flops_reg":
         savings = p.cost.unit_savings()
@@ -86,7 +86,7 @@ def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibra
     """Whole-branch oracle scores when blocks may go and the unit scores are oracle costs on the same scale;
     otherwise None (selection then scores a branch by the sum of its units' scores)."""
     if not (config.allow_drop and scored_here and calibration is not None and config.criterion == "oracle"
-            and config.ranking in ("per_mac", "raw") and not config.layer_norm):
+            and config.ranking in ("per_mac", "raw", AUTO) and not config.layer_norm):
         return None
     from .scoring.depth import drop_scores
     key = ("drop_scores", repr(config.oracle_cost), id(calibration))
@@ -170,7 +170,7 @@ def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) ->
     round_to = config.round_to if isinstance(config.round_to, int) else None
     table = build_table(p.analysis, config.latency_settings, round_to)
     choice = select_latency(p.analysis, scores, config.target.latency, table, config.constraints,
-                            measure=config.measure)
+                            measure=config.measure is not False)
     return choice.removed
 
 

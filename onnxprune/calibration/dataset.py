@@ -24,7 +24,7 @@ from .augment import Augment, augment_arrays
 from ..graph.probe import input_dtypes
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
-from .readers import ArrayReader
+from .readers import DEFAULT_BATCH_SIZE, ArrayReader
 from .source import open_calibration
 from .validate import fixed_batch, is_static, model_input_shapes
 
@@ -128,7 +128,7 @@ def with_model_size(preprocess: Optional[Preprocess], model: onnx.ModelProto) ->
 
 
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,
-                     batch_size: int = 32, limit: Optional[int] = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, limit: Optional[int] = None,
                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
     """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable).
 
