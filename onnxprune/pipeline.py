@@ -1,13 +1,14 @@
-"""The one pruning path: calibration -> scores -> selection -> passes (prune, recover) -> report -> write.
+"""The one pruning path: calibration -> scores -> selection -> passes (prune, recover, quantize) -> report -> write.
 
 ``prune_model`` (data-free), ``prune_static`` (onnxruntime style),
 ``apply_plan``, the HALCON handle and ``onnxprune prune|apply`` all end in
 :func:`run_pruning`; they differ only in where the units to remove come
 from (a criterion, a scores file, a saved plan). The model itself is changed
-only by passes (:mod:`onnxprune.passes`): channel surgery, whose ``ensures``
-is the exactness check, then recovery when calibration data is there, then
-int8 quantization when asked for. A failed pass stops the run before
-anything is written.
+only by the passes (:mod:`onnxprune.passes`) of one pipeline: channel surgery,
+whose ``ensures`` is the exactness check, then recovery when calibration data
+is there, then, once the float model was judged, int8 quantization when asked
+for (:meth:`PipelineResult.then`). Each pass returns a typed result. A failed
+pass stops the run before anything is written.
 """
 
 from __future__ import annotations
@@ -203,9 +204,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
         built = _judged(p, built, judge, calibration, scores, plan, fixed)
     if judge is None:
         built.report.extra["fidelity_note"] = "not measured (no data given: --calib or --eval measures it)"
-    final = built.run.model
     if config.quantize:
-        final = _quantize(p, built.run.model, calibration, config, built.report, judge)
+        built = _quantized(p, built, calibration, judge)
+    final = built.run.model
     external = config.use_external_data_format
     if external is None and has_external_data(model_input):
         external = True
@@ -232,12 +233,12 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
         passes.append(RecoverPass(p, removed, fit_data, config.recover))
     run = Pipeline(passes)(p.model)
     surgery = run.result_of(PruneChannelsPass.name)
-    verification = surgery.details.get("verification")
+    verification = surgery.verification
     report = build_report(p, run.model, removed, verification)
     recovery = run.result_of("recover")
-    if recovery is not None and recovery.notes:
-        report.extra["recovery"] = recovery.notes[0]
-        report.verification += f"\nrecovery: {recovery.notes[0]}"
+    if recovery is not None and recovery.summary:
+        report.extra["recovery"] = recovery.summary
+        report.verification += f"\nrecovery: {recovery.summary}"
     return _Built(removed, run, report, verification, config, plan)
 
 
@@ -318,16 +319,18 @@ def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:
     return replace(config, target_params=tg.params + t * (1 - tg.params))
 
 
-def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, config: PruneConfig, report,
-              judge: Optional[Judge] = None) -> onnx.ModelProto:
-    """The pruned float model quantized (a verified pass); with ``measure``, the dense model too, for the
+def _quantized(p: Prepared, built: _Built, calibration: Calibration, judge: Optional[Judge] = None) -> _Built:
+    """The run's pipeline continued by the quantization pass, once the float model it quantizes was judged
+    (the floor and a back-off judge the float model); with ``measure``, the dense model quantized too, for the
     side-by-side table of dense/pruned x fp32/int8 (size, interleaved latency, fidelity to dense fp32)."""
     from .passes.quantize import QuantizePass
-    result = QuantizePass(calibration, config.quantize)(pruned)
-    report.extra["quantization"] = result.notes[-1]
+    config, report, pruned = built.config, built.report, built.run.model
+    built.run = built.run.then([QuantizePass(calibration, config.quantize)])
+    result = built.run.result_of(QuantizePass.name)
+    report.extra["quantization"] = result.summary
     if judge is not None:
         report.extra["fidelity_quantized"] = judge.measure(result.model)
-    report.verification += f"\nquantize: {result.notes[-1]}"
+    report.verification += f"\nquantize: {result.summary}"
     if config.measure:
         from .compare import compare_variants
         dense_q = QuantizePass(calibration, config.quantize)(p.model).model
@@ -336,7 +339,7 @@ def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, co
                                      f"dense {config.quantize}": dense_q, f"pruned {config.quantize}": result.model},
                                     feeds, batches=(1, next(iter(feeds[0].values())).shape[0]))
         report.variants = variants
-    return result.model
+    return built
 
 
 def prune_static(model_input: ModelLike, model_output: Optional[PathLike], calibration_data_reader: Any,

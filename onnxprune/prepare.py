@@ -56,7 +56,7 @@ def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] =
     source = None if isinstance(model, onnx.ModelProto) else str(model)
     original = load_model(model)
     normalized = NormalizePass(input_shapes, verify=verify)(original)
-    normal, shapes = normalized.model, normalized.details["input_shapes"]
+    normal, shapes = normalized.model, normalized.input_shapes
     kept = None if source is not None and needs_external(original) else original
     del original
     pr = probe(normal, shapes)

@@ -1,8 +1,8 @@
 """From scores to the units to remove: ranking rules and the one-shot or iterative schedule.
 
 Iterative schedule: the target is reached in steps; after each step the
-surgery is applied, the pruned model re-analysed and the survivors
-re-scored. The result is always expressed as units of the *original*
+model is pruned by the passes (surgery, and recovery with
+``refit_between_steps``), re-analysed and the survivors re-scored. The result is always expressed as units of the *original*
 model, so the final model is built in one surgery from it and verified
 against the original's masked reference.
 """
@@ -19,7 +19,8 @@ import numpy as np
 from .calibration.dataset import Calibration
 from .config import PruneConfig
 from .errors import NothingToPruneError
-from .graph.surgery import prune_channels
+from .passes.base import Pass, Pipeline
+from .passes.prune import PruneChannelsPass
 from .prepare import Prepared, prepare
 from .scoring.auto import AUTO, resolve_criterion
 from .scoring.registry import ScoreRequest, score
@@ -215,10 +216,10 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         if not chosen:
             continue
         tracker.remove(current, chosen)
-        if i + 1 < len(schedule):
-            pruned = prune_channels(current.analysis, chosen)
+        if i + 1 < len(schedule):  # the step's model, by the passes of a run (unverified: an intermediate)
+            passes: list[Pass] = [PruneChannelsPass(current.analysis, chosen, verify=False)]
             if config.refit_between_steps and config.recover != "none" and calibration is not None:
-                from .passes.recover import recover  # recovery imports the calibration stack: only when asked
-                pruned, _ = recover(current, chosen, pruned, calibration, config.recover)
-            current = prepare(pruned, current.input_shapes, verify=False)
+                from .passes.recover import RecoverPass  # recovery imports least squares: only when asked
+                passes.append(RecoverPass(current, chosen, calibration, config.recover))
+            current = prepare(Pipeline(passes)(current.model).model, current.input_shapes, verify=False)
     return tracker.original_units()

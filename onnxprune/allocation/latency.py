@@ -134,7 +134,7 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     choice = choose(analysis, table, scores, fraction, constraints)
     if not measure:
         return choice
-    from ..graph.surgery import prune_channels
+    from ..passes.prune import PruneChannelsPass  # each candidate built by the surgery pass (timed, not verified)
     settings = table.settings
     shapes = {k: (settings.batch,) + tuple(v[1:]) for k, v in analysis.probe.input_shapes.items()}
     feed = feeds_for(analysis.proto, shapes)
@@ -143,7 +143,7 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     for i in range(rounds):
         key = tuple(choice.removed)
         if key not in seen:
-            pruned = prune_channels(analysis, choice.removed)
+            pruned = PruneChannelsPass(analysis, choice.removed, verify=False)(analysis.proto).model
             t = time_interleaved({"dense": analysis.proto, "pruned": pruned}, {"dense": feed, "pruned": feed}, settings)
             seen[key] = LatencyChoice(choice.removed, choice.widths, choice.predicted_ms, t["pruned"], t["dense"])
         ratio = seen[key].measured_fraction

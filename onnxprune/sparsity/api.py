@@ -92,19 +92,19 @@ def sparsify(model_input: ModelLike, model_output: str | os.PathLike | None = No
     feeds, feed_kind = verification_feeds(source, calibration)
     run = Pipeline([SparsifyPass(config, targets, calibration, feeds=feeds, feed_kind=feed_kind),
                     SparseStoragePass(targets.names, dense=config.dense, feeds=feeds)])(source)
-    done = run.result_of("sparsify").details
-    storage: StorageDecision = run.result_of("sparse-storage").details["storage"]
-    verification = VerificationReport(ok=True, message=done["verification"].summary(), inputs=feed_kind,
-                                      output_change=done["output_change"])
-    weights, status = done["weights"], done["refit_status"]
-    layers = tuple(_layer_stats(ref, done["zeros_before"][ref.name], weights[ref.name], storage,
-                                status.get(ref.name, "not changed" if done["refit"] else "no"))
+    done = run.result_of("sparsify")
+    storage: StorageDecision = run.result_of("sparse-storage").storage
+    verification = VerificationReport(ok=True, message=done.verification.summary(), inputs=feed_kind,
+                                      output_change=done.output_change)
+    weights, status = done.weights, done.refit_status
+    layers = tuple(_layer_stats(ref, done.zeros_before[ref.name], weights[ref.name], storage,
+                                status.get(ref.name, "not changed" if done.refit else "no"))
                    for ref in targets.refs)
     written = save_model_atomic(run.model, model_output) if model_output is not None else None
     return SparsifyResult(
         model=run.model, layers=layers, storage=storage, verification=verification,
-        masks={name: m.copy() for name, m in done["masks"].items()}, history=done["history"], steps=done["steps"],
-        notes=targets.notes + run.result_of("sparsify").notes, output_path=written,
+        masks={name: m.copy() for name, m in done.masks.items()}, history=done.history, steps=done.steps,
+        notes=targets.notes + done.notes, output_path=written,
     )
 
 
