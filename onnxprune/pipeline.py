@@ -101,6 +101,7 @@ def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneCo
 
     ``hold_out``: read the rows the run will hold back for its fidelity on top of ``calibration_samples``, so
     scoring and fitting still see as many."""
+    proto = None  # the model read and checked once per run: for the calibration and for prepare
     if calibration is None and calibration_source is not None:
         proto = prepared.original if prepared is not None else load_model(model_input)
         limit = config.calibration_samples
@@ -108,7 +109,8 @@ def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneCo
             limit += holdout_count(limit)
         calibration = load_calibration(calibration_source, proto, preprocess=preprocess,
                                        batch_size=config.batch_size, limit=limit, cache_bytes=config.cache_bytes)
-    p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude)
+    p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude,
+                            loaded=proto)
     return p, calibration
 
 
@@ -225,7 +227,7 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
                                       target=config.target.describe(), ranking=config.ranking,
                                       round_to=config.round_to, steps=len(_schedule(config)))
-    extra = [f for f, _ in calibration.batches()[:1]] if calibration is not None else []
+    extra = calibration.feeds(first=1) if calibration is not None else []
     passes: list[Pass] = [PruneChannelsPass(p.analysis, removed, verify=config.verify, extra_feeds=extra)]
     if calibration is not None and config.recover != "none":
         from .passes.recover import RecoverPass  # recovery pulls in least squares: only when it runs
@@ -334,7 +336,7 @@ def _quantized(p: Prepared, built: _Built, calibration: Calibration, judge: Opti
     if config.measure:
         from .compare import compare_variants
         dense_q = QuantizePass(calibration, config.quantize)(p.model).model
-        feeds = calibration.feeds()[-1:]
+        feeds = calibration.feeds(last=1)
         variants = compare_variants({"dense fp32": p.original, "pruned fp32": pruned,
                                      f"dense {config.quantize}": dense_q, f"pruned {config.quantize}": result.model},
                                     feeds, batches=(1, next(iter(feeds[0].values())).shape[0]))

@@ -85,3 +85,4 @@ def test_data_free_ranking_is_resolved_not_replaced(tmp_path):
     auto = onnxprune.prune_model(str(path), percentage=30)
     per_mac = onnxprune.prune_model(str(path), percentage=30, ranking="per_mac")
     assert auto.plan.meta["ranking"] == "raw" and per_mac.plan.meta["ranking"] == "per_mac"
+

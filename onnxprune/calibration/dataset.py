@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import islice
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -41,14 +42,22 @@ class Calibration:
     """Inputs the model takes in another float type than float32 (float16): cast on the way out."""
 
     def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
-        out = list(self.dataset.batches_with_labels(self.batch_size))
-        if not self.dtypes:
-            return out
-        return [({k: v.astype(self.dtypes[k]) if k in self.dtypes else v for k, v in f.items()}, y) for f, y in out]
+        """Every batch with its labels, in the model's input types."""
+        return [(self._cast(f), y) for f, y in self.dataset.batches_with_labels(self.batch_size)]
 
-    def feeds(self) -> list[dict[str, np.ndarray]]:
-        """The batches without labels."""
-        return [f for f, _ in self.batches()]
+    def feeds(self, *, first: Optional[int] = None, last: Optional[int] = None) -> list[dict[str, np.ndarray]]:
+        """The batches without labels; ``first``/``last``: only that many from the start or the end (only
+        those are cast, so a check on one batch does not copy the whole set)."""
+        pairs = self.dataset.batches_with_labels(self.batch_size)  # slices of the cache, one at a time
+        raw = [f for f, _ in (islice(pairs, first) if first is not None else pairs)]
+        if last is not None:
+            raw = raw[-last:] if last else []
+        return [self._cast(f) for f in raw]
+
+    def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.dtypes:
+            return feeds
+        return {k: v.astype(self.dtypes[k]) if k in self.dtypes else v for k, v in feeds.items()}
 
     @property
     def labels(self) -> Optional[np.ndarray]:

@@ -11,13 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
-
-from ..calibration import Preprocess, load_arrays
-from ..errors import CalibrationError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..graph.io import check_output_path
 from .args import _add_calib_args, _preprocess
 from ..sparsity.api import save_masks, sparsify, sparsity_info
@@ -85,20 +81,6 @@ def add_sparsify_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run_sparsify)
 
 
-def _calib_preprocess(args: argparse.Namespace) -> Optional[Preprocess]:
-    """The Preprocess of the flags, for a folder of images or uint8 arrays; float model inputs need none."""
-    path = Path(args.calib)
-    if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
-        try:
-            arrays, _ = load_arrays(path)
-        except CalibrationError:
-            return None  # open_calibration reports what is wrong with the file
-        values = arrays.values() if isinstance(arrays, dict) else [arrays]
-        if not any(np.issubdtype(np.asarray(a).dtype, np.integer) for a in values):
-            return None
-    return _preprocess(args)
-
-
 def run_sparsify(args: argparse.Namespace) -> int:
     """Run ``sparsify`` (or ``--info``) from parsed arguments; returns the exit code."""
     if args.info:
@@ -118,7 +100,7 @@ def run_sparsify(args: argparse.Namespace) -> int:
     if args.save_masks:
         check_output_path(args.save_masks, args.model, args.output)
     result = sparsify(args.model, args.output, config, args.calib, masks=args.masks,
-                      importance_scores=args.importance, preprocess=_calib_preprocess(args) if args.calib else None)
+                      importance_scores=args.importance, preprocess=_preprocess(args))
     print(format_result(result))
     if args.save_masks:
         path = save_masks(result.masks, args.save_masks)

@@ -189,7 +189,7 @@ class QuantizePass(Pass):
     def ensures(self, before: onnx.ModelProto, result: QuantizeResult) -> QuantizeResult:
         try:
             check_structure(result.model)
-            feeds = self.calibration.feeds()[-1:]
+            feeds = self.calibration.feeds(last=1)
             fid = _fidelity(result.model, before, feeds)
         except VerificationError as exc:
             raise self.fail_post(str(exc)) from None
