@@ -58,7 +58,7 @@ def quantized(models: dict, calib) -> tuple[dict, dict]:
         result = QuantizePass(calib)(m)
         q = name.replace("fp32", "int8")
         out[q] = result.model
-        fid = result.details["fidelity"]
+        fid = result.fidelity
         notes[q] = f"rel. L2 {fid['rel_l2']:.3f}, arg-max {fid.get('argmax_agreement', float('nan')):.1%}"
     return out, notes
 

@@ -113,15 +113,14 @@ def test_report_to_a_special_file(tmp_path, capfd, special):
     assert ("| | before | after | kept |" in capfd.readouterr().out) == (special == "/dev/stdout")
 
 
-def test_data_free_prune_takes_the_ranking_given(monkeypatch, tmp_path):
+def test_data_free_prune_takes_the_ranking_given(tmp_path):
+    """The data-free run goes the one config path: ranking auto resolves to raw, a given ranking is kept."""
     seen = []
-
-    def capture(model, output, config):
-        seen.append(config.ranking)
-        raise onnxprune.InvalidArgumentError("stop")
-    monkeypatch.setattr(onnxprune.api, "prune_model", capture)
     for extra in ([], ["--ranking", "per_mac"]):
-        main(["prune", MODEL, "-o", str(tmp_path / "s.onnx"), *extra])
+        plan = tmp_path / f"plan{len(seen)}.json"
+        assert main(["prune", MODEL, "-o", str(tmp_path / f"s{len(seen)}.onnx"), "--save-plan", str(plan),
+                     *extra]) == 0
+        seen.append(json.loads(plan.read_text())["meta"]["ranking"])
     assert seen == ["raw", "per_mac"]
 
 

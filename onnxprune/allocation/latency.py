@@ -129,7 +129,7 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     choice = choose(analysis, table, scores, fraction, constraints)
     if not measure:
         return choice
-    from ..graph.surgery import prune_channels
+    from ..passes.prune import PruneChannelsPass  # each candidate built by the surgery pass (timed, not verified)
     settings = table.settings
     shapes = {k: (settings.batch,) + tuple(v[1:]) for k, v in analysis.probe.input_shapes.items()}
     feed = feeds_for(analysis.proto, shapes)
@@ -138,7 +138,7 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     for i in range(rounds):
         key = tuple(choice.removed)
         if key not in seen:
-            pruned = prune_channels(analysis, choice.removed)
+            pruned = PruneChannelsPass(analysis, choice.removed, verify=False)(analysis.proto).model
             speed = time_against_dense(analysis.proto, pruned, feed, settings)
             seen[key] = LatencyChoice(choice.removed, choice.widths, choice.predicted_ms, speed)
         ratio = seen[key].measured_fraction

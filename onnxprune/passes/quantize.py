@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from dataclasses import dataclass, field
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -35,6 +36,13 @@ from ..verify import check_structure
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeResult(PassResult):
+    """The quantized model and its fidelity to the float model on a calibration batch (``rel_l2``, ...)."""
+
+    fidelity: dict[str, float] = field(default_factory=dict)
 
 MAX_REL_L2 = 0.5
 
@@ -161,7 +169,7 @@ class QuantizePass(Pass):
         except ImportError:  # pragma: no cover
             raise self.fail_pre("onnxruntime.quantization is not installed") from None
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> QuantizeResult:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         with tempfile.TemporaryDirectory(prefix="onnxprune-quant-") as tmp:
             src, out = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
@@ -179,12 +187,12 @@ class QuantizePass(Pass):
                 raise self.fail_post(f"onnxruntime could not quantize the model: {str(exc).splitlines()[0]}") \
                     from None
             quantized = onnx.load(str(out))  # external data, if any, is read in here
-        return PassResult(quantized, True)
+        return QuantizeResult(quantized, True)
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
+    def ensures(self, before: onnx.ModelProto, result: QuantizeResult) -> QuantizeResult:
         try:
             check_structure(result.model)
-            feeds = self.calibration.feeds()[-1:]
+            feeds = self.calibration.feeds(last=1)
             fid = _distortion(result.model, before, feeds)
         except VerificationError as exc:
             raise self.fail_post(str(exc)) from None
@@ -197,4 +205,4 @@ class QuantizePass(Pass):
                f"activations{', 7-bit weights' if self.reduce_range else ''}): relative L2 to float " \
                f"{fid['rel_l2']:.4f}" + (f", arg-max agreement {fid['argmax_agreement']:.1%}"
                                           if "argmax_agreement" in fid else "") + " on a calibration batch"
-        return PassResult(result.model, result.modified, result.notes + (note,), {**result.details, "fidelity": fid})
+        return result.noted(note, fidelity=fid)
