@@ -153,7 +153,11 @@ def test_score_then_prune_with_scores_cli(tmp_path, capsys):
     assert main(["prune", str(model), "-o", str(out), "--calib", str(calib), "--calib-limit", "16",
                  "--target-macs", "0.7", "--steps", "2", "--report", str(tmp_path / "r.md")]) == 0
     text = capsys.readouterr().out
-    assert "least-squares" in text and (tmp_path / "r.md").read_text().startswith("| |")
+    md = (tmp_path / "r.md").read_text()
+    assert "least-squares" in text and md.startswith("# onnxprune: m.onnx -> oracle.onnx\n")
+    for printed in ("method: oracle scores", "fidelity to dense", "before recovery", "Kept kernels per layer",
+                    "least-squares"):  # what the terminal printed is in the report file too
+        assert printed in text and printed in md, printed
 
 
 def test_calibration_errors_are_clear(tmp_path, capsys):

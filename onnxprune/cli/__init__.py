@@ -141,7 +141,7 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
-    from ..report import _fmt
+    from ..report.document import columns as _fmt
     rows = [("layer", "op", "kernels", "prunable", "MACs", "params", "group")]
     for l in rep.layers:
         rows.append((l.name, l.op, str(l.kernels), str(l.prunable_kernels), f"{l.macs:,}", f"{l.params:,}",
@@ -243,6 +243,7 @@ COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "score": _cmd_score, "
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line the reports name
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # progress lines of long runs, even without -v
