@@ -56,7 +56,9 @@ def _main_rows(r: Report) -> list[tuple]:
             ("file size", _mb(b.size_bytes), _mb(a.size_bytes), _pct(a.size_bytes, b.size_bytes))]
     lat = r.extra.get("latency")
     if b.latency_ms is not None and a.latency_ms is not None:
+        rng = r.extra.get("latency_range_ms")
         bt, at = ((_ms(lat["dense_ms"]), _ms(lat["pruned_ms"])) if lat else
+                  (_ms(rng["before"]), _ms(rng["after"])) if rng else
                   (f"{b.latency_ms:.2f} ms", f"{a.latency_ms:.2f} ms"))
         where = lat["where"] if lat else r.extra.get("latency_where")
         rows.append((f"latency (median{', ' + where if where else ''})", bt, at, speedup_text(r)))
