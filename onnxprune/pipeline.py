@@ -28,7 +28,7 @@ from .graph.io import ModelLike, check_output_path, has_external_data, load_mode
 from .graph.probe import fixed_batch_of, input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
-from .plan import PruningPlan
+from .plan import PruningPlan, refit_meta
 from .prepare import Prepared, prepare
 from .report import PathLike, PruneResult, build_report
 from .verify import uniform_inputs
@@ -217,6 +217,7 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
     removed = sorted(int(r) for r in removed)
+    made_plan = plan is None
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
                                       target=config.target.describe(), ranking=config.ranking,
@@ -235,6 +236,9 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if recovery is not None and recovery.notes:
         report.extra["recovery"] = recovery.notes[0]
         report.verification += f"\nrecovery: {recovery.notes[0]}"
+    refit = refit_meta(config, recovery.notes[0] if recovery is not None and recovery.notes else None)
+    if made_plan and refit is not None:  # `apply` re-fits from these as this run did
+        plan.meta["recovery"] = refit
     return _Built(removed, run, report, verification, config, plan)
 
 
