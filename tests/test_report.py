@@ -122,3 +122,17 @@ def test_sweep_speedup_inside_the_noise_is_marked():
     from onnxprune.report.sweep import speedup
     assert speedup(Timing(1.0, 0.9, 1.1), Timing(0.95, 0.85, 1.0)) == "1.05x (inside the timing noise)"
     assert speedup(Timing(1.0, 0.9, 1.1), Timing(0.5, 0.45, 0.55)) == "2.00x"
+
+
+def test_sparsify_says_why_its_file_is_not_smaller(tmp_path, capsys):
+    """50% zeros stay dense (sparse tensors pay off above 67%): the size line says why the file did not shrink."""
+    out = tmp_path / "sparse.onnx"
+    assert main(["sparsify", MODEL, "-o", str(out), "--threshold", "0.5", "--scope", "global"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("size: "))
+    assert out.stat().st_size >= Path(MODEL).stat().st_size
+    assert f"the input was {Path(MODEL).stat().st_size} bytes: not smaller, because a zero stored densely" in line
+    assert "onnxprune.sparsity" in line and "gzip" in line
+    small = tmp_path / "s90.onnx"  # 90%: stored sparse, smaller, and no excuse printed
+    assert main(["sparsify", MODEL, "-o", str(small), "--threshold", "0.9", "--scope", "global"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("size: "))
+    assert "not smaller" not in line and small.stat().st_size < Path(MODEL).stat().st_size
