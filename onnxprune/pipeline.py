@@ -286,6 +286,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     config = failed.config
     lo, hi, best = 0.0, 1.0, None
     tried = [f"{config.target.describe()}: {failed.report.after.fidelity.value:.3f}"]
+    points = [_macs_and_fidelity(failed)]  # (MACs kept, fidelity) of every budget tried: the report's plot
     for _ in range(BACK_OFF_STEPS):
         mid = (lo + hi) / 2
         step = config_toward_dense(config, mid)
@@ -296,6 +297,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
             continue
         fid = cand.report.after.fidelity
         tried.append(f"{step.target.describe()}: {fid.value:.3f}")
+        points.append(_macs_and_fidelity(cand))
         if fid.below_floor:
             lo = mid
         else:
@@ -304,7 +306,13 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     if best is not None:
         best.report.extra["back_off"] = (f"asked {config.target.describe()}, below the floor; backed off to "
                                          f"{best.config.target.describe()} (tried {'; '.join(tried)})")
+        best.report.extra["back_off_points"] = points
     return best
+
+
+def _macs_and_fidelity(built: _Built) -> list[float]:
+    rep = built.report
+    return [rep.after.macs / max(rep.before.macs, 1), rep.after.fidelity.value]
 
 
 def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:

@@ -136,3 +136,29 @@ def test_sparsify_says_why_its_file_is_not_smaller(tmp_path, capsys):
     assert main(["sparsify", MODEL, "-o", str(small), "--threshold", "0.9", "--scope", "global"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("size: "))
     assert "not smaller" not in line and small.stat().st_size < Path(MODEL).stat().st_size
+
+
+def _report(back_off: bool):
+    from onnxprune.fidelity.measure import Fidelity
+    from onnxprune.report import LayerChange, ModelStats, Report
+    fid = Fidelity("classify", "top1_agreement", {"top1_agreement": 0.97}, 32, "held-back calibration rows", 0.9)
+    rep = Report(ModelStats(1000, 10_000, 4000, 1.0), ModelStats(500, 4_000, 2000, 0.6, fidelity=fid),
+                 [LayerChange("a", "Conv", 16, 8, 0), LayerChange("b", "Conv", 16, 8, 0),
+                  LayerChange("c", "Conv", 32, 20, 1), LayerChange("d", "Conv", 8, 8, None)], 20, 64,
+                 extra={"latency_range_ms": {"before": [1.0, 0.9, 1.1], "after": [0.6, 0.55, 0.65]}})
+    if back_off:
+        rep.extra["back_off_points"] = [[0.2, 0.7], [0.6, 0.99], [0.4, 0.97]]
+    return rep
+
+
+@pytest.mark.parametrize("back_off", [False, True])
+def test_prune_page_has_one_plot_per_expected_figure(back_off):
+    """Kept share and kept widths always; fidelity vs MACs only when the back-off tried more than one budget."""
+    pytest.importorskip("matplotlib")
+    page = _report(back_off).html("t")
+    images = _images(page)
+    assert len(images) == (3 if back_off else 2) and all(i.startswith(PNG) and len(i) > 1000 for i in images)
+    assert ("Fidelity to the dense model against the MACs kept" in page) == back_off
+    from onnxprune.report.prune import layer_rows  # the widths figure: a row per channel group that shrank
+    assert layer_rows(_report(back_off)) == ([("a (+1 layer)", 16), ("c", 32)], [8, 20])
+    _no_external_urls(page)

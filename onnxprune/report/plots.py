@@ -103,7 +103,8 @@ def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, na
 
 def tradeoff_figure(points: Sequence[tuple[float, float, str]], dense: tuple[float, float], xlabel: str,
                     ylabel: str, caption: str, name: str,
-                    xerr: Optional[Sequence[tuple[float, float]]] = None) -> Optional[Figure]:
+                    xerr: Optional[Sequence[tuple[float, float]]] = None,
+                    floor: Optional[float] = None) -> Optional[Figure]:
     """Quality against cost (MACs kept, latency): each pruned model a labelled point, the dense one a star."""
     plt = pyplot()
     if plt is None or not points:
@@ -117,7 +118,9 @@ def tradeoff_figure(points: Sequence[tuple[float, float, str]], dense: tuple[flo
     else:
         ax.plot(xs, ys, "o-", label="pruned")
     ax.plot([dense[0]], [dense[1]], "k*", markersize=12, label="dense")
-    for (x, y, label), _ in pts:
+    if floor is not None:
+        ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label="floor")
+    for (x, y, label), _ in (p for p in pts if p[0][2]):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

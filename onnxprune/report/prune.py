@@ -99,7 +99,7 @@ def fidelity_lines(r: Report) -> list[str]:
 
 
 def _add_figures(doc: Document, r: Report) -> None:
-    from .plots import NO_PLOTS, bars_figure, pyplot, widths_figure
+    from .plots import NO_PLOTS, bars_figure, pyplot, tradeoff_figure, widths_figure
     if pyplot() is None:
         doc.add(Para(f"Note: {NO_PLOTS}."))
         return
@@ -117,6 +117,19 @@ def _add_figures(doc: Document, r: Report) -> None:
                         + (" (hatched: the latency difference is inside the timing noise, so it says nothing either "
                            "way)" if noisy else "") + ".", "kept.png",
                         values=[f"{v:.1%}" for _, v in kept], faint=[False] * 3 + [noisy]))
+    tried = r.extra.get("back_off_points") or []
+    if len(tried) > 1 and r.after.fidelity is not None:
+        from ..fidelity.measure import LABELS
+        fid = r.after.fidelity
+        name = f"fidelity to dense ({LABELS.get(fid.headline, fid.headline)}, %)"
+        written = r.after.macs / max(r.before.macs, 1)
+        pts = [(100 * m, 100 * f, "written" if abs(m - written) < 1e-9 else "") for m, f in tried]
+        doc.add(tradeoff_figure(pts, (100.0, 100.0), "MACs kept (%)", name,
+                                f"Fidelity to the dense model against the MACs kept, for every budget the back-off "
+                                f"tried (measured on {fid.samples} {fid.data}); the star is the dense model"
+                                + (f", the line the floor {fid.floor:g}" if fid.floor is not None else "")
+                                + ". The written model is the most pruned that meets the floor.",
+                                "fidelity_vs_macs.png", floor=100 * fid.floor if fid.floor is not None else None))
     rows, kept_w = layer_rows(r)
     if rows:
         doc.add(widths_figure(rows, [("pruned", kept_w)],
