@@ -73,10 +73,12 @@ def widths_figure(rows: Sequence[tuple[str, int]], series: Sequence[tuple[str, S
 
 
 def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, name: str,
-                values: Optional[Sequence[str]] = None, faint: Sequence[bool] = ()) -> Optional[Figure]:
+                values: Optional[Sequence[str]] = None, faint: Sequence[bool] = (),
+                reference: Optional[tuple[float, str]] = None) -> Optional[Figure]:
     """One horizontal bar per row (a channel group's sensitivity, shown once for the group).
 
-    ``values``: a label at the end of each bar; ``faint``: rows drawn hatched and pale (a figure inside the noise).
+    ``values``: a label at the end of each bar; ``faint``: rows drawn hatched and pale (a figure inside the noise);
+    ``reference``: a dashed line at (x, its legend), e.g. the dense model's 100%.
     """
     plt = pyplot()
     if plt is None or not rows:
@@ -91,8 +93,11 @@ def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, na
             bar.set_hatch("//")
     for y, (_, v), label in zip(ys, rows, values or []):
         ax.annotate(label, (v, y), textcoords="offset points", xytext=(4, -3), fontsize=8)
+    if reference is not None:
+        ax.axvline(reference[0], color="#555555", linestyle="--", linewidth=1, label=reference[1])
+        ax.legend(fontsize=8, loc="lower right")
     if values:
-        ax.set_xlim(0, max(v for _, v in rows) * 1.25 or 1)
+        ax.set_xlim(0, max([v for _, v in rows] + [reference[0] if reference else 0]) * 1.25 or 1)
     ax.set_yticks(ys)
     ax.set_yticklabels([_short(lbl) for lbl, _ in rows], fontsize=8)
     ax.set_xlabel(xlabel)
@@ -113,8 +118,8 @@ def tradeoff_figure(points: Sequence[tuple[float, float, str]], dense: tuple[flo
     xs, ys = [p[0] for p, _ in pts], [p[1] for p, _ in pts]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if xerr:
-        ax.errorbar(xs, ys, xerr=[[e[0] for _, e in pts], [e[1] for _, e in pts]], fmt="o-", capsize=3,
-                    label="pruned")
+        ax.errorbar(xs, ys, xerr=[[e[0] for _, e in pts], [e[1] for _, e in pts]], fmt="o", capsize=3,
+                    label="pruned")  # no line: measured latency need not fall with the budget
     else:
         ax.plot(xs, ys, "o-", label="pruned")
     ax.plot([dense[0]], [dense[1]], "k*", markersize=12, label="dense")

@@ -116,7 +116,8 @@ def _add_figures(doc: Document, r: Report) -> None:
                         + (" and median latency" if len(kept) > 3 else "")
                         + (" (hatched: the latency difference is inside the timing noise, so it says nothing either "
                            "way)" if noisy else "") + ".", "kept.png",
-                        values=[f"{v:.1%}" for _, v in kept], faint=[False] * 3 + [noisy]))
+                        values=[f"{v:.1%}" for _, v in kept], faint=[False] * 3 + [noisy],
+                        reference=(100.0, "dense model")))
     tried = r.extra.get("back_off_points") or []
     if len(tried) > 1 and r.after.fidelity is not None:
         from ..fidelity.measure import LABELS
