@@ -187,12 +187,36 @@ def kernel_scores(p: Prepared, unit_scores: dict[int, float]) -> dict[str, list[
 
 
 def apply_plan(model_input: ModelLike, plan: Union[PruningPlan, PathLike], model_output: Optional[PathLike] = None,
-               *, input_shapes: Optional[dict[str, Sequence[int]]] = None, verify: bool = True) -> PruneResult:
-    """Remove exactly the kernels a saved plan names (with their coupled channels)."""
+               *, input_shapes: Optional[dict[str, Sequence[int]]] = None, verify: bool = True,
+               calibration_source: Any = None, evaluation: Any = None, preprocess: Any = None) -> PruneResult:
+    """Remove exactly the kernels a saved plan names (with their coupled channels).
+
+    A plan made by a prune that re-fitted (or quantized) records how; given the same ``calibration_source``
+    (and ``evaluation``, ``preprocess``) as that prune, the re-fit is repeated and the model written is the
+    prune's. Without calibration data the layers are not re-fitted, and a warning says the model differs.
+    """
     if not isinstance(plan, PruningPlan):
         plan = PruningPlan.load(plan)
-    config = PruneConfig(criterion="magnitude", recover="none", measure=False, verify=verify,
-                         input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
+    shapes = {k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None
+    refit = plan.meta.get("recovery")
+    if refit and calibration_source is not None:
+        config = PruneConfig(criterion="magnitude", recover=refit["recover"], augment=refit["augment"],
+                             seed=refit["seed"], calibration_samples=refit["calibration_samples"],
+                             batch_size=refit["batch_size"], task=refit["task"], min_fidelity=refit["min_fidelity"],
+                             quantize=refit["quantize"], verify=verify, input_shapes=shapes)
+        from .pipeline import prepare_run
+        p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess, hold_out=True)
+        res = run_pruning(model_input, model_output, None, config, prepared=p, calibration=calibration,
+                          removed=plan.to_units(p.analysis), plan=plan, evaluation=evaluation, preprocess=preprocess)
+        if res.report.extra.get("recovery") != refit["fitted"]:
+            logger.warning("the re-fit differs from the prune's (%s; the prune's: %s): give apply the calibration "
+                           "data, --calib-limit and --eval the prune had", res.report.extra.get("recovery"),
+                           refit["fitted"])
+        return res
+    if refit and refit.get("fitted"):
+        logger.warning("the plan's prune re-fitted the layers after the removed channels (%s); without calibration "
+                       "data (--calib) they are not re-fitted, so this model differs from the prune's", refit["fitted"])
+    config = PruneConfig(criterion="magnitude", recover="none", measure=False, verify=verify, input_shapes=shapes)
     p = prepare(model_input, config.input_shapes)
     return run_pruning(model_input, model_output, None, config, prepared=p, removed=plan.to_units(p.analysis),
                        plan=plan)

@@ -29,7 +29,7 @@ from .graph.io import ModelLike, check_output_path, has_external_data, load_mode
 from .graph.probe import fixed_batch_of, input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
-from .plan import PruningPlan
+from .plan import PruningPlan, refit_meta
 from .prepare import Prepared, prepare
 from .report import PathLike, PruneResult, build_report
 from .verify import uniform_inputs
@@ -218,6 +218,7 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
     removed = sorted(int(r) for r in removed)
+    made_plan = plan is None
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
                                       target=config.target.describe(), ranking=config.ranking,
@@ -236,6 +237,9 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if recovery is not None and recovery.summary:
         report.extra["recovery"] = recovery.summary
         report.verification += f"\nrecovery: {recovery.summary}"
+    refit = refit_meta(config, recovery.summary if recovery is not None and recovery.summary else None)
+    if made_plan and refit is not None:  # `apply` re-fits from these as this run did
+        plan.meta["recovery"] = refit
     return _Built(removed, run, report, verification, config, plan)
 
 
@@ -283,6 +287,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     config = failed.config
     lo, hi, best = 0.0, 1.0, None
     tried = [f"{config.target.describe()}: {failed.report.after.fidelity.value:.3f}"]
+    points = [_macs_and_fidelity(failed)]  # (MACs kept, fidelity) of every budget tried: the report's plot
     for _ in range(BACK_OFF_STEPS):
         mid = (lo + hi) / 2
         step = config_toward_dense(config, mid)
@@ -293,6 +298,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
             continue
         fid = cand.report.after.fidelity
         tried.append(f"{step.target.describe()}: {fid.value:.3f}")
+        points.append(_macs_and_fidelity(cand))
         if fid.below_floor:
             lo = mid
         else:
@@ -301,7 +307,13 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     if best is not None:
         best.report.extra["back_off"] = (f"asked {config.target.describe()}, below the floor; backed off to "
                                          f"{best.config.target.describe()} (tried {'; '.join(tried)})")
+        best.report.extra["back_off_points"] = points
     return best
+
+
+def _macs_and_fidelity(built: _Built) -> list[float]:
+    rep = built.report
+    return [rep.after.macs / max(rep.before.macs, 1), rep.after.fidelity.value]
 
 
 def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:

@@ -85,7 +85,8 @@ def test_report_html_is_a_page(tmp_path):
     page = tmp_path / "r.html"
     assert main(["prune", MODEL, "-o", str(tmp_path / "s.onnx"), "--percentage", "30", "--report", str(page)]) == 0
     text = page.read_text()
-    assert text.startswith("<!DOCTYPE html>") and text.count("<table>") == 1 and "<td>MACs</td>" in text
+    assert text.startswith("<!DOCTYPE html>") and text.count("<table>") == 2 and "<td>MACs</td>" in text
+    assert "Kept kernels per layer" in text and "command: onnxprune prune" in text
 
 
 def test_report_of_unknown_kind_is_refused_before_any_work(tmp_path, capsys):
@@ -100,7 +101,8 @@ def test_report_dash_is_markdown_on_stdout(tmp_path, capsys):
     out = tmp_path / "s.onnx"
     assert main(["prune", MODEL, "-o", str(out), "--report", "-"]) == 0
     stdout, stderr = capsys.readouterr()
-    assert stdout.startswith("| | before | after | kept |\n") and stderr == f"wrote {out}\n"
+    assert stdout.startswith("# onnxprune: ") and "| | before | after | kept |\n" in stdout
+    assert stderr == f"wrote {out}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
     assert main(["prune", MODEL, "-o", str(out), "--report", "-", "--json"]) == 2
 

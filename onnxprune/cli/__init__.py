@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="plan JSON from `prune --save-plan`")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--report", metavar="FILE|-", help="also write the report: .md, .json or .html by the extension")
+    _add_calib_args(p)  # the prune's calibration data: its re-fit (recorded in the plan) is repeated exactly
+    for action in p._actions:
+        if action.dest in ("calib_limit", "batch_size"):
+            action.default, action.help = None, f"{action.help.split(' (default')[0]} (default: the plan's)"
+        elif action.dest == "calib":
+            action.help = ("the prune's calibration data: when the plan's prune re-fitted the layers (least "
+                           "squares), apply repeats that re-fit and writes the prune's model; " + action.help)
+    p.add_argument("--eval", metavar="DIR|FILE", help="the prune's --eval data, when it had one (the re-fit "
+                                                     "then used every calibration row)")
 
     p = sub.add_parser("demo", help="prune the embedded digits CNN end to end")
     p.add_argument("-o", "--output", help="where to write the pruned demo model (default: a temp folder)")
@@ -140,7 +150,7 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
-    from ..report import _fmt
+    from ..report.document import columns as _fmt
     rows = [("layer", "op", "kernels", "prunable", "MACs", "params", "group")]
     for l in rep.layers:
         rows.append((l.name, l.op, str(l.kernels), str(l.prunable_kernels), f"{l.macs:,}", f"{l.params:,}",
@@ -211,9 +221,16 @@ def _check_outputs(args, *outputs: Optional[str]) -> None:
 
 def _cmd_apply(args) -> int:
     from ..api import apply_plan
+    from ..plan import PruningPlan
     _check_outputs(args, args.output)
-    res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
-                     verify=not args.no_verify)
+    check_report_target(args)
+    plan = PruningPlan.load(args.plan)
+    for key, given in (("calibration_samples", args.calib_limit), ("batch_size", args.batch_size)):
+        if given is not None and plan.meta.get("recovery"):
+            plan.meta["recovery"][key] = given
+    res = apply_plan(args.model, plan, args.output, input_shapes=_input_shapes(args.input_shape),
+                     verify=not args.no_verify, calibration_source=args.calib, evaluation=args.eval,
+                     preprocess=_preprocess(args) if args.calib else None)
     return emit_result(res, args)
 
 
@@ -232,6 +249,7 @@ COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "score": _cmd_score, "
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line the reports name
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # progress lines of long runs, even without -v

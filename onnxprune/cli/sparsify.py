@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from ..errors import InvalidArgumentError
 from ..graph.io import check_output_path
@@ -101,7 +102,7 @@ def run_sparsify(args: argparse.Namespace) -> int:
         check_output_path(args.save_masks, args.model, args.output)
     result = sparsify(args.model, args.output, config, args.calib, masks=args.masks,
                       importance_scores=args.importance, preprocess=_preprocess(args))
-    print(format_result(result))
+    print(format_result(result, _file_bytes(args.model)))
     if args.save_masks:
         path = save_masks(result.masks, args.save_masks)
         print(f"masks: {len(result.masks)} written to {path}")
@@ -116,8 +117,31 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:5.1f}%"
 
 
-def format_result(result: SparsifyResult) -> str:
-    """The per-layer table, totals, storage choice and verification of one run."""
+def _file_bytes(path: str) -> Optional[int]:
+    """The model file's size; None when weights live in external data (the comparison would mislead)."""
+    from ..graph.io import has_external_data
+    return None if has_external_data(path) else Path(path).stat().st_size
+
+
+def size_line(storage, model: "onnx.ModelProto", input_bytes: Optional[int]) -> str:
+    """'size: ...' — and why, when the written model is no smaller than its input (the zeros are stored densely)."""
+    line = f"size: dense {storage.dense_bytes} bytes"
+    if storage.sparse_bytes is not None:
+        line += f", sparse {storage.sparse_bytes} bytes"
+    written = storage.sparse_bytes if storage.format == "sparse" else storage.dense_bytes
+    if input_bytes is None or written < input_bytes:
+        return line
+    from ..sparsity.history import METADATA_KEY
+    record = sum(len(p.key) + len(p.value) for p in model.metadata_props if p.key == METADATA_KEY)
+    return (f"{line}; the input was {input_bytes} bytes: not smaller, because a zero stored densely takes the same "
+            f"bytes as any weight (ONNX's sparse tensors, with int64 indices, pay off only above 67% sparsity) and "
+            f"the sparsity record in the model's metadata ({METADATA_KEY}, {record} bytes) is added; "
+            "zeros compress, so zip or gzip the file to ship it smaller")
+
+
+def format_result(result: SparsifyResult, input_bytes: Optional[int] = None) -> str:
+    """The per-layer table, totals, storage choice and verification of one run; ``input_bytes``: the input
+    model's size, to say why the written file is not smaller when it is not."""
     lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'before':>7} {'after':>7} "
              f"{'zero ch':>9} {'storage':<7} re-fit"]
     for layer in result.layers:
@@ -132,10 +156,7 @@ def format_result(result: SparsifyResult) -> str:
                  + (f" (steps {', '.join(f'{s:g}' for s in result.steps)})" if len(result.steps) > 1 else ""))
     storage = result.storage
     lines.append(f"storage: {storage.format} ({storage.reason})")
-    size_line = f"size: dense {storage.dense_bytes} bytes"
-    if storage.sparse_bytes is not None:
-        size_line += f", sparse {storage.sparse_bytes} bytes"
-    lines.append(size_line)
+    lines.append(size_line(storage, result.model, input_bytes))
     verification = result.verification
     lines.append(f"verification: {'ok' if verification.ok else 'FAILED'} on {verification.inputs}: "
                  f"{verification.message}; outputs moved {verification.output_change:.3g} (relative L2) "

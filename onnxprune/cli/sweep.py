@@ -40,14 +40,15 @@ def run_sweep(args: argparse.Namespace, config) -> int:
     if args.scores:
         from ..scores_io import load_scores
         kernel_scores = load_scores(args.scores)
+    from ..report import Provenance
+    from ..report.document import Document, text
+    from ..report.sweep import summary_table
     res = sweep(args.model, args.calib, parse_budgets(args.budgets), args.out, kind=args.budget_kind, config=config,
                 eval_source=args.eval, preprocess=_preprocess(args), write_models=not args.no_models,
-                kernel_scores=kernel_scores)
-    print(f"{'budget':>8} {'MACs kept':>10} {'latency ms':>11} {'speed-up':>9} {res.quality_name}")
-    print(f"{'dense':>8} {'100.0%':>10} {res.dense_latency.median:>11.3f} {'1.00x':>9} {res.dense_quality:.2%}")
-    for pt in res.points:
-        print(f"{pt.budget:>8g} {pt.macs_kept:>10.1%} {pt.latency.median:>11.3f} "
-              f"{res.dense_latency.median / max(pt.latency.median, 1e-12):>8.2f}x {pt.quality:.2%}")
+                kernel_scores=kernel_scores, provenance=Provenance.of_command(getattr(args, "argv", None), args.calib))
+    table = summary_table(res)
+    print(text(Document("", [table])))
+    print(table.caption)
     for note in res.notes:
         print(f"note: {note}")
     plots = f"{len(res.plots)} plots" if res.plots else "no plots (pip install \"onnxprune[plot]\" for them)"
