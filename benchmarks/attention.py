@@ -21,7 +21,7 @@ import onnx
 from common import REPO, SHARED, Timer, header, table, write_section
 import onnxprune
 from onnxprune.api import build_pruned
-from onnxprune.latency.measure import LatencySettings, time_interleaved
+from onnxprune.latency.measure import LatencySettings, time_against_dense
 from onnxprune.prepare import prepare
 from onnxprune.scoring.registry import score
 
@@ -73,9 +73,9 @@ def main() -> None:
     for batch in (1, 8):
         settings = LatencySettings(provider="CPUExecutionProvider", batch=batch, threads=1, rounds=9, runs=3)
         feed = {"x": np.random.default_rng(1).standard_normal((batch, T, D)).astype(np.float32)}
-        got = time_interleaved({"dense": dense, "pruned": pruned}, {"dense": feed, "pruned": feed}, settings)
-        speed.append({"batch": batch, "dense": got["dense"].text(), "half heads": got["pruned"].text(),
-                      "speed-up": f"{got['dense'].median / got['pruned'].median:.2f}x"})
+        got = time_against_dense(dense, pruned, feed, settings)
+        speed.append({"batch": batch, "dense": got.dense.text(), "half heads": got.pruned.text(),
+                      "speed-up": f"{got.speedup:.2f}x"})
     for exporter in ("legacy", "dynamo"):
         exported = torch_encoder(layers=2, T=16, D=D, H=H, ffn=FFN, exporter=exporter)
         if exported is not None:

@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
-from onnxprune.compare import interleaved_latency
+from onnxprune.latency.measure import LatencySettings, time_models
 from onnxprune.pipeline import PruneConfig, run_pruning, score_units
 from onnxprune.scoring.depth import drop_scores
 from onnxprune.selection import Constraints, Target, select
@@ -81,7 +81,8 @@ def main() -> None:
     lat = {}
     for batch, rounds, runs in ((1, 20, 10), (32, 10, 3)):
         feed = {"input": rng.random((batch, 3, 32, 32), dtype=np.float32)}
-        lat[batch] = interleaved_latency(models, feed, rounds=rounds, runs=runs)
+        lat[batch] = {k: t.as_list() for k, t in time_models(models, feed, LatencySettings(rounds=rounds,
+                                                                                          runs=runs)).items()}
     for row in rows:
         for batch in (1, 32):
             med, lo, hi = lat[batch][row["plan"]]

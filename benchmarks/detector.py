@@ -21,7 +21,7 @@ import onnx
 from common import SHARED, header, imagenet_images, imagenet_split, table, write_section
 from default_path import imagenet_calib_folder, run_cli
 from onnxprune.calibration import Preprocess
-from onnxprune.compare import interleaved_latency
+from onnxprune.latency.measure import LatencySettings, time_models
 from onnxprune.fidelity import guess_task, measure_fidelity
 from onnxprune.fidelity.tasks import with_conf
 from onnxprune.runtime import make_session
@@ -69,7 +69,8 @@ def main() -> None:
                 row[f"dense boxes @{conf}"] = int(v["reference_detections"])
                 if conf == 0.25:
                     row["mAP50-95 vs dense"] = f"{v['map50_95']:.3f}"
-            t = interleaved_latency({"dense": dense, "pruned": pruned}, {"images": x[:1]}, rounds=15, runs=5)
+            t = {k: v.as_list() for k, v in time_models({"dense": dense, "pruned": pruned}, {"images": x[:1]},
+                                                        LatencySettings(rounds=15, runs=5)).items()}
             row["speed-up batch 1 (median, range)"] = (f"{t['dense'][0] / t['pruned'][0]:.2f}x "
                                                         f"({t['dense'][0]:.1f} / {t['pruned'][0]:.1f} ms; "
                                                         f"ranges {t['dense'][1]:.1f}-{t['dense'][2]:.1f} / "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import SHARED, accuracy, header, imagenet_images, imagenet_split, resnet56_setup, table, write_section
 from onnxprune.config import PruneConfig
-from onnxprune.latency.measure import LatencySettings, feeds_for, time_interleaved
+from onnxprune.latency.measure import LatencySettings, feeds_for, time_models
 from onnxprune.latency.table import build_table
 from onnxprune.pipeline import load_calibration, run_pruning, score_units
 from onnxprune.prepare import prepare
@@ -38,7 +38,7 @@ def timings(p, models: dict, batch: int, rounds: int, runs: int, repeats: int = 
     """Per model: (median ms, low, high) over ``repeats`` interleaved timings at ``batch``, 2 threads."""
     settings = LatencySettings(provider="CPUExecutionProvider", batch=batch, threads=2, rounds=rounds, runs=runs)
     feed = feeds_for(p.model, p.with_batch(batch))
-    reps = [time_interleaved(models, {k: feed for k in models}, settings) for _ in range(repeats)]
+    reps = [time_models(models, feed, settings) for _ in range(repeats)]
     return {k: (statistics.median(r[k].median for r in reps), min(r[k].median for r in reps),
                 max(r[k].median for r in reps)) for k in models}
 

@@ -12,7 +12,7 @@ from common import SHARED, header, table, write_section
 import onnxprune
 from onnxprune.demo import demo_data, demo_files
 from onnxprune.graph.io import load_model
-from onnxprune import compare
+from onnxprune.latency.measure import LatencySettings, time_models
 
 ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 
@@ -20,11 +20,11 @@ ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 def interleaved_latency(models: dict, feed: dict, rounds: int, runs: int) -> dict:
     """Milliseconds per run of every model: the median over rounds of the best of ``runs`` runs.
 
-    All sessions are timed in turn within each round (onnxprune.compare), so a
+    All sessions are timed in turn within each round (onnxprune.latency.measure), so a
     slow spell of a shared machine hits every model alike instead of one row of
     the table (back-to-back medians varied by 30% between identical models here).
     """
-    return {k: med for k, (med, _, _) in compare.interleaved_latency(models, feed, rounds, runs).items()}
+    return {k: t.median for k, t in time_models(models, feed, LatencySettings(rounds=rounds, runs=runs)).items()}
 
 
 def main() -> None:

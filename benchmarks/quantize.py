@@ -22,7 +22,7 @@ import numpy as np
 
 from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
 from onnxprune.calibration.dataset import load_calibration
-from onnxprune.compare import interleaved_latency
+from onnxprune.latency.measure import LatencySettings, time_models
 from onnxprune.demo import _prune_demo, demo_data, demo_files
 from onnxprune.passes.quantize import QuantizePass
 from onnxprune.pipeline import PruneConfig, run_pruning, score_units
@@ -34,7 +34,9 @@ CACHE = None  # --cache PREFIX: reuse the oracle and drop scores of ResNet-56 be
 
 
 def rows_for(model_name: str, models: dict, x, y, feeds: dict, rounds: dict, notes: dict) -> list[dict]:
-    lat = {b: interleaved_latency(models, f, rounds=rounds[b][0], runs=rounds[b][1]) for b, f in feeds.items()}
+    lat = {b: {k: t.as_list() for k, t in time_models(models, f, LatencySettings(rounds=rounds[b][0],
+                                                                               runs=rounds[b][1])).items()}
+           for b, f in feeds.items()}
     rows = []
     for name, m in models.items():
         row = {"model": model_name, "variant": name, "size": f"{m.ByteSize() / 1e6:.3f} MB",
@@ -56,7 +58,7 @@ def quantized(models: dict, calib) -> tuple[dict, dict]:
         result = QuantizePass(calib)(m)
         q = name.replace("fp32", "int8")
         out[q] = result.model
-        fid = result.details["fidelity"]
+        fid = result.fidelity
         notes[q] = f"rel. L2 {fid['rel_l2']:.3f}, arg-max {fid.get('argmax_agreement', float('nan')):.1%}"
     return out, notes
 

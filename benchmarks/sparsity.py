@@ -117,7 +117,8 @@ def run_config(task: Task, config: SparsifyConfig, refit: bool, log: Callable[[s
 
 def grid(task: Task) -> list[tuple[SparsifyConfig, bool]]:
     """The configurations measured for a model (the full factorial does not fit in 20 minutes)."""
-    base = SparsifyConfig(refit_samples=task.refit_samples, refit_rows=task.refit_rows, start=0.1, gamma=0.2)
+    base = SparsifyConfig(refit_samples=task.refit_samples, refit_rows=task.refit_rows)
+    gradual = {"gradual_start": 0.1, "gradual_gamma": 0.2}
     runs: list[tuple[SparsifyConfig, bool]] = []
     fillers = ("random", "iternonstruct", "l1")
     for level in task.levels:
@@ -128,16 +129,16 @@ def grid(task: Task) -> list[tuple[SparsifyConfig, bool]]:
         if task.key == "effnet":
             runs.append((replace(base, threshold=level, scope="global"), False))
             continue
-        runs.append((replace(base, threshold=level, mode="gradual"), False))
+        runs.append((replace(base, threshold=level, **gradual), False))
         for filler in ("iternonstruct", "l1"):
             runs.append((replace(base, threshold=level, filler=filler), True))
         runs.append((replace(base, threshold=level, scope="global"), True))
         for scope in ("layer", "global"):
-            runs.append((replace(base, threshold=level, scope=scope, mode="gradual"), True))
+            runs.append((replace(base, threshold=level, scope=scope, **gradual), True))
     if task.key == "effnet":
         for level in (0.3, 0.5):
             runs.append((replace(base, threshold=level), True))
-            runs.append((replace(base, threshold=level, mode="gradual"), True))
+            runs.append((replace(base, threshold=level, **gradual), True))
     return runs
 
 

@@ -21,7 +21,7 @@ from .pipeline import run_pruning
 from .plan import PruningPlan
 from .prepare import Prepared, prepare
 from .report import PathLike, PruneResult, count_params
-from .scoring.registry import DATA_FREE, get_criterion
+from .scoring.registry import DATA_FREE
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,21 @@ def inspect(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] =
     return _inspect_prepared(prepare(model, input_shapes, nodes_to_exclude))
 
 
+_DEFAULTS = PruneConfig()  # prune_model's keywords default to PruneConfig's own (tests/test_config.py checks)
+
+
 def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None, *,
-                criterion: str = "magnitude", percentage: Optional[float] = None,
-                target_macs: Optional[float] = None, target_params: Optional[float] = None,
-                target_latency: Optional[float] = None, nodes_to_exclude: Iterable[str] = (), round_to: int | str = "auto", max_layer_ratio: float = 0.9,
-                min_kernels: int = 1, ranking: str = "raw",
+                criterion: str = _DEFAULTS.criterion, percentage: Optional[float] = _DEFAULTS.percentage,
+                target_macs: Optional[float] = _DEFAULTS.target_macs,
+                target_params: Optional[float] = _DEFAULTS.target_params,
+                target_latency: Optional[float] = _DEFAULTS.target_latency,
+                nodes_to_exclude: Iterable[str] = _DEFAULTS.nodes_to_exclude,
+                round_to: int | str = _DEFAULTS.round_to, max_layer_ratio: float = _DEFAULTS.max_layer_ratio,
+                min_kernels: int = _DEFAULTS.min_kernels, ranking: str = _DEFAULTS.ranking,
                 scores: Optional[dict[str, list[float]]] = None,
-                input_shapes: Optional[dict[str, Sequence[int]]] = None,
-                verify: bool = True, seed: int = 0, config: Optional[PruneConfig] = None) -> PruneResult:
+                input_shapes: Optional[dict[str, Sequence[int]]] = _DEFAULTS.input_shapes,
+                verify: bool = _DEFAULTS.verify, seed: int = _DEFAULTS.seed,
+                config: Optional[PruneConfig] = None) -> PruneResult:
     """Prune by a data-free criterion (magnitude, l1, l2, bn_scale, random) or by given per-kernel ``scores``.
 
     ``percentage`` is HALCON's: the share of prunable kernels to remove
@@ -113,18 +120,25 @@ def prune_model(model_input: ModelLike, model_output: Optional[PathLike] = None,
     pass a ``config`` to choose provider, batch and threads).
     ``scores`` maps layer name to one score per output kernel (as written
     by ``onnxprune score``); a unit's score is the mean over its kernels.
-    ``ranking`` is ``raw`` here (score order) unless ``per_mac`` is asked
-    for; a full ``config`` replaces every keyword setting.
+    The keywords default to :class:`PruneConfig`'s defaults (``criterion``
+    auto is magnitude without data; ``ranking`` auto is raw order for a
+    data-free criterion, score per MAC saved with ``scores``). A ``config``
+    holds every setting: a keyword given beside it with another value than
+    the config's is an error, not silently dropped.
     """
+    keywords = dict(criterion=criterion, percentage=percentage, target_macs=target_macs,
+                    target_params=target_params, target_latency=target_latency,
+                    nodes_to_exclude=tuple(nodes_to_exclude), round_to=round_to, max_layer_ratio=max_layer_ratio,
+                    min_kernels=min_kernels, ranking=ranking, verify=verify, seed=seed,
+                    input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
     if config is None:
-        config = PruneConfig(criterion=criterion, percentage=percentage, target_macs=target_macs,
-                             target_params=target_params, target_latency=target_latency,
-                             nodes_to_exclude=tuple(nodes_to_exclude),
-                             round_to=round_to, max_layer_ratio=max_layer_ratio, min_kernels=min_kernels,
-                             ranking=ranking, recover="none", measure=target_latency is not None, verify=verify,
-                             seed=seed,
-                             input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
-    if scores is None and get_criterion(config.criterion).needs_data:
+        config = PruneConfig(**keywords)
+    else:
+        clash = sorted(k for k, v in keywords.items() if v != getattr(_DEFAULTS, k) and v != getattr(config, k))
+        if clash:
+            raise InvalidArgumentError(f"prune_model: {', '.join(clash)} given both as keyword and in config= with "
+                                       "another value; set every setting in the config (dataclasses.replace)")
+    if scores is None and config.needs_data:
         raise InvalidArgumentError(f"criterion {config.criterion!r} needs calibration data: use prune_static; "
                                    f"prune_model takes {', '.join(DATA_FREE)} or scores")
     p = prepare(model_input, config.input_shapes, config.nodes_to_exclude)
@@ -173,12 +187,36 @@ def kernel_scores(p: Prepared, unit_scores: dict[int, float]) -> dict[str, list[
 
 
 def apply_plan(model_input: ModelLike, plan: Union[PruningPlan, PathLike], model_output: Optional[PathLike] = None,
-               *, input_shapes: Optional[dict[str, Sequence[int]]] = None, verify: bool = True) -> PruneResult:
-    """Remove exactly the kernels a saved plan names (with their coupled channels)."""
+               *, input_shapes: Optional[dict[str, Sequence[int]]] = None, verify: bool = True,
+               calibration_source: Any = None, evaluation: Any = None, preprocess: Any = None) -> PruneResult:
+    """Remove exactly the kernels a saved plan names (with their coupled channels).
+
+    A plan made by a prune that re-fitted (or quantized) records how; given the same ``calibration_source``
+    (and ``evaluation``, ``preprocess``) as that prune, the re-fit is repeated and the model written is the
+    prune's. Without calibration data the layers are not re-fitted, and a warning says the model differs.
+    """
     if not isinstance(plan, PruningPlan):
         plan = PruningPlan.load(plan)
-    config = PruneConfig(criterion="magnitude", recover="none", measure=False, verify=verify,
-                         input_shapes={k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None)
+    shapes = {k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None
+    refit = plan.meta.get("recovery")
+    if refit and calibration_source is not None:
+        config = PruneConfig(criterion="magnitude", recover=refit["recover"], augment=refit["augment"],
+                             seed=refit["seed"], calibration_samples=refit["calibration_samples"],
+                             batch_size=refit["batch_size"], task=refit["task"], min_fidelity=refit["min_fidelity"],
+                             quantize=refit["quantize"], verify=verify, input_shapes=shapes)
+        from .pipeline import prepare_run
+        p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess, hold_out=True)
+        res = run_pruning(model_input, model_output, None, config, prepared=p, calibration=calibration,
+                          removed=plan.to_units(p.analysis), plan=plan, evaluation=evaluation, preprocess=preprocess)
+        if res.report.extra.get("recovery") != refit["fitted"]:
+            logger.warning("the re-fit differs from the prune's (%s; the prune's: %s): give apply the calibration "
+                           "data, --calib-limit and --eval the prune had", res.report.extra.get("recovery"),
+                           refit["fitted"])
+        return res
+    if refit and refit.get("fitted"):
+        logger.warning("the plan's prune re-fitted the layers after the removed channels (%s); without calibration "
+                       "data (--calib) they are not re-fitted, so this model differs from the prune's", refit["fitted"])
+    config = PruneConfig(criterion="magnitude", recover="none", measure=False, verify=verify, input_shapes=shapes)
     p = prepare(model_input, config.input_shapes)
     return run_pruning(model_input, model_output, None, config, prepared=p, removed=plan.to_units(p.analysis),
                        plan=plan)

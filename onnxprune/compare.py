@@ -1,9 +1,8 @@
-"""Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, fidelity.
+"""Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, raw distortion.
 
-Latency of variants is timed *interleaved*: every session runs in turn
-within each round, so a slow spell of a shared machine hits all of them
-alike instead of one row (back-to-back medians varied by 30% between
-identical models in benchmarks/latency_round_to.py).
+Latency of variants is timed interleaved by the one timer
+(:func:`onnxprune.latency.measure.time_models`), so a slow spell of a
+shared machine hits every row alike.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import onnx
 
+from .fidelity.distortion import distortion
+from .latency.measure import LatencySettings, time_models
 from .runtime import make_session
 
 
@@ -28,33 +29,16 @@ class Variant:
     accuracy: Optional[float] = None
 
 
-def interleaved_latency(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], rounds: int = 10,
-                        runs: int = 5, warmup: int = 3) -> dict[str, tuple[float, float, float]]:
-    """Per model: (median, min, max) over rounds of the best of ``runs`` timed runs, in ms; models take turns
-    (:func:`onnxprune.latency.measure.time_interleaved` on the default provider)."""
-    from .latency.measure import LatencySettings, time_interleaved
-    t = time_interleaved(models, {k: feed for k in models}, LatencySettings(rounds=rounds, runs=runs), warmup)
-    return {k: (v.median, v.low, v.high) for k, v in t.items()}
-
-
 def output_fidelity(model: onnx.ModelProto, reference_outputs: Sequence[np.ndarray],
                     feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Relative L2 distance of the first output to the reference outputs, and arg-max agreement for scores."""
+    """Raw distortion of the first output against the reference outputs (relative L2, arg-max agreement).
+
+    Label- and task-free on purpose: the variants table compares fp32 and
+    int8 rows on one calibration batch as numbers; the fidelity in the user's
+    terms of the written model is the judge's (:mod:`onnxprune.fidelity`).
+    """
     sess = make_session(model)
-    num = den = 0.0
-    agree = total = 0
-    for feed, want in zip(feeds, reference_outputs):
-        out = sess.run(None, feed)[0].astype(np.float64)
-        want = np.asarray(want, dtype=np.float64)
-        num += float(np.sum((out - want) ** 2))
-        den += float(np.sum(want ** 2))
-        if want.ndim >= 2 and want.shape[-1] > 1:
-            agree += int((out.argmax(-1) == want.argmax(-1)).sum())
-            total += int(np.prod(want.shape[:-1]))
-    fid = {"rel_l2": float(np.sqrt(num / max(den, 1e-30)))}
-    if total:
-        fid["argmax_agreement"] = agree / total
-    return fid
+    return distortion(reference_outputs, [sess.run(None, f)[0] for f in feeds])
 
 
 def compare_variants(models: dict[str, onnx.ModelProto], feeds: Sequence[dict[str, np.ndarray]],
@@ -70,8 +54,8 @@ def compare_variants(models: dict[str, onnx.ModelProto], feeds: Sequence[dict[st
         n = next(iter(first.values())).shape[0]
         reps = -(-b // n)
         feed = {k: np.concatenate([v] * reps)[:b] for k, v in first.items()}
-        for k, t in interleaved_latency(models, feed, rounds, runs).items():
-            lat[k][b] = t
+        for k, t in time_models(models, feed, LatencySettings(rounds=rounds, runs=runs)).items():
+            lat[k][b] = (t.median, t.low, t.high)
     return [Variant(k, int(m.ByteSize()), lat[k], None if k == reference else output_fidelity(m, ref_out, feeds))
             for k, m in models.items()]
 

@@ -31,7 +31,7 @@ from .graph.io import ModelLike
 from .graph.probe import input_dtypes
 from .calibration import CachedDataset, IterableReader
 from .calibration.dataset import load_calibration
-from .config import PruneConfig
+from .config import DEFAULT_PERCENTAGE, PruneConfig
 from .pipeline import run_pruning
 from .prepare import Prepared, prepare
 from .scoring.oracle import OracleScorer
@@ -51,7 +51,7 @@ class PruningHandle:
             raise InvalidArgumentError(f"unknown mode {mode!r}; HALCON mode is 'oracle' (or one of {', '.join(MODES)})")
         self.mode = mode
         self.prepared: Prepared = prepare(model, input_shapes)
-        self.config = PruneConfig(criterion=mode, percentage=10.0, recover="none")
+        self.config = PruneConfig(criterion=mode, percentage=DEFAULT_PERCENTAGE, recover="none")  # HALCON: no recovery
         self._scorer: Optional[OracleScorer] = None
         self._calib: list[tuple[dict, Optional[np.ndarray]]] = []
         self.result = None

@@ -1,13 +1,14 @@
-"""The one pruning path: calibration -> scores -> selection -> passes (prune, recover) -> report -> write.
+"""The one pruning path: calibration -> scores -> selection -> passes (prune, recover, quantize) -> report -> write.
 
 ``prune_model`` (data-free), ``prune_static`` (onnxruntime style),
 ``apply_plan``, the HALCON handle and ``onnxprune prune|apply`` all end in
 :func:`run_pruning`; they differ only in where the units to remove come
 from (a criterion, a scores file, a saved plan). The model itself is changed
-only by passes (:mod:`onnxprune.passes`): channel surgery, whose ``ensures``
-is the exactness check, then recovery when calibration data is there, then
-int8 quantization when asked for. A failed pass stops the run before
-anything is written.
+only by the passes (:mod:`onnxprune.passes`) of one pipeline: channel surgery,
+whose ``ensures`` is the exactness check, then recovery when calibration data
+is there, then, once the float model was judged, int8 quantization when asked
+for (:meth:`PipelineResult.then`). Each pass returns a typed result. A failed
+pass stops the run before anything is written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .graph.io import ModelLike, check_output_path, has_external_data, load_mode
 from .graph.probe import fixed_batch_of, input_dtypes
 from .passes.base import Pass, Pipeline
 from .passes.prune import PruneChannelsPass
-from .plan import PruningPlan
+from .plan import PruningPlan, refit_meta
 from .prepare import Prepared, prepare
 from .report import PathLike, PruneResult, build_report
 from .verify import uniform_inputs
@@ -43,15 +44,15 @@ __all__ = ["PruneConfig", "RANKINGS", "Calibration", "load_calibration", "score_
 def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, judge: Optional[Judge],
              random_feed, config: PruneConfig = PruneConfig()) -> None:
     """Latency before/after (timed interleaved) and fidelity to the dense model on the judge's rows."""
-    from .compare import interleaved_latency
+    from .latency.measure import LatencySettings, time_against_dense
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
         fixed = fixed_batch_of(p.model)  # a model that fixes its batch runs at that batch only
         one = {k: v[:fixed or 1] for k, v in random_feed.items()}
-        timing = interleaved_latency({"before": p.model, "after": final}, one, rounds=10, runs=3)
-        report.before.latency_ms, report.after.latency_ms = timing["before"][0], timing["after"][0]
-        report.extra["latency_range_ms"] = {"before": list(timing["before"]), "after": list(timing["after"])}
+        s = time_against_dense(p.model, final, one, LatencySettings(rounds=10, runs=3))
+        report.before.latency_ms, report.after.latency_ms = s.dense.median, s.pruned.median
+        report.extra["latency_range_ms"] = {"before": s.dense.as_list(), "after": s.pruned.as_list()}
     if judge is not None:
         report.after.fidelity = judge.measure(final)
         if final is not pruned:
@@ -63,18 +64,13 @@ def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, repor
 def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config: PruneConfig) -> None:
     """The final model timed interleaved with the dense one as configured. The target counts as met only when
     the measured ranges do not overlap (a difference inside the timing noise is "could not tell")."""
-    from .latency.measure import feeds_for, time_interleaved
+    from .latency.measure import feeds_for, time_against_dense
     settings = config.latency_settings
-    feed = feeds_for(p.model, p.with_batch(settings.batch))
-    t = time_interleaved({"dense": p.model, "pruned": final}, {"dense": feed, "pruned": feed}, settings)
-    dense, pruned = t["dense"], t["pruned"]
-    report.before.latency_ms, report.after.latency_ms = dense.median, pruned.median
-    fraction = pruned.median / max(dense.median, 1e-12)
-    target = config.target.latency
-    distinct = pruned.high < dense.low or pruned.low > dense.high
-    info = {"target": target, "measured_fraction": fraction, "speedup": dense.median / max(pruned.median, 1e-12),
-            "dense_ms": [dense.median, dense.low, dense.high], "pruned_ms": [pruned.median, pruned.low, pruned.high],
-            "fastest_round_fraction": pruned.low / max(dense.low, 1e-12),
+    s = time_against_dense(p.model, final, feeds_for(p.model, p.with_batch(settings.batch)), settings)
+    report.before.latency_ms, report.after.latency_ms = s.dense.median, s.pruned.median
+    fraction, target, distinct = s.fraction, config.target.latency, s.outside_noise
+    info = {"target": target, "measured_fraction": fraction, "speedup": s.speedup, "dense_ms": s.dense.as_list(),
+            "pruned_ms": s.pruned.as_list(), "fastest_round_fraction": s.fastest_fraction,
             "where": settings.describe(), "missed_by": max(0.0, fraction - target),
             "outside_noise": bool(distinct)}
     report.extra["latency"] = info
@@ -100,6 +96,7 @@ def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneCo
 
     ``hold_out``: read the rows the run will hold back for its fidelity on top of ``calibration_samples``, so
     scoring and fitting still see as many."""
+    proto = None  # the model read and checked once per run: for the calibration and for prepare
     if calibration is None and calibration_source is not None:
         proto = prepared.original if prepared is not None else load_model(model_input)
         limit = config.calibration_samples
@@ -107,7 +104,8 @@ def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneCo
             limit += holdout_count(limit)
         calibration = load_calibration(calibration_source, proto, preprocess=preprocess,
                                        batch_size=config.batch_size, limit=limit, cache_bytes=config.cache_bytes)
-    p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude)
+    p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude,
+                            loaded=proto)
     return p, calibration
 
 
@@ -187,6 +185,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     if config.quantize and calibration is None and calibration_source is None:
         raise CalibrationError(f"--quantize {config.quantize} needs calibration data (static quantization "
                                "calibrates activation ranges): pass --calib DIR|FILE or a calibration_data_reader")
+    has_data = calibration is not None or calibration_source is not None
+    config = replace(config, measure=config.measure_for(has_data or evaluation is not None),
+                     ranking=config.ranking_for(has_data or scores is not None))
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration, hold_out=config.measure)
     judge = None
@@ -200,9 +201,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
         built = _judged(p, built, judge, calibration, scores, plan, fixed)
     if judge is None:
         built.report.extra["fidelity_note"] = "not measured (no data given: --calib or --eval measures it)"
-    final = built.run.model
     if config.quantize:
-        final = _quantize(p, built.run.model, calibration, config, built.report, judge)
+        built = _quantized(p, built, calibration, judge)
+    final = built.run.model
     external = config.use_external_data_format
     if external is None and has_external_data(model_input):
         external = True
@@ -217,11 +218,12 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if removed is None:
         removed = plan_units(p, config, calibration, scores)
     removed = sorted(int(r) for r in removed)
+    made_plan = plan is None
     if plan is None:
         plan = PruningPlan.from_units(p.analysis, removed, criterion=config.criterion if scores is None else "scores",
                                       target=config.target.describe(), ranking=config.ranking,
                                       round_to=config.round_to, steps=len(_schedule(config)))
-    extra = [f for f, _ in calibration.batches()[:1]] if calibration is not None else []
+    extra = calibration.feeds(first=1) if calibration is not None else []
     passes: list[Pass] = [PruneChannelsPass(p.analysis, removed, verify=config.verify, extra_feeds=extra)]
     if calibration is not None and config.recover != "none":
         from .passes.recover import RecoverPass  # recovery pulls in least squares: only when it runs
@@ -229,12 +231,15 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
         passes.append(RecoverPass(p, removed, fit_data, config.recover))
     run = Pipeline(passes)(p.model)
     surgery = run.result_of(PruneChannelsPass.name)
-    verification = surgery.details.get("verification")
+    verification = surgery.verification
     report = build_report(p, run.model, removed, verification)
     recovery = run.result_of("recover")
-    if recovery is not None and recovery.notes:
-        report.extra["recovery"] = recovery.notes[0]
-        report.verification += f"\nrecovery: {recovery.notes[0]}"
+    if recovery is not None and recovery.summary:
+        report.extra["recovery"] = recovery.summary
+        report.verification += f"\nrecovery: {recovery.summary}"
+    refit = refit_meta(config, recovery.summary if recovery is not None and recovery.summary else None)
+    if made_plan and refit is not None:  # `apply` re-fits from these as this run did
+        plan.meta["recovery"] = refit
     return _Built(removed, run, report, verification, config, plan)
 
 
@@ -282,6 +287,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     config = failed.config
     lo, hi, best = 0.0, 1.0, None
     tried = [f"{config.target.describe()}: {failed.report.after.fidelity.value:.3f}"]
+    points = [_macs_and_fidelity(failed)]  # (MACs kept, fidelity) of every budget tried: the report's plot
     for _ in range(BACK_OFF_STEPS):
         mid = (lo + hi) / 2
         step = config_toward_dense(config, mid)
@@ -292,6 +298,7 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
             continue
         fid = cand.report.after.fidelity
         tried.append(f"{step.target.describe()}: {fid.value:.3f}")
+        points.append(_macs_and_fidelity(cand))
         if fid.below_floor:
             lo = mid
         else:
@@ -300,7 +307,13 @@ def _back_off(p: Prepared, failed: _Built, judge: Judge, calibration, scores) ->
     if best is not None:
         best.report.extra["back_off"] = (f"asked {config.target.describe()}, below the floor; backed off to "
                                          f"{best.config.target.describe()} (tried {'; '.join(tried)})")
+        best.report.extra["back_off_points"] = points
     return best
+
+
+def _macs_and_fidelity(built: _Built) -> list[float]:
+    rep = built.report
+    return [rep.after.macs / max(rep.before.macs, 1), rep.after.fidelity.value]
 
 
 def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:
@@ -315,25 +328,27 @@ def config_toward_dense(config: PruneConfig, t: float) -> PruneConfig:
     return replace(config, target_params=tg.params + t * (1 - tg.params))
 
 
-def _quantize(p: Prepared, pruned: onnx.ModelProto, calibration: Calibration, config: PruneConfig, report,
-              judge: Optional[Judge] = None) -> onnx.ModelProto:
-    """The pruned float model quantized (a verified pass); with ``measure``, the dense model too, for the
+def _quantized(p: Prepared, built: _Built, calibration: Calibration, judge: Optional[Judge] = None) -> _Built:
+    """The run's pipeline continued by the quantization pass, once the float model it quantizes was judged
+    (the floor and a back-off judge the float model); with ``measure``, the dense model quantized too, for the
     side-by-side table of dense/pruned x fp32/int8 (size, interleaved latency, fidelity to dense fp32)."""
     from .passes.quantize import QuantizePass
-    result = QuantizePass(calibration, config.quantize)(pruned)
-    report.extra["quantization"] = result.notes[-1]
+    config, report, pruned = built.config, built.report, built.run.model
+    built.run = built.run.then([QuantizePass(calibration, config.quantize)])
+    result = built.run.result_of(QuantizePass.name)
+    report.extra["quantization"] = result.summary
     if judge is not None:
         report.extra["fidelity_quantized"] = judge.measure(result.model)
-    report.verification += f"\nquantize: {result.notes[-1]}"
+    report.verification += f"\nquantize: {result.summary}"
     if config.measure:
         from .compare import compare_variants
         dense_q = QuantizePass(calibration, config.quantize)(p.model).model
-        feeds = calibration.feeds()[-1:]
+        feeds = calibration.feeds(last=1)
         variants = compare_variants({"dense fp32": p.original, "pruned fp32": pruned,
                                      f"dense {config.quantize}": dense_q, f"pruned {config.quantize}": result.model},
                                     feeds, batches=(1, next(iter(feeds[0].values())).shape[0]))
         report.variants = variants
-    return result.model
+    return built
 
 
 def prune_static(model_input: ModelLike, model_output: Optional[PathLike], calibration_data_reader: Any,

@@ -4,6 +4,12 @@ Units are named by one of their kernels, ``layer name -> output channels``,
 so a plan stays meaningful when read by hand and can be re-applied to the
 same model later (``onnxprune apply``). Any kernel of a coupled unit may be
 named; the whole unit goes.
+
+A plan holds no weights: when the prune re-fitted the layers after the
+removed channels (least squares on calibration data) or quantized, ``meta``
+records how (``recovery``: method, rows, batch size, seed, the fit's own
+line), and ``apply`` given the same calibration data re-fits the same way,
+so it writes the model the prune wrote (:func:`refit_meta`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import InvalidArgumentError
 from .graph.io import write_text_atomic
@@ -88,3 +94,16 @@ class PruningPlan:
             raise InvalidArgumentError(f"{p}: cannot read the plan ({exc})") from None
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"{p}: {exc}") from None
+
+
+def refit_meta(config: Any, fitted: Optional[str]) -> Optional[dict[str, Any]]:
+    """What ``apply`` needs to re-fit as the prune did (None when the prune neither re-fitted nor quantized).
+
+    ``config`` is the run's PruneConfig; ``fitted`` the recovery's own line ("least-squares re-fit of 5
+    layer(s), 224 calibration samples"), which ``apply`` compares with its own to tell a different fit.
+    """
+    if fitted is None and not config.quantize:
+        return None
+    return {"recover": config.recover if fitted is not None else "none", "augment": config.augment,
+            "seed": config.seed, "calibration_samples": config.calibration_samples, "batch_size": config.batch_size,
+            "task": config.task, "min_fidelity": config.min_fidelity, "quantize": config.quantize, "fitted": fitted}

@@ -47,16 +47,17 @@ class Prepared:
 
 
 def prepare(model: ModelLike, input_shapes: Optional[dict[str, Sequence[int]]] = None,
-            exclude: Iterable[str] = (), *, verify: bool = True) -> Prepared:
+            exclude: Iterable[str] = (), *, verify: bool = True, loaded: Optional[onnx.ModelProto] = None) -> Prepared:
     """Load, normalise (a verified pass), probe and analyse ``model`` (a path or a ModelProto).
 
     ``verify=False`` skips the normalisation check, for models onnxprune wrote
-    itself (the steps of an iterative schedule).
+    itself (the steps of an iterative schedule). ``loaded``: ``model`` as
+    :func:`load_model` already read and checked it (a run reads its model once).
     """
     source = None if isinstance(model, onnx.ModelProto) else str(model)
-    original = load_model(model)
+    original = loaded if loaded is not None else load_model(model)
     normalized = NormalizePass(input_shapes, verify=verify)(original)
-    normal, shapes = normalized.model, normalized.details["input_shapes"]
+    normal, shapes = normalized.model, normalized.input_shapes
     kept = None if source is not None and needs_external(original) else original
     del original
     pr = probe(normal, shapes)

@@ -1,8 +1,8 @@
 """From scores to the units to remove: ranking rules and the one-shot or iterative schedule.
 
 Iterative schedule: the target is reached in steps; after each step the
-surgery is applied, the pruned model re-analysed and the survivors
-re-scored. The result is always expressed as units of the *original*
+model is pruned by the passes (surgery, and recovery with
+``refit_between_steps``), re-analysed and the survivors re-scored. The result is always expressed as units of the *original*
 model, so the final model is built in one surgery from it and verified
 against the original's masked reference.
 """
@@ -19,9 +19,10 @@ import numpy as np
 from .calibration.dataset import Calibration
 from .config import PruneConfig
 from .errors import NothingToPruneError
-from .graph.surgery import prune_channels
+from .passes.base import Pass, Pipeline
+from .passes.prune import PruneChannelsPass
 from .prepare import Prepared, prepare
-from .scoring.auto import resolve_criterion
+from .scoring.auto import AUTO, resolve_criterion
 from .scoring.registry import ScoreRequest, score
 from .selection import Target, select
 
@@ -70,7 +71,7 @@ def rank_scores(p: Prepared, scores: dict[int, float], config: PruneConfig) -> t
     """Apply normalisation and the ranking rule; returns (keys, cost_aware flag for selection)."""
     if config.layer_norm:
         scores = _normalise(p, scores)
-    if config.ranking == "per_mac":
+    if config.ranking in ("per_mac", AUTO):  # auto unresolved (a caller of the planning functions): per_mac
         return scores, True
     if config.ranking == "flops_reg":
         savings = p.cost.unit_savings()
@@ -86,7 +87,7 @@ def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibra
     """Whole-branch oracle scores when blocks may go and the unit scores are oracle costs on the same scale;
     otherwise None (selection then scores a branch by the sum of its units' scores)."""
     if not (config.allow_drop and scored_here and calibration is not None and config.criterion == "oracle"
-            and config.ranking in ("per_mac", "raw") and not config.layer_norm):
+            and config.ranking in ("per_mac", "raw", AUTO) and not config.layer_norm):
         return None
     from .scoring.depth import drop_scores
     key = ("drop_scores", repr(config.oracle_cost), id(calibration))
@@ -170,7 +171,7 @@ def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) ->
     round_to = config.round_to if isinstance(config.round_to, int) else None
     table = build_table(p.analysis, config.latency_settings, round_to)
     choice = select_latency(p.analysis, scores, config.target.latency, table, config.constraints,
-                            measure=config.measure)
+                            measure=config.measure is not False)
     return choice.removed
 
 
@@ -215,10 +216,10 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         if not chosen:
             continue
         tracker.remove(current, chosen)
-        if i + 1 < len(schedule):
-            pruned = prune_channels(current.analysis, chosen)
+        if i + 1 < len(schedule):  # the step's model, by the passes of a run (unverified: an intermediate)
+            passes: list[Pass] = [PruneChannelsPass(current.analysis, chosen, verify=False)]
             if config.refit_between_steps and config.recover != "none" and calibration is not None:
-                from .passes.recover import recover  # recovery imports the calibration stack: only when asked
-                pruned, _ = recover(current, chosen, pruned, calibration, config.recover)
-            current = prepare(pruned, current.input_shapes, verify=False)
+                from .passes.recover import RecoverPass  # recovery imports least squares: only when asked
+                passes.append(RecoverPass(current, chosen, calibration, config.recover))
+            current = prepare(Pipeline(passes)(current.model).model, current.input_shapes, verify=False)
     return tracker.original_units()

@@ -23,80 +23,16 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 
 from .cost import CostModel
-from .errors import InvalidArgumentError, NothingToPruneError
+from .config import Constraints, Target  # declared with every other setting
+from .errors import NothingToPruneError
 from .graph.analysis import Analysis
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Target:
-    """What to reach: ``percentage`` of prunable kernels removed, or a kept fraction of MACs/params/latency.
-
-    ``latency`` is the kept fraction of the dense model's *measured* time
-    (onnxprune.allocation.latency selects for it).
-    """
-
-    percentage: Optional[float] = None
-    macs: Optional[float] = None
-    params: Optional[float] = None
-    latency: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        given = [v for v in (self.percentage, self.macs, self.params, self.latency) if v is not None]
-        if len(given) > 1:
-            raise InvalidArgumentError("give only one of percentage, target MACs, target params, target latency")
-        if self.percentage is not None and not 0 <= self.percentage < 100:
-            raise InvalidArgumentError(f"percentage must be in [0, 100), got {self.percentage}")
-        for name, v in (("target MACs", self.macs), ("target params", self.params),
-                        ("target latency", self.latency)):
-            if v is not None and not 0 < v <= 1:
-                raise InvalidArgumentError(f"{name} is the kept fraction and must be in (0, 1], got {v}")
-
-    @property
-    def effective(self) -> "Target":
-        if self.percentage is None and self.macs is None and self.params is None and self.latency is None:
-            return Target(percentage=10.0)
-        return self
-
-    def describe(self) -> str:
-        t = self.effective
-        if t.percentage is not None:
-            return f"{t.percentage:g}% of prunable kernels"
-        if t.macs is not None:
-            return f"<= {t.macs:.0%} of MACs"
-        if t.latency is not None:
-            return f"<= {t.latency:.0%} of measured latency"
-        return f"<= {t.params:.0%} of parameters"
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Per-layer limits: never remove more than ``max_layer_ratio`` of a layer; keep multiples of ``round_to``.
-
-    ``round_to="auto"`` (the default) picks per group what onnxruntime's CPU
-    kernels run fast without costing much accuracy: multiples of 8 for groups
-    of 128 channels or more, 4 from 16, free below (see :func:`group_round_to`).
-    """
-
-    max_layer_ratio: float = 0.9
-    min_kernels: int = 1
-    round_to: Union[int, str] = "auto"
-    allow_drop: bool = False  # may remove every channel of a droppable group (its residual branch goes)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.max_layer_ratio <= 1:
-            raise InvalidArgumentError(f"max layer ratio must be in (0, 1], got {self.max_layer_ratio}")
-        if self.min_kernels < 1:
-            raise InvalidArgumentError("min kernels per layer must be at least 1")
-        if self.round_to != "auto" and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise InvalidArgumentError(f"round-to must be a positive integer or 'auto', got {self.round_to!r}")
 
 
 class _Budget:

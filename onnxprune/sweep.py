@@ -4,10 +4,10 @@ Every budget goes through the one pruning path (:func:`pipeline.run_pruning`
 with the shared scores, recovery as by default). Accuracy is measured only on
 rows the scores and the recovery never saw: every row of a separate
 evaluation source, or every row of the calibration file that calibration
-did not take (:mod:`onnxprune.held_out`, streamed in batches); without
+did not take (:mod:`onnxprune.fidelity.held_out`, streamed in batches); without
 labels the pruned outputs are compared with the dense model's (fidelity).
 All models are timed interleaved with the dense one. The report
-(:mod:`onnxprune.report_html`) is Markdown + PNG and one self-contained HTML page.
+(:mod:`onnxprune.report.sweep`) is Markdown + PNG and one self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from .calibration import Preprocess
 from .config import PruneConfig
 from .errors import InvalidArgumentError
 from .graph.io import ModelLike
-from .fidelity import Fidelity, TaskCost, make_judge, measure_fidelity
+from .fidelity import TaskCost, make_judge, measure_fidelity
 from .fidelity.cost import needs_task_cost
 from .fidelity.measure import LABELS
-from .held_out import held_out, outputs_of
-from .latency.measure import feeds_for, time_interleaved
+from .fidelity.held_out import held_out, outputs_of
+from .latency.measure import feeds_for, time_models
 from .pipeline import prepare_run, run_pruning, score_units
-from .report_html import SweepPoint, SweepResult, write_sweep_report
+from .report import Provenance, group_of_layer
+from .report.sweep import SweepPoint, SweepResult, write_sweep_report
 from .schedule import criterion_for
 
 logger = logging.getLogger(__name__)
@@ -49,19 +50,16 @@ def parse_budgets(text: str) -> list[float]:
     return sorted(set(values), reverse=True)
 
 
-def _quality(fid: Fidelity) -> float:
-    """Top-1 accuracy where labels gave it, else the task's fidelity to the dense model (one measure)."""
-    return fid.values.get("top1", fid.value)
-
-
 def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[float], out_dir: str | Path, *,
           kind: str = "macs", config: PruneConfig = PruneConfig(), eval_source: Any = None,
           preprocess: Optional[Preprocess] = None, write_models: bool = True,
-          kernel_scores: Optional[dict[str, list[float]]] = None) -> SweepResult:
+          kernel_scores: Optional[dict[str, list[float]]] = None,
+          provenance: Optional[Provenance] = None) -> SweepResult:
     """Prune ``model_input`` to each kept fraction in ``budgets`` (of MACs or measured latency) and report.
 
     ``kernel_scores`` (layer -> one score per kernel, as ``onnxprune score``
-    writes them) replaces the scoring step.
+    writes them) replaces the scoring step. ``provenance``: the command line and calibration set the
+    report names (default: this call's calibration source, the date and the machine).
     """
     if kind not in BUDGET_KINDS:
         raise InvalidArgumentError(f"unknown budget kind {kind!r}; choose macs or latency")
@@ -96,7 +94,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     settings = base.latency_settings
     feed = feeds_for(p.model, p.with_batch(settings.batch))
     models = {"dense": p.original, **{b: r.model for b, r in results}}
-    times = time_interleaved(models, {k: feed for k in models}, settings)
+    times = time_models(models, feed, settings)
     evaluation = held_out(calibration_source, eval_source, p.original, preprocess=preprocess,
                           batch_size=calibration.batch_size if calibration is not None else base.batch_size,
                           calibration_limit=base.calibration_samples)
@@ -114,7 +112,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     points = []
     for b, res in results:
         fid = measure_fidelity(spec, ref, outputs[b], labels, data=where)
-        q = _quality(fid)
+        q = fid.quality
         rep = res.report
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},
@@ -124,13 +122,26 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
             notes.append(f"budget {b:g}: latency target missed by {100 * lat['missed_by']:.1f} points "
                          f"(measured {lat['measured_fraction']:.1%})")
     layers = [(layer.name, layer.kernels) for layer in p.analysis.layers.values() if layer.prunable_kernels]
-    sensitivity: dict[str, float] = {}
+    groups = group_of_layer(p.analysis)
+    first = {}  # channel group -> its first prunable layer, which names it in the report
+    for layer_name, _ in layers:
+        first.setdefault(groups.get(layer_name, layer_name), layer_name)
+    sensitivity: dict[str, float] = {}  # each unit once, in its group (not on every layer the group spans)
     for r, s in scores.items():
-        for layer, _ in p.analysis.unit_kernels[r]:
-            sensitivity[layer] = sensitivity.get(layer, 0.0) + float(s)
+        gid = p.analysis.group_of.get(r)
+        key = first.get(gid, p.analysis.unit_kernels[r][0][0])
+        sensitivity[key] = sensitivity.get(key, 0.0) + float(s)
     result = SweepResult(name, kind, base.criterion, times["dense"], dense_quality,
                          "top-1 accuracy" if labels is not None and "top1" in dense.values
                          else f"{LABELS[dense.headline]} with the dense model ({spec.task})",
-                         where, settings.describe(), points, layers, sensitivity, notes)
+                         where, settings.describe(), points, layers, sensitivity, notes, groups=groups,
+                         provenance=provenance or Provenance(calibration=_source_name(calibration_source)))
     write_sweep_report(result, out)
     return result
+
+
+def _source_name(source: Any) -> Optional[str]:
+    """A calibration source as the report names it: its path, or what kind of object it is."""
+    if source is None:
+        return None
+    return str(source) if isinstance(source, (str, Path)) else f"in-memory {type(source).__name__}"

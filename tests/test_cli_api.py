@@ -129,6 +129,11 @@ def test_demo_runs_and_leaves_nothing_behind(capsys, caplog, tmp_path, monkeypat
     assert main(["demo"]) == 0
     out, err = capsys.readouterr()
     assert "accuracy" in out and out.rstrip().endswith("the pruned model was not kept: pass -o FILE to keep it")
+    # accuracy and fidelity on the same rows, and the rows named; the speed-up with its noise verdict
+    assert "accuracy (500 held-back test digits)" in out and "500 evaluation rows" in out
+    assert "calibration rows" not in out.split("fidelity to dense")[1].split("\n")[0]
+    speed = next(line for line in out.splitlines() if line.startswith("latency (median, batch 64)"))
+    assert " ms (" in speed and "speed-up " in speed
     assert list(tmp_path.iterdir()) == []
     assert "\r" not in err
     assert any(r.name == "onnxprune.progress" and r.getMessage().startswith("oracle (local): ") for r in caplog.records)
@@ -153,7 +158,11 @@ def test_score_then_prune_with_scores_cli(tmp_path, capsys):
     assert main(["prune", str(model), "-o", str(out), "--calib", str(calib), "--calib-limit", "16",
                  "--target-macs", "0.7", "--steps", "2", "--report", str(tmp_path / "r.md")]) == 0
     text = capsys.readouterr().out
-    assert "least-squares" in text and (tmp_path / "r.md").read_text().startswith("| |")
+    md = (tmp_path / "r.md").read_text()
+    assert "least-squares" in text and md.startswith("# onnxprune: m.onnx -> oracle.onnx\n")
+    for printed in ("method: oracle scores", "fidelity to dense", "before recovery", "Kept kernels per layer",
+                    "least-squares"):  # what the terminal printed is in the report file too
+        assert printed in text and printed in md, printed
 
 
 def test_calibration_errors_are_clear(tmp_path, capsys):

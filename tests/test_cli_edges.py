@@ -85,7 +85,8 @@ def test_report_html_is_a_page(tmp_path):
     page = tmp_path / "r.html"
     assert main(["prune", MODEL, "-o", str(tmp_path / "s.onnx"), "--percentage", "30", "--report", str(page)]) == 0
     text = page.read_text()
-    assert text.startswith("<!DOCTYPE html>") and text.count("<table>") == 1 and "<td>MACs</td>" in text
+    assert text.startswith("<!DOCTYPE html>") and text.count("<table>") == 2 and "<td>MACs</td>" in text
+    assert "Kept kernels per layer" in text and "command: onnxprune prune" in text
 
 
 def test_report_of_unknown_kind_is_refused_before_any_work(tmp_path, capsys):
@@ -100,7 +101,8 @@ def test_report_dash_is_markdown_on_stdout(tmp_path, capsys):
     out = tmp_path / "s.onnx"
     assert main(["prune", MODEL, "-o", str(out), "--report", "-"]) == 0
     stdout, stderr = capsys.readouterr()
-    assert stdout.startswith("| | before | after | kept |\n") and stderr == f"wrote {out}\n"
+    assert stdout.startswith("# onnxprune: ") and "| | before | after | kept |\n" in stdout
+    assert stderr == f"wrote {out}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
     assert main(["prune", MODEL, "-o", str(out), "--report", "-", "--json"]) == 2
 
@@ -113,15 +115,14 @@ def test_report_to_a_special_file(tmp_path, capfd, special):
     assert ("| | before | after | kept |" in capfd.readouterr().out) == (special == "/dev/stdout")
 
 
-def test_data_free_prune_takes_the_ranking_given(monkeypatch, tmp_path):
+def test_data_free_prune_takes_the_ranking_given(tmp_path):
+    """The data-free run goes the one config path: ranking auto resolves to raw, a given ranking is kept."""
     seen = []
-
-    def capture(model, output, config):
-        seen.append(config.ranking)
-        raise onnxprune.InvalidArgumentError("stop")
-    monkeypatch.setattr(onnxprune.api, "prune_model", capture)
     for extra in ([], ["--ranking", "per_mac"]):
-        main(["prune", MODEL, "-o", str(tmp_path / "s.onnx"), *extra])
+        plan = tmp_path / f"plan{len(seen)}.json"
+        assert main(["prune", MODEL, "-o", str(tmp_path / f"s{len(seen)}.onnx"), "--save-plan", str(plan),
+                     *extra]) == 0
+        seen.append(json.loads(plan.read_text())["meta"]["ranking"])
     assert seen == ["raw", "per_mac"]
 
 

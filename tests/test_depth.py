@@ -51,7 +51,7 @@ def test_dropping_a_branch_removes_its_nodes_and_folds_its_constant_exactly():
     names = {n.name for n in pruned.graph.node}
     info = p.analysis.drops[g.id]
     assert not (set(info.dead) | set(info.constant_nodes)) & names
-    assert len(info.zero_fed) == 1 and result.details["dropped_groups"] == [g.id]
+    assert len(info.zero_fed) == 1 and result.dropped_groups == (g.id,)
     ops = [n.op_type for n in pruned.graph.node]
     assert ops.count("Conv") == 3 and ops.count("BatchNormalization") == 2 and ops.count("Add") == 2
     # the Add now adds BN2(bias of conv2): the branch's value when its input is zero
@@ -207,5 +207,5 @@ def test_shared_models_drop_every_droppable_branch_exactly(name, droppable):
     assert len(groups) == droppable
     removed = [r for g in groups for r in g.units]
     result = PruneChannelsPass(p.analysis, removed)(p.model)
-    assert result.details["dropped_groups"] == [g.id for g in groups]
-    assert result.details["verification"].max_rel_error < 1e-5
+    assert result.dropped_groups == tuple(g.id for g in groups)
+    assert result.verification.max_rel_error < 1e-5

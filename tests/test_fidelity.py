@@ -182,3 +182,23 @@ def test_latency_claims_only_outside_the_timing_noise():
     plain = Report(ModelStats(10, 100, 1, 1.0), ModelStats(5, 50, 1, 0.9),
                    extra={"latency_range_ms": {"before": [1.0, 0.8, 1.2], "after": [0.9, 0.85, 1.1]}})
     assert "speed-up 1.11x (inside the timing noise)" in plain.table()
+
+
+def test_one_relative_l2_for_raw_distortion_and_the_generic_task():
+    """The raw distortion (quantize's bound, sparsity's output change, the variants table) and the generic
+    task's per-feature figure are one function; its value is the textbook ||y - y0|| / ||y0||."""
+    from onnxprune.fidelity.distortion import argmax_agreement, distortion, relative_l2
+    rng = np.random.default_rng(0)
+    ref = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)]
+    out = [r + np.float32(0.1) * rng.normal(size=r.shape).astype(np.float32) for r in ref]
+    a, b = np.concatenate([x.ravel() for x in ref]), np.concatenate([x.ravel() for x in out])
+    want = np.linalg.norm(b.astype(np.float64) - a) / np.linalg.norm(a.astype(np.float64))
+    assert relative_l2(ref, out) == pytest.approx(want, rel=1e-12)
+    assert relative_l2(ref + [np.arange(3)], out + [np.arange(3) + 5]) == relative_l2(ref, out)  # ints skipped
+    agree = np.mean(np.concatenate([(o.argmax(-1) == r.argmax(-1)) for r, o in zip(ref, out)]))
+    assert argmax_agreement(ref, out) == agree
+    assert distortion(ref, out) == {"rel_l2": relative_l2(ref, out), "argmax_agreement": agree}
+    spec = guess_task(onnx.ModelProto(), [np.concatenate(ref)], "generic", ["y"])
+    fid = measure_fidelity(spec, [[ref[0]], [ref[1]]], [[out[0]], [out[1]]])
+    scale = np.asarray(spec.outputs[0].scales).reshape(1, -1)
+    assert fid.values["rel_l2"] == relative_l2([np.concatenate(ref)], [np.concatenate(out)], scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.calibration import spread_indices
-from onnxprune.held_out import held_out, outputs_of
+from onnxprune.fidelity.held_out import held_out, outputs_of
 from onnxprune.runtime import make_session
 
 from builders import Builder

@@ -256,3 +256,18 @@ def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch,
     assert any("onnxprune[plot]" in r.getMessage() for r in caplog.records)
     assert capsys.readouterr().out.splitlines()[-1] == \
         f'wrote {tmp_path / "sw"}/sweep.html, sweep.md and no plots (pip install "onnxprune[plot]" for them)'
+
+
+def test_one_timer_speed_against_dense():
+    """Every caller times through latency.measure: models on one feed interleaved, a pruned model as a Speed."""
+    from onnxprune.latency.measure import Speed, Timing, time_against_dense, time_models
+    s = Speed(Timing(2.0, 1.8, 2.4), Timing(1.0, 0.9, 1.5))
+    assert (s.fraction, s.fastest_fraction, s.speedup, s.outside_noise) == (0.5, 0.5, 2.0, True)
+    assert not Speed(Timing(2.0, 1.4, 2.4), Timing(1.6, 1.2, 1.8)).outside_noise
+    model = residual_net()
+    feed = {"x": np.zeros((1, 3, 8, 8), np.float32)}
+    settings = LatencySettings(rounds=2, runs=1)
+    t = time_models({"a": model, "b": model}, feed, settings)
+    assert set(t) == {"a", "b"} and all(v.low <= v.median <= v.high for v in t.values())
+    speed = time_against_dense(model, model, feed, settings)
+    assert speed.dense.median > 0 and speed.pruned.median > 0 and speed.dense.as_list()[0] == speed.dense.median

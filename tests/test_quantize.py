@@ -66,7 +66,7 @@ def test_quantize_pass_writes_qdq_int8_close_to_float(model):
     conv_w = next(t for t in int8 if tuple(t.dims) == (8, 3, 3, 3))
     dq = next(n for n in result.model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == conv_w.name)
     assert tuple(scales[dq.input[1]].dims) == (8,)  # per output channel
-    fid = result.details["fidelity"]
+    fid = result.fidelity
     assert 0 < fid["rel_l2"] < 0.1 and fid["argmax_agreement"] >= 0.9
     assert "int8 (QDQ, per-channel weights, " in result.notes[-1]
     x = _images(4, seed=9)

@@ -272,10 +272,18 @@ def test_threshold_already_reached_changes_nothing() -> None:
         np.testing.assert_array_equal(weights_of(again.model)[name], w)
 
 
+def test_schedule_in_the_pruning_verbs_words() -> None:
+    """steps / gradual_start / gradual_gamma mean what they mean for `prune`; the history still says the mode."""
+    assert SparsifyConfig(threshold=0.6).schedule() == (0.6,) and SparsifyConfig().mode == "static"
+    assert SparsifyConfig(threshold=0.6, steps=3).schedule() == (0.2, 0.4, 0.6)
+    gradual = SparsifyConfig(threshold=0.5, gradual_start=0.2, gradual_gamma=0.2)
+    assert gradual.schedule() == (0.2, 0.4, 0.5) and gradual.mode == "gradual"
+
+
 def test_gradual_without_data_reaches_the_same_l1_masks_as_static() -> None:
     model = conv_gemm_model()
     static = sparsify(model, config=SparsifyConfig(threshold=0.8))
-    gradual = sparsify(model, config=SparsifyConfig(threshold=0.8, mode="gradual", start=0.1, gamma=0.2))
+    gradual = sparsify(model, config=SparsifyConfig(threshold=0.8, gradual_start=0.1, gradual_gamma=0.2))
     assert gradual.steps == (0.1, 0.3, 0.5, 0.7, 0.8)
     assert all(np.array_equal(static.masks[n], gradual.masks[n]) for n in static.masks)
 
@@ -285,7 +293,7 @@ def test_gradual_refit_recovers_outputs_and_respects_masks() -> None:
     rng = np.random.default_rng(5)
     calib = {"x": np.maximum(rng.standard_normal((96, 8, 10, 10)), 0).astype(np.float32)}
     plain = sparsify(model, config=SparsifyConfig(threshold=0.7))
-    fitted = sparsify(model, config=SparsifyConfig(threshold=0.7, mode="gradual", start=0.3, gamma=0.2),
+    fitted = sparsify(model, config=SparsifyConfig(threshold=0.7, gradual_start=0.3, gradual_gamma=0.2),
                       calibration_data_reader=calib)
     assert fitted.steps == (0.3, 0.5, 0.7)
     assert all(layer.refit.startswith("re-fitted") for layer in fitted.layers)
@@ -465,7 +473,10 @@ def test_input_file_and_proto_are_never_modified(tmp_path: Path) -> None:
     ({"scope": "model"}, "unknown scope"),
     ({"filler": "ln", "scope": "global"}, "no global form"),
     ({"op_types": ("Add",)}, "not supported"),
-    ({"mode": "gradual", "gamma": 0.0}, "gamma must be > 0"),
+    ({"gradual_start": 0.1, "gradual_gamma": 0.0}, r"gamma in \(0, 1\]"),
+    ({"gradual_start": 0.1}, "needs both a start and a gamma"),
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"steps": 2, "gradual_start": 0.1, "gradual_gamma": 0.1}, "not both"),
 ])
 def test_bad_settings_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
@@ -535,8 +546,8 @@ def test_cli_gradual_refit_with_calibration_file(tmp_path: Path, capsys: pytest.
     onnx.save(two_conv_model(), str(src))
     calib = tmp_path / "calib.npz"
     np.savez(calib, images=np.random.default_rng(0).standard_normal((40, 8, 10, 10)).astype(np.float32))
-    assert cli(str(src), "-o", str(tmp_path / "out.onnx"), "--threshold", "0.6", "--mode", "gradual",
-               "--start", "0.2", "--gamma", "0.2", "--calib", str(calib), "--samples", "32") == 0
+    assert cli(str(src), "-o", str(tmp_path / "out.onnx"), "--threshold", "0.6", "--gradual-start", "0.2",
+               "--gradual-gamma", "0.2", "--calib", str(calib), "--samples", "32") == 0
     printed = capsys.readouterr().out
     assert "re-fitted" in printed and "steps 0.2, 0.4, 0.6" in printed and "on calibration samples" in printed
 
@@ -581,7 +592,7 @@ def test_cli_bad_sparsify_arguments_exit_with_code_2(tmp_path: Path, capsys: pyt
     assert cli(str(src), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "missing")) == 2
     assert "no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        cli(str(src), "--mode", "sometimes")
+        cli(str(src), "--scope", "sometimes")
     assert exc.value.code == 2
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from ..graph.analysis import Analysis
-from ..latency.measure import Timing, feeds_for, time_interleaved
+from ..latency.measure import Speed, feeds_for, time_against_dense
 from ..latency.model import LatencyModel
 from ..latency.table import LatencyTable
 from ..selection import Constraints, _Budget
@@ -51,17 +51,12 @@ class LatencyChoice:
     removed: list[int]
     widths: dict[int, int]
     predicted_ms: float
-    measured: Optional[Timing] = None
-    dense: Optional[Timing] = None
+    speed: Optional[Speed] = None  # measured against the dense model
 
     @property
     def measured_fraction(self) -> Optional[float]:
-        """Pruned over dense time, from the fastest round of each: a busy machine only ever adds time,
-        so the minima compare what the models cost (medians moved 2x between identical runs at a load of 7x
-        the cores)."""
-        if self.measured is None or self.dense is None:
-            return None
-        return self.measured.low / max(self.dense.low, 1e-12)
+        """Pruned over dense time from the fastest round of each (:attr:`Speed.fastest_fraction`)."""
+        return None if self.speed is None else self.speed.fastest_fraction
 
 
 def min_width(n: int, constraints: Constraints) -> int:
@@ -134,7 +129,7 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     choice = choose(analysis, table, scores, fraction, constraints)
     if not measure:
         return choice
-    from ..graph.surgery import prune_channels
+    from ..passes.prune import PruneChannelsPass  # each candidate built by the surgery pass (timed, not verified)
     settings = table.settings
     shapes = {k: (settings.batch,) + tuple(v[1:]) for k, v in analysis.probe.input_shapes.items()}
     feed = feeds_for(analysis.proto, shapes)
@@ -143,9 +138,9 @@ def select_latency(analysis: Analysis, scores: dict[int, float], fraction: float
     for i in range(rounds):
         key = tuple(choice.removed)
         if key not in seen:
-            pruned = prune_channels(analysis, choice.removed)
-            t = time_interleaved({"dense": analysis.proto, "pruned": pruned}, {"dense": feed, "pruned": feed}, settings)
-            seen[key] = LatencyChoice(choice.removed, choice.widths, choice.predicted_ms, t["pruned"], t["dense"])
+            pruned = PruneChannelsPass(analysis, choice.removed, verify=False)(analysis.proto).model
+            speed = time_against_dense(analysis.proto, pruned, feed, settings)
+            seen[key] = LatencyChoice(choice.removed, choice.widths, choice.predicted_ms, speed)
         ratio = seen[key].measured_fraction
         logger.info("latency round %d: aimed at %.3f, predicted %.3f, measured %.3f of dense (target %.3f)",
                     i + 1, aim, choice.predicted_ms / table.dense.median, ratio, fraction)

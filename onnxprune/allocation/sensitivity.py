@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from ..graph.analysis import Analysis
 from ..graph.layout import as_matrix, from_matrix, node_attrs
 from ..graph.subgraph import expose, extract_reached
-from ..lsq import GramSystem, conv_geometry, fit_gram, im2col
+from ..lsq import HELD_BACK, GramSystem, Site, fit_gram, fit_samples, stream
 from ..progress import LogProgress
 from ..runtime import make_session
 from ..scoring.oracle_cost import oracle_cost
@@ -49,12 +49,11 @@ LEVELS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 MAX_ROWS = 8192
 
 
-@dataclass
-class _Site:
-    """A consumer layer of one group: its weight fed as an input of the evaluation session."""
+@dataclass(kw_only=True)
+class _Site(Site):
+    """A consumer layer of one group (:class:`onnxprune.lsq.Site`): its weight fed as an input of the evaluation
+    session, the original weight, and the Gram sums of its rows."""
 
-    node: onnx.NodeProto
-    op: str
     weight: str
     bias: Optional[str]  # bias input fed (for a Conv/Gemm without one, a zero bias the evaluation adds)
     added_bias: bool
@@ -64,7 +63,6 @@ class _Site:
     taps: int  # features per input channel (kh * kw for a Conv, 1 otherwise)
     refit: bool
     system: Optional[GramSystem] = None
-    positions: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
 @dataclass
@@ -138,8 +136,10 @@ def _sites(analysis: Analysis, model: onnx.ModelProto) -> dict[int, list[_Site]]
             bias = f"{node.name}__sensitivity_bias"
         refit = node.op_type in ("Conv", "Gemm") and not int(attrs.get("transA", 0))
         taps = M.shape[1] // lab.size
-        out.setdefault(gid, []).append(_Site(node, node.op_type, node.input[1], bias, added, tuple(W.shape), M,
-                                             b0.reshape(-1), taps, refit))
+        out.setdefault(gid, []).append(_Site(node=node.name, op=node.op_type, attrs=attrs, input=node.input[0],
+                                             output=node.output[0], weight=node.input[1], bias=bias,
+                                             added_bias=added, w_shape=tuple(W.shape), matrix=M,
+                                             bias0=b0.reshape(-1), taps=taps, refit=refit))
     return out
 
 
@@ -151,7 +151,7 @@ def _eval_model(model: onnx.ModelProto, sites: list[_Site]) -> onnx.ModelProto:
     for s in sites:
         if s.added_bias:
             m.graph.initializer.append(numpy_helper.from_array(np.zeros(s.matrix.shape[0], np.float32), s.bias))
-            node = nodes[s.node.name]
+            node = nodes[s.node]
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = s.bias
@@ -175,7 +175,7 @@ def _suffix(model: onnx.ModelProto, sites: list[_Site]) -> tuple[onnx.ModelProto
     onnxruntime's fast paths for constant weights. An output computed before
     the first site (another head) is unchanged: the loss takes it from the base run.
     """
-    names = {s.node.name for s in sites}
+    names = {s.node for s in sites}
     nodes = list(model.graph.node)
     start = min(i for i, n in enumerate(nodes) if n.name in names)
     sub, feeds, reached = extract_reached(model, nodes[start:], [o.name for o in model.graph.output], name="suffix")
@@ -187,46 +187,29 @@ def _collect(model: onnx.ModelProto, sites: list[_Site], feeds: list[dict], n_fi
              rng: np.random.Generator) -> None:
     """One streamed pass of the original model: Gram sums of every re-fitted site, fit and held-back rows apart."""
     todo = [s for s in sites if s.refit]
-    names = sorted({x for s in todo for x in (s.node.input[0], s.node.output[0])})
+    names = sorted({x for s in todo for x in (s.input, s.output)})
     if not names:
         return
-    sess = make_session(expose(model, names))
     n_img = sum(next(iter(f.values())).shape[0] for f in feeds)
-    start = 0
-    for f in feeds:
-        out = dict(zip(names, sess.run(names, f)))
-        n = next(iter(f.values())).shape[0]
+    for start, end, out in stream(model, names, feeds):
         for s in todo:
-            x, y = out[s.node.input[0]], out[s.node.output[0]]
+            x, y = out[s.input], out[s.output]
             if s.system is None:
                 s.system = GramSystem(s.matrix.shape[1], s.matrix.shape[0])
-            if s.op == "Conv":
-                hw = y.shape[2] * y.shape[3]
-                if s.positions is None:
-                    per = max(1, min(hw, max_rows // max(n_img, 1)))
-                    flat = np.stack([rng.choice(hw, per, replace=False) for _ in range(n_img)])
-                    s.positions = (flat // y.shape[3], flat % y.shape[3])
-                oy, ox = s.positions[0][start:start + n], s.positions[1][start:start + n]
-                geo = conv_geometry(node_attrs(s.node), s.w_shape, x.shape)
-                idx = np.repeat(np.arange(n), oy.shape[1])
-                rows = im2col(x, geo, idx, oy.ravel(), ox.ravel())
-                target = y[np.arange(n)[:, None], :, oy, ox].reshape(-1, y.shape[1])
-                per_img = oy.shape[1]
-            else:
-                rows, target = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-                per_img = rows.shape[0] // n
-            split = max(0, min(n, n_fit - start)) * per_img
+            if s.op == "Conv" and s.rows_n is None:
+                s.sample_per_sample(y, n_img, max_rows, rng)
+            rows, target = s.rows(x, s.w_shape, start), s.targets(y, start)
+            split = s.rows_before(n_fit, start, end - start, rows.shape[0])
             if split:
                 s.system.add(rows[:split], target[:split], held=False)
             if split < rows.shape[0]:
                 s.system.add(rows[split:], target[split:], held=True)
-        start += n
         del out
 
 
 def _option_feeds(analysis: Analysis, s: _Site, removed: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
     """Weight (and bias) of a site with the removed channels' columns zero and the rest re-fitted; proxy error."""
-    keep = analysis.keep_mask(s.node.input[0], removed)
+    keep = analysis.keep_mask(s.input, removed)
     cols_keep = np.repeat(keep, s.taps)
     M, b = s.matrix.copy(), s.bias0.copy()
     proxy = 0.0
@@ -238,8 +221,7 @@ def _option_feeds(analysis: Analysis, s: _Site, removed: np.ndarray) -> tuple[di
     if fit is not None:
         energy = s.system.yy["val"] / max(s.system.rows["val"] * M.shape[0], 1)
         proxy = min(fit.err_fit, fit.err_plain) / max(energy, 1e-30)
-    attrs = node_attrs(s.node)
-    feeds = {s.weight: from_matrix(s.op, attrs, M, s.w_shape).astype(np.float32)}
+    feeds = {s.weight: from_matrix(s.op, s.attrs, M, s.w_shape).astype(np.float32)}
     if s.bias is not None:
         feeds[s.bias] = b.astype(np.float32).reshape(-1)
     return feeds, proxy
@@ -249,14 +231,14 @@ class Sensitivity:
     """The curves of every prunable group of ``analysis`` (``model`` is its normalised model), and the
     distortion of any combination of their options (every chosen re-fit fed at once).
 
-    ``feeds``: calibration batches in order; the first ``fit_fraction`` of
-    the samples fit, the rest measure (the split the recovery pass uses).
+    ``feeds``: calibration batches in order; the last ``held_fraction`` of
+    the samples measure, the others fit (the split the recovery pass uses, :func:`onnxprune.lsq.fit_samples`).
     ``refit=False`` measures the plain removal (for runs without recovery).
     """
 
     def __init__(self, analysis: Analysis, model: onnx.ModelProto, scores: dict[int, float],
                  constraints: Constraints, feeds: list[dict[str, np.ndarray]], *, cost="auto",
-                 fit_fraction: float = 0.8, levels: Sequence[float] = LEVELS, max_rows: int = MAX_ROWS,
+                 held_fraction: float = HELD_BACK, levels: Sequence[float] = LEVELS, max_rows: int = MAX_ROWS,
                  refit: bool = True, seed: int = 0) -> None:
         self.analysis = analysis
         self.cost = cost
@@ -266,7 +248,7 @@ class Sensitivity:
         for s in all_sites:
             s.refit = s.refit and refit
         n_img = sum(next(iter(f.values())).shape[0] for f in feeds)
-        n_fit = max(1, int(round(n_img * fit_fraction))) if n_img >= 5 else n_img
+        n_fit = fit_samples(n_img, held_fraction)
         _collect(model, all_sites, feeds, n_fit, max_rows, np.random.default_rng(seed))
         self.held = _held_back(feeds, n_fit)
         self.model = model

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import islice
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -24,7 +25,7 @@ from .augment import Augment, augment_arrays
 from ..graph.probe import input_dtypes
 from .cache import DEFAULT_CACHE_BYTES, CachedDataset
 from .preprocess import Preprocess
-from .readers import ArrayReader
+from .readers import DEFAULT_BATCH_SIZE, ArrayReader
 from .source import open_calibration
 from .validate import fixed_batch, is_static, model_input_shapes
 
@@ -41,14 +42,22 @@ class Calibration:
     """Inputs the model takes in another float type than float32 (float16): cast on the way out."""
 
     def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
-        out = list(self.dataset.batches_with_labels(self.batch_size))
-        if not self.dtypes:
-            return out
-        return [({k: v.astype(self.dtypes[k]) if k in self.dtypes else v for k, v in f.items()}, y) for f, y in out]
+        """Every batch with its labels, in the model's input types."""
+        return [(self._cast(f), y) for f, y in self.dataset.batches_with_labels(self.batch_size)]
 
-    def feeds(self) -> list[dict[str, np.ndarray]]:
-        """The batches without labels."""
-        return [f for f, _ in self.batches()]
+    def feeds(self, *, first: Optional[int] = None, last: Optional[int] = None) -> list[dict[str, np.ndarray]]:
+        """The batches without labels; ``first``/``last``: only that many from the start or the end (only
+        those are cast, so a check on one batch does not copy the whole set)."""
+        pairs = self.dataset.batches_with_labels(self.batch_size)  # slices of the cache, one at a time
+        raw = [f for f, _ in (islice(pairs, first) if first is not None else pairs)]
+        if last is not None:
+            raw = raw[-last:] if last else []
+        return [self._cast(f) for f in raw]
+
+    def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.dtypes:
+            return feeds
+        return {k: v.astype(self.dtypes[k]) if k in self.dtypes else v for k, v in feeds.items()}
 
     @property
     def labels(self) -> Optional[np.ndarray]:
@@ -128,7 +137,7 @@ def with_model_size(preprocess: Optional[Preprocess], model: onnx.ModelProto) ->
 
 
 def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optional[Preprocess] = None,
-                     batch_size: int = 32, limit: Optional[int] = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, limit: Optional[int] = None,
                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Calibration:
     """Open and cache any calibration source (reader, folder, .npy/.npz, arrays, iterable).
 

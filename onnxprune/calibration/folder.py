@@ -217,6 +217,7 @@ class ImageFolderReader(BatchReader):
                            folder, len(files) % fixed_batch, fixed_batch)
         self.input_name = input_name
         self.preprocess = preprocess
+        _notice_resize(folder, files, self.size, preprocess)
         self._files = files
         self._labels = labels
         super().__init__(len(files), batch_size or fixed_batch or DEFAULT_BATCH_SIZE,
@@ -238,3 +239,18 @@ class ImageFolderReader(BatchReader):
         pixels = np.stack([load_image(f, self.size, self.preprocess) for f in self._files[start:stop]])
         labels = None if self._labels is None else self._labels[start:stop]
         return {self.input_name: normalize(pixels, self.preprocess)}, labels
+
+
+def _notice_resize(folder: Path, files: list[Path], size: tuple[int, int], preprocess: Preprocess) -> None:
+    """One warning when the images are not the model's size: they are resized (how, and which flags choose)."""
+    from PIL import Image
+    try:
+        with Image.open(files[0]) as image:
+            width, height = image.size  # the header only
+    except Exception:  # noqa: BLE001 - an unreadable file is refused with its name when it is read
+        return
+    if (height, width) != tuple(size):
+        how = ("letterboxed (aspect ratio kept, padded)" if preprocess.letterbox else
+               "stretched" if preprocess.mode == "resize" else "resized (the shorter side, then a center crop)")
+        logger.warning("%s: images of %dx%d (the first, %s) are %s to the model's %dx%d; --size, --resize and "
+                       "--letterbox choose how", folder, height, width, files[0].name, how, *size)

@@ -12,39 +12,38 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ..config import QUANTIZE_MODES, default
 from ..errors import EXIT_BELOW_FLOOR, EXIT_INTERRUPTED, BelowFloorError, OnnxPruneError
 from ..scoring.auto import AUTO
 from ..scoring.registry import CRITERIA
 from .args import (EXCLUDE_HELP, _add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args,
-                   _add_target_args, _input_shapes, _preprocess)
+                   _add_recover_arg, _add_target_args, _input_shapes, _preprocess)
 from .output import check_report_target, emit_refused, emit_result, error_json
 
 logger = logging.getLogger(__name__)
 
 
-def _config(args, criterion: str):
+def _config(args):
+    """The PruneConfig the parsed flags describe: every flag named as its field (or renamed in ``FIELD_OF``);
+    a flag this verb lacks keeps PruneConfig's default, the one place defaults live."""
+    from dataclasses import fields
+
     from ..config import PruneConfig
-    return PruneConfig(
-        criterion=criterion, percentage=getattr(args, "percentage", None),
-        target_macs=getattr(args, "target_macs", None), target_params=getattr(args, "target_params", None),
-        target_latency=getattr(args, "target_latency", None),
-        latency_provider=getattr(args, "latency_provider", None), latency_batch=getattr(args, "latency_batch", 1),
-        latency_threads=getattr(args, "latency_threads", 0), latency_cache=getattr(args, "latency_cache", None),
-        nodes_to_exclude=tuple(args.exclude), round_to=getattr(args, "round_to", "auto"),
-        max_layer_ratio=getattr(args, "max_layer_ratio", 0.9), min_kernels=getattr(args, "min_kernels", 1),
-        allow_drop=getattr(args, "allow_block_removal", False),
-        allocation=getattr(args, "allocation", "auto"),
-        ranking=args.ranking or "per_mac", flops_lambda=args.flops_lambda, layer_norm=args.layer_norm,
-        steps=getattr(args, "steps", 1), gradual_start=getattr(args, "gradual_start", None),
-        gradual_gamma=getattr(args, "gradual_gamma", None), oracle_cost=args.oracle_cost,
-        calibration_samples=args.calib_limit, batch_size=args.batch_size,
-        recover=getattr(args, "recover", "none"), quantize=getattr(args, "quantize", None),
-        augment=getattr(args, "augment", 0), input_shapes=_input_shapes(args.input_shape),
-        verify=not getattr(args, "no_verify", False), seed=getattr(args, "seed", 0), progress=True,
-        use_external_data_format=getattr(args, "use_external_data_format", None) or None,
-        executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
-        task=getattr(args, "task", "auto"), min_fidelity=getattr(args, "min_fidelity", None),
-        back_off=getattr(args, "back_off", False))
+    values = {f.name: getattr(args, f.name) for f in fields(PruneConfig) if hasattr(args, f.name)}
+    for flag, (name, convert) in FIELD_OF.items():
+        if hasattr(args, flag):
+            values[name] = convert(getattr(args, flag))
+    return PruneConfig(**values, progress=True)
+
+
+FIELD_OF = {  # flag -> (PruneConfig field, conversion) where the names differ
+    "exclude": ("nodes_to_exclude", tuple),
+    "calib_limit": ("calibration_samples", lambda v: v),
+    "allow_block_removal": ("allow_drop", bool),
+    "input_shape": ("input_shapes", _input_shapes),
+    "no_verify": ("verify", lambda v: not v),
+    "use_external_data_format": ("use_external_data_format", lambda v: v or None),  # None: as the input
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,25 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove the least important kernels and write a smaller model")
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
-    p.add_argument("--criterion", default=None, choices=[AUTO, *CRITERIA],
-                   help="how kernels are scored; default: auto with --calib (the oracle while units x MACs x images "
-                        "stay under 3e14, energy beyond), magnitude without data")
+    p.add_argument("--criterion", default=default("criterion"), choices=[AUTO, *CRITERIA],
+                   help="how kernels are scored; default: %(default)s with --calib (the oracle while units x MACs x "
+                        "images stay under 3e14, energy beyond), which is magnitude without data")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score`")
     _add_target_args(p)
     _add_calib_args(p)
     _add_fidelity_args(p)
     _add_oracle_args(p)
-    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
-                   help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
+    _add_recover_arg(p)
+    p.add_argument("--augment", type=int, default=default("augment"), metavar="N",
                    help="least squares also fits N random-resized-crop/flip copies of each calibration image "
-                        "(default 0)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
+                        "(default %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default=default("quantize"),
                    help="after pruning and recovery: onnxruntime static int8 quantization (QDQ, per-channel weights) "
                         "with the same --calib data; the report compares dense/pruned x fp32/int8")
     p.add_argument("--allow-block-removal", action="store_true",
                    help="a group that lives inside a residual branch may lose every channel: the branch goes")
-    p.add_argument("--steps", type=int, default=1, help="iterative schedule: reach the target in N steps, re-scoring")
+    p.add_argument("--steps", type=int, default=default("steps"), help="iterative schedule: reach the target in N steps, re-scoring")
     p.add_argument("--gradual-start", type=float, help="N2D2 Gradual: first step's fraction removed")
     p.add_argument("--gradual-gamma", type=float, help="N2D2 Gradual: increment per step")
     p.add_argument("--save-plan", help="write the plan (kernels removed) as JSON")
@@ -100,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--use-external-data-format", action="store_true",
                    help="write the weights to OUTPUT.data beside the model (automatic over 1.8 GB)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random criterion, of --augment and of the sensitivity samples (default 0)")
+    p.add_argument("--seed", type=int, default=default("seed"),
+                   help="seed of the random criterion, of --augment and of the sensitivity samples "
+                        "(default %(default)s)")
 
     p = sub.add_parser("score", help="oracle (or other) scores of every prunable kernel, saved for reuse")
     _add_model_args(p)
@@ -118,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="plan JSON from `prune --save-plan`")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--report", metavar="FILE|-", help="also write the report: .md, .json or .html by the extension")
+    _add_calib_args(p)  # the prune's calibration data: its re-fit (recorded in the plan) is repeated exactly
+    for action in p._actions:
+        if action.dest in ("calib_limit", "batch_size"):
+            action.default, action.help = None, f"{action.help.split(' (default')[0]} (default: the plan's)"
+        elif action.dest == "calib":
+            action.help = ("the prune's calibration data: when the plan's prune re-fitted the layers (least "
+                           "squares), apply repeats that re-fit and writes the prune's model; " + action.help)
+    p.add_argument("--eval", metavar="DIR|FILE", help="the prune's --eval data, when it had one (the re-fit "
+                                                     "then used every calibration row)")
 
     p = sub.add_parser("demo", help="prune the embedded digits CNN end to end")
     p.add_argument("-o", "--output", help="where to write the pruned demo model (default: a temp folder)")
@@ -141,7 +150,7 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
-    from ..report import _fmt
+    from ..report.document import columns as _fmt
     rows = [("layer", "op", "kernels", "prunable", "MACs", "params", "group")]
     for l in rep.layers:
         rows.append((l.name, l.op, str(l.kernels), str(l.prunable_kernels), f"{l.macs:,}", f"{l.params:,}",
@@ -168,7 +177,7 @@ def _cmd_score(args) -> int:
     from ..api import kernel_scores
     from ..pipeline import judged, prepare_run, score_units
     from ..scores_io import save_scores
-    config = _config(args, args.criterion)
+    config = _config(args)
     _check_outputs(args, args.output)
     p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args), hold_out=True)
     # the rows `prune --scores` judges on stay unseen; the oracle's cost is the task's, as in `prune`
@@ -183,23 +192,13 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_prune(args) -> int:
-    from dataclasses import replace
-
-    from ..api import prune_model, scores_from_kernels
+    """Data-free or not, one path: the config resolves ``auto`` (criterion, ranking, recovery, measuring) from
+    the data the run has."""
+    from ..api import scores_from_kernels
     from ..pipeline import run_pruning
-    criterion = args.criterion or ("auto" if args.calib else "magnitude")
-    config = _config(args, criterion)
+    config = _config(args)
     _check_outputs(args, args.output, args.save_plan)
     check_report_target(args)
-    if not (args.calib or args.scores or criterion not in ("magnitude", "l1", "l2", "random")):
-        # data-free: nothing real to judge on unless --eval is given (random inputs would say nothing of the
-        # user's outputs); the report says fidelity was not measured
-        config = replace(config, ranking=args.ranking or "raw", recover="none",
-                         measure=config.target_latency is not None or bool(args.eval))
-        if args.eval:
-            return emit_result(run_pruning(args.model, args.output, None, config, preprocess=_preprocess(args),
-                                           evaluation=args.eval), args)
-        return emit_result(prune_model(args.model, args.output, config=config), args)
     scores = prepared = None
     if args.scores:
         from ..prepare import prepare
@@ -222,9 +221,16 @@ def _check_outputs(args, *outputs: Optional[str]) -> None:
 
 def _cmd_apply(args) -> int:
     from ..api import apply_plan
+    from ..plan import PruningPlan
     _check_outputs(args, args.output)
-    res = apply_plan(args.model, args.plan, args.output, input_shapes=_input_shapes(args.input_shape),
-                     verify=not args.no_verify)
+    check_report_target(args)
+    plan = PruningPlan.load(args.plan)
+    for key, given in (("calibration_samples", args.calib_limit), ("batch_size", args.batch_size)):
+        if given is not None and plan.meta.get("recovery"):
+            plan.meta["recovery"][key] = given
+    res = apply_plan(args.model, plan, args.output, input_shapes=_input_shapes(args.input_shape),
+                     verify=not args.no_verify, calibration_source=args.calib, evaluation=args.eval,
+                     preprocess=_preprocess(args) if args.calib else None)
     return emit_result(res, args)
 
 
@@ -243,6 +249,7 @@ COMMANDS = {"inspect": _cmd_inspect, "prune": _cmd_prune, "score": _cmd_score, "
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line the reports name
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxprune.progress").setLevel(logging.INFO)  # progress lines of long runs, even without -v
@@ -251,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .sweep import run_sweep
 
         def handler(a):
-            return run_sweep(a, _config(a, a.criterion))
+            return run_sweep(a, _config(a))
     if handler is None:
         from .sparsify import run_sparsify
         handler = run_sparsify

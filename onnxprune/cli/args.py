@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from ..config import ALLOCATIONS, DEFAULT_PERCENTAGE, ORACLE_COSTS, RANKINGS, RECOVERY_MODES, default
 from ..errors import InvalidArgumentError
+from ..executors import EXECUTORS
 
 
 def _input_shapes(values: Optional[Sequence[str]]) -> Optional[dict[str, list[int]]]:
@@ -52,21 +54,15 @@ def _round_to(text: str):
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     t = p.add_mutually_exclusive_group()
     t.add_argument("--percentage", type=float,
-                   help="share of prunable kernels REMOVED, 0-100 (default 10); the --target-* flags give the share "
-                        "KEPT, 0-1")
+                   help=f"share of prunable kernels REMOVED, 0-100 (default {DEFAULT_PERCENTAGE:g}); the --target-* "
+                        "flags give the share KEPT, 0-1")
     t.add_argument("--target-macs", type=float, help="keep at most this fraction of the MACs, 0-1, e.g. 0.5")
     t.add_argument("--target-params", type=float, help="keep at most this fraction of the parameters, 0-1")
     t.add_argument("--target-latency", type=float,
                    help="keep at most this fraction (0-1) of the dense model's latency, measured on --latency-provider "
                         "at --latency-batch with --latency-threads (widths chosen from a measured table)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
-    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
-                   help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
-                        "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
-    p.add_argument("--max-layer-ratio", type=float, default=0.9,
-                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
-    p.add_argument("--min-kernels", type=int, default=1, help="kernels every layer keeps at least (default 1)")
-    p.add_argument("--allocation", default="auto", choices=["auto", "sensitivity", "spdy", "block", "greedy"],
+    add_constraint_args(p)
+    p.add_argument("--allocation", default=default("allocation"), choices=ALLOCATIONS,
                    help="how a MAC/parameter budget is shared among channel groups: greedy (one global order of "
                         "unit scores; the default for the oracle and without data), sensitivity (each group's "
                         "output distortion measured at a few widths after least squares, then a knapsack; the "
@@ -75,13 +71,32 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     _add_latency_args(p)
 
 
+def add_constraint_args(p: argparse.ArgumentParser) -> None:
+    """--exclude, --round-to, --max-layer-ratio, --min-kernels (``prune`` and ``sweep``)."""
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
+    p.add_argument("--round-to", type=_round_to, default=default("round_to"), metavar="N|auto",
+                   help="keep channel counts of each group multiples of N; auto (default): 8 for groups of 128+ "
+                        "channels, 4 from 16, free below (fast widths for onnxruntime's CPU kernels)")
+    p.add_argument("--max-layer-ratio", type=float, default=default("max_layer_ratio"),
+                   help="never remove more than this fraction of one layer's kernels (default %(default)s)")
+    p.add_argument("--min-kernels", type=int, default=default("min_kernels"),
+                   help="kernels every layer keeps at least (default %(default)s)")
+
+
+def _add_recover_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recover", choices=RECOVERY_MODES, default=default("recover"),
+                   help="after pruning: least-squares re-fit (auto: with calibration data), bias compensation, or "
+                        "none (default %(default)s)")
+
+
 def _add_latency_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latency (with --target-latency)")
     g.add_argument("--latency-provider", help="onnxruntime execution provider to time on (default: CUDA when "
                                               "available, else CPU), e.g. CPUExecutionProvider")
-    g.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at (default 1)")
-    g.add_argument("--latency-threads", type=int, default=0,
-                   help="intra-op threads latency is measured with (default 0: onnxruntime's choice)")
+    g.add_argument("--latency-batch", type=int, default=default("latency_batch"),
+                   help="batch size latency is measured at (default %(default)s)")
+    g.add_argument("--latency-threads", type=int, default=default("latency_threads"),
+                   help="intra-op threads latency is measured with (default %(default)s: 0 is onnxruntime's choice)")
     g.add_argument("--latency-cache", metavar="DIR",
                    help="where measured latency tables are kept (default ~/.cache/onnxprune/latency)")
 
@@ -89,11 +104,11 @@ def _add_latency_args(p: argparse.ArgumentParser) -> None:
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib", help="folder of images, or .npy/.npz (uint8 NHWC images or float model inputs)")
-    g.add_argument("--calib-limit", type=int, default=256,
-                   help="calibration samples to use, spread evenly over the folder or file (default 256)")
-    g.add_argument("--batch-size", type=int, default=32,
-                   help="samples per onnxruntime run when scoring and re-fitting (default 32; a model that fixes its "
-                        "batch size is calibrated at that size)")
+    g.add_argument("--calib-limit", type=int, default=default("calibration_samples"),
+                   help="calibration samples to use, spread evenly over the folder or file (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=default("batch_size"),
+                   help="samples per onnxruntime run when scoring and re-fitting (default %(default)s; a model that "
+                        "fixes its batch size is calibrated at that size)")
     g.add_argument("--size", help="HxW the images are brought to (default: the model's input size)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this, then center-crop to --size")
     g.add_argument("--letterbox", nargs="?", const="bottom-right", choices=["bottom-right", "center"],
@@ -122,7 +137,7 @@ def _add_fidelity_args(p: argparse.ArgumentParser, floor: bool = True, evaluatio
     from ..fidelity.tasks import DEFAULT_FLOORS, HEADLINES, TASKS
     g = p.add_argument_group("fidelity to the dense model (measured on calibration rows held back from scoring "
                              "and fitting, or on --eval)")
-    g.add_argument("--task", default="auto", choices=list(TASKS),
+    g.add_argument("--task", default=default("task"), choices=list(TASKS),
                    help="what the outputs are to their user, which sets the oracle's cost and the fidelity "
                         "reported: " + ", ".join(f"{t}: {h.replace('_', ' ')}" for t, h in HEADLINES.items())
                         + " (default auto: guessed from the output shapes and exporter metadata)")
@@ -131,7 +146,7 @@ def _add_fidelity_args(p: argparse.ArgumentParser, floor: bool = True, evaluatio
                        help="data to measure fidelity (and top-1 with labels) on instead of held-back calibration "
                             "rows")
     if floor:
-        g.add_argument("--min-fidelity", type=_fraction, default=None, metavar="F",
+        g.add_argument("--min-fidelity", type=_fraction, default=default("min_fidelity"), metavar="F",
                        help="floor of that fidelity (default per task: "
                             + ", ".join(f"{t} {v:g}" for t, v in DEFAULT_FLOORS.items())
                             + "; 0: none): below it nothing is written and the exit code is 3")
@@ -142,16 +157,17 @@ def _add_fidelity_args(p: argparse.ArgumentParser, floor: bool = True, evaluatio
 
 def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("oracle")
-    g.add_argument("--oracle-cost", default="auto", choices=["auto", "kl", "mse", "loss", "abs"],
+    g.add_argument("--oracle-cost", default=default("oracle_cost"), choices=ORACLE_COSTS,
                    help="label-free output distortion (auto: KL for logits/probabilities, else normalised MSE), "
                         "or with labels the signed (loss) / absolute (abs) change of cross-entropy")
-    g.add_argument("--ranking", default=None, choices=["per_mac", "raw", "flops_reg"],
-                   help="order of removal: score per MAC saved (default; raw for a data-free criterion without "
-                        "--calib or --scores), raw score, or flops_reg: score - lambda*MACs")
-    g.add_argument("--flops-lambda", type=float, default=1.0,
-                   help="lambda of --ranking flops_reg: score minus lambda times the MACs a unit saves (default 1.0)")
+    g.add_argument("--ranking", default=default("ranking"), choices=RANKINGS,
+                   help="order of removal: per_mac (score per MAC saved), raw score, or flops_reg (score - "
+                        "lambda*MACs); default %(default)s: per_mac, raw for a data-free run (no --calib, no --scores)")
+    g.add_argument("--flops-lambda", type=float, default=default("flops_lambda"),
+                   help="lambda of --ranking flops_reg: score minus lambda times the MACs a unit saves "
+                        "(default %(default)s)")
     g.add_argument("--layer-norm", action="store_true", help="per-layer L2 normalisation of scores")
-    g.add_argument("--executor", default="local", choices=["local", "ray"],
+    g.add_argument("--executor", default=default("executor"), choices=EXECUTORS,
                    help="where the oracle runs: local CPU workers (default) or a Ray cluster (pip install "
                         "\"onnxprune[ray]\"); the scores are the same")
     g.add_argument("--ray-address", metavar="ADDR",

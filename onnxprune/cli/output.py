@@ -49,18 +49,21 @@ def check_report_target(args) -> None:
 
 
 def report_text(report, kind: str, title: str) -> str:
+    """The one report as JSON, Markdown or a self-contained HTML page (with its plots)."""
     if kind == "json":
         return json.dumps(report.to_dict(), indent=2, default=str) + "\n"
     if kind == "html":
-        from ..report_html import markdown_page
-        return markdown_page(report.markdown(), title)
-    return report.markdown()
+        return report.html(title)
+    return report.markdown(title)
 
 
-def write_report(report, path: Optional[str], title: str) -> None:
+def write_report(report, path: Optional[str], title: str, args=None) -> None:
     """The report in the format its path names: atomically for a file, directly for stdout or a special file."""
     if not path:
         return
+    if args is not None and report.provenance is None:
+        from ..report import Provenance
+        report.provenance = Provenance.of_command(getattr(args, "argv", None), getattr(args, "calib", None))
     text = report_text(report, report_kind(path), title)
     stream = {"-": sys.stdout, "/dev/stdout": sys.stdout, "/dev/stderr": sys.stderr}.get(path)
     if stream is not None:  # through the open stream: reopening a redirected stdout would write over it
@@ -99,7 +102,7 @@ def emit_result(res, args) -> int:
     if getattr(args, "save_plan", None):
         res.plan.save(args.save_plan)
     report = getattr(args, "report", None)
-    write_report(res.report, report, f"onnxprune: {Path(args.model).name} -> {Path(args.output).name}")
+    write_report(res.report, report, f"onnxprune: {Path(args.model).name} -> {Path(args.output).name}", args)
     if getattr(args, "json", False):
         print(json.dumps(summary(res), default=str))
         return 0
@@ -116,7 +119,8 @@ def emit_refused(res, args, message: str) -> None:
             print(error_json(message, EXIT_BELOW_FLOOR))
         return
     report = getattr(args, "report", None)
-    write_report(res.report, report, f"onnxprune: {Path(args.model).name} (refused: below the fidelity floor)")
+    write_report(res.report, report, f"onnxprune: {Path(args.model).name} (refused: below the fidelity floor)",
+                 args)
     if getattr(args, "json", False):
         print(json.dumps({**summary(res, EXIT_BELOW_FLOOR), "error": message}, default=str))
     elif report != "-":

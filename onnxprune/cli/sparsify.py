@@ -14,19 +14,17 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from ..calibration import Preprocess, load_arrays
-from ..errors import CalibrationError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..graph.io import check_output_path
 from .args import _add_calib_args, _preprocess
 from ..sparsity.api import save_masks, sparsify, sparsity_info
-from ..sparsity.config import DEFAULT_OP_TYPES, FILLERS, MODES, SCOPES, SparsifyConfig
+from ..sparsity.config import FILLERS, SCOPES, SparsifyConfig
 from ..sparsity.results import SparsifyResult, SparsityInfo
 
 logger = logging.getLogger(__name__)
 
 _NAME_WIDTH = 36
+_D = SparsifyConfig()  # the flags' defaults are the config's
 
 
 def _norm_order(text: str) -> float:
@@ -48,20 +46,25 @@ def add_sparsify_parser(subparsers: Any) -> None:
     p.add_argument("model", help="input .onnx model (never modified)")
     p.add_argument("-o", "--output", help="output .onnx model")
     p.add_argument("--info", action="store_true", help="print per-layer sparsity and the history of MODEL, then exit")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="fraction of weights (ln: of slices) zero afterwards, in [0, 1); default 0.5")
-    p.add_argument("--filler", choices=FILLERS, default="l1", help="how to pick the zeros (default l1)")
-    p.add_argument("--scope", choices=SCOPES, default="layer",
-                   help="threshold per layer or over all layers (torch's global_unstructured)")
-    p.add_argument("--mode", choices=MODES, default="static", help="all at once, or start..threshold by gamma")
-    p.add_argument("--start", type=float, default=0.1, help="first threshold of gradual mode (default 0.1)")
-    p.add_argument("--gamma", type=float, default=0.05, help="threshold increment of gradual mode (default 0.05)")
-    p.add_argument("--delta", type=float, default=0.001, help="iternonstruct step: zero |w| <= k*delta")
-    p.add_argument("--n", type=_norm_order, default=2.0, help="norm order of the ln filler (number or inf)")
-    p.add_argument("--dim", type=int, default=0, help="axis whose slices the ln filler removes (default 0)")
+    p.add_argument("--threshold", type=float, default=None,  # None: not given (it conflicts with --masks)
+                   help=f"fraction of weights (ln: of slices) zero afterwards, in [0, 1); default {_D.threshold:g}")
+    p.add_argument("--filler", choices=FILLERS, default=_D.filler, help="how to pick the zeros (default %(default)s)")
+    p.add_argument("--scope", choices=SCOPES, default=_D.scope,
+                   help="threshold per layer or over all layers (torch's global_unstructured; default %(default)s)")
+    p.add_argument("--steps", type=int, default=_D.steps,
+                   help="reach the threshold in N equal steps, re-fitting between (default %(default)s)")
+    p.add_argument("--gradual-start", type=float, default=_D.gradual_start, help="N2D2 Gradual: the first step's threshold")
+    p.add_argument("--gradual-gamma", type=float, default=_D.gradual_gamma,
+                   help="N2D2 Gradual: threshold increment per step")
+    p.add_argument("--delta", type=float, default=_D.delta,
+                   help="iternonstruct step: zero |w| <= k*delta (default %(default)s)")
+    p.add_argument("--n", type=_norm_order, default=_D.n,
+                   help="norm order of the ln filler (number or inf; default %(default)s)")
+    p.add_argument("--dim", type=int, default=_D.dim,
+                   help="axis whose slices the ln filler removes (default %(default)s)")
     p.add_argument("--relative", action="store_true",
                    help="threshold is a fraction of the weights still non-zero (torch's PruningContainer)")
-    p.add_argument("--op-types", default=",".join(DEFAULT_OP_TYPES),
+    p.add_argument("--op-types", default=",".join(_D.op_types),
                    help="comma-separated op types whose weights are pruned (Conv,ConvTranspose,Gemm,MatMul)")
     p.add_argument("--exclude", action="append", default=None, metavar="NAME",
                    help="node or weight name (glob allowed) to leave dense; repeat or separate by commas")
@@ -74,22 +77,9 @@ def add_sparsify_parser(subparsers: Any) -> None:
     p.add_argument("--no-refit", action="store_true", help="do not re-fit even with --calib")
     p.add_argument("--dense", action="store_true",
                    help="store ordinary dense initializers (masks made permanent, torch's remove)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random filler and of the re-fit sampling")
+    p.add_argument("--seed", type=int, default=_D.seed,
+                   help="seed of the random filler and of the re-fit sampling (default %(default)s)")
     p.set_defaults(handler=run_sparsify)
-
-
-def _calib_preprocess(args: argparse.Namespace) -> Optional[Preprocess]:
-    """The Preprocess of the flags, for a folder of images or uint8 arrays; float model inputs need none."""
-    path = Path(args.calib)
-    if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
-        try:
-            arrays, _ = load_arrays(path)
-        except CalibrationError:
-            return None  # open_calibration reports what is wrong with the file
-        values = arrays.values() if isinstance(arrays, dict) else [arrays]
-        if not any(np.issubdtype(np.asarray(a).dtype, np.integer) for a in values):
-            return None
-    return _preprocess(args)
 
 
 def run_sparsify(args: argparse.Namespace) -> int:
@@ -103,16 +93,16 @@ def run_sparsify(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--masks gives the masks explicitly; drop --threshold (or drop --masks)")
     exclude = tuple(x for item in (args.exclude or []) for x in item.split(",") if x)
     config = SparsifyConfig(
-        threshold=0.5 if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
-        mode=args.mode, start=args.start, gamma=args.gamma, delta=args.delta, n=args.n, dim=args.dim,
+        threshold=_D.threshold if args.threshold is None else args.threshold, filler=args.filler, scope=args.scope,
+        steps=args.steps, gradual_start=args.gradual_start, gradual_gamma=args.gradual_gamma, delta=args.delta, n=args.n, dim=args.dim,
         relative=args.relative, op_types=args.op_types, nodes_to_exclude=exclude, seed=args.seed, dense=args.dense,
         refit=not args.no_refit, refit_samples=args.calib_limit,
     )
     if args.save_masks:
         check_output_path(args.save_masks, args.model, args.output)
     result = sparsify(args.model, args.output, config, args.calib, masks=args.masks,
-                      importance_scores=args.importance, preprocess=_calib_preprocess(args) if args.calib else None)
-    print(format_result(result))
+                      importance_scores=args.importance, preprocess=_preprocess(args))
+    print(format_result(result, _file_bytes(args.model)))
     if args.save_masks:
         path = save_masks(result.masks, args.save_masks)
         print(f"masks: {len(result.masks)} written to {path}")
@@ -127,8 +117,31 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:5.1f}%"
 
 
-def format_result(result: SparsifyResult) -> str:
-    """The per-layer table, totals, storage choice and verification of one run."""
+def _file_bytes(path: str) -> Optional[int]:
+    """The model file's size; None when weights live in external data (the comparison would mislead)."""
+    from ..graph.io import has_external_data
+    return None if has_external_data(path) else Path(path).stat().st_size
+
+
+def size_line(storage, model: "onnx.ModelProto", input_bytes: Optional[int]) -> str:
+    """'size: ...' — and why, when the written model is no smaller than its input (the zeros are stored densely)."""
+    line = f"size: dense {storage.dense_bytes} bytes"
+    if storage.sparse_bytes is not None:
+        line += f", sparse {storage.sparse_bytes} bytes"
+    written = storage.sparse_bytes if storage.format == "sparse" else storage.dense_bytes
+    if input_bytes is None or written < input_bytes:
+        return line
+    from ..sparsity.history import METADATA_KEY
+    record = sum(len(p.key) + len(p.value) for p in model.metadata_props if p.key == METADATA_KEY)
+    return (f"{line}; the input was {input_bytes} bytes: not smaller, because a zero stored densely takes the same "
+            f"bytes as any weight (ONNX's sparse tensors, with int64 indices, pay off only above 67% sparsity) and "
+            f"the sparsity record in the model's metadata ({METADATA_KEY}, {record} bytes) is added; "
+            "zeros compress, so zip or gzip the file to ship it smaller")
+
+
+def format_result(result: SparsifyResult, input_bytes: Optional[int] = None) -> str:
+    """The per-layer table, totals, storage choice and verification of one run; ``input_bytes``: the input
+    model's size, to say why the written file is not smaller when it is not."""
     lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'before':>7} {'after':>7} "
              f"{'zero ch':>9} {'storage':<7} re-fit"]
     for layer in result.layers:
@@ -143,10 +156,7 @@ def format_result(result: SparsifyResult) -> str:
                  + (f" (steps {', '.join(f'{s:g}' for s in result.steps)})" if len(result.steps) > 1 else ""))
     storage = result.storage
     lines.append(f"storage: {storage.format} ({storage.reason})")
-    size_line = f"size: dense {storage.dense_bytes} bytes"
-    if storage.sparse_bytes is not None:
-        size_line += f", sparse {storage.sparse_bytes} bytes"
-    lines.append(size_line)
+    lines.append(size_line(storage, result.model, input_bytes))
     verification = result.verification
     lines.append(f"verification: {'ok' if verification.ok else 'FAILED'} on {verification.inputs}: "
                  f"{verification.message}; outputs moved {verification.output_change:.3g} (relative L2) "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..scoring.registry import CRITERIA
-from .args import (EXCLUDE_HELP, _add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _preprocess,
-                   _round_to)
+from .args import (_add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _add_recover_arg,
+                   _preprocess, add_constraint_args)
 
 
 def add_sweep_parser(sub) -> None:
@@ -22,13 +22,8 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--criterion", default="oracle", choices=list(CRITERIA),
                    help="how kernels are scored, once for every budget (default oracle)")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")
-    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
-                   help="after pruning: least squares (auto), bias compensation, or none")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
-    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
-                   help="kept widths multiples of N (default auto, as for prune)")
-    p.add_argument("--max-layer-ratio", type=float, default=0.9,
-                   help="never remove more than this fraction of one layer's kernels (default 0.9)")
+    _add_recover_arg(p)
+    add_constraint_args(p)
     p.add_argument("--no-models", action="store_true", help="write only the report, not the pruned models")
     _add_calib_args(p)
     _add_oracle_args(p)
@@ -45,14 +40,15 @@ def run_sweep(args: argparse.Namespace, config) -> int:
     if args.scores:
         from ..scores_io import load_scores
         kernel_scores = load_scores(args.scores)
+    from ..report import Provenance
+    from ..report.document import Document, text
+    from ..report.sweep import summary_table
     res = sweep(args.model, args.calib, parse_budgets(args.budgets), args.out, kind=args.budget_kind, config=config,
                 eval_source=args.eval, preprocess=_preprocess(args), write_models=not args.no_models,
-                kernel_scores=kernel_scores)
-    print(f"{'budget':>8} {'MACs kept':>10} {'latency ms':>11} {'speed-up':>9} {res.quality_name}")
-    print(f"{'dense':>8} {'100.0%':>10} {res.dense_latency.median:>11.3f} {'1.00x':>9} {res.dense_quality:.2%}")
-    for pt in res.points:
-        print(f"{pt.budget:>8g} {pt.macs_kept:>10.1%} {pt.latency.median:>11.3f} "
-              f"{res.dense_latency.median / max(pt.latency.median, 1e-12):>8.2f}x {pt.quality:.2%}")
+                kernel_scores=kernel_scores, provenance=Provenance.of_command(getattr(args, "argv", None), args.calib))
+    table = summary_table(res)
+    print(text(Document("", [table])))
+    print(table.caption)
     for note in res.notes:
         print(f"note: {note}")
     plots = f"{len(res.plots)} plots" if res.plots else "no plots (pip install \"onnxprune[plot]\" for them)"

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .detection import agreement
+from .distortion import argmax_agreement, relative_l2
 from .tasks import DEFAULT_FLOORS, OutputSpec, TaskSpec
 
 MAP_THRESHOLD = 0.5
@@ -47,6 +48,11 @@ class Fidelity:
     @property
     def value(self) -> float:
         return self.values[self.headline]
+
+    @property
+    def quality(self) -> float:
+        """Top-1 accuracy where labels gave it, else the headline fidelity to the dense model (a sweep's y axis)."""
+        return self.values.get("top1", self.value)
 
     @property
     def below_floor(self) -> bool:
@@ -94,7 +100,7 @@ def _output_values(spec: OutputSpec, ref: np.ndarray, out: np.ndarray, labels: O
         return agreement([b[index] for b in ref_batches], [b[index] for b in out_batches], spec.head, conf)
     if spec.kind == "sequence":
         return {"exact_match": float(np.mean([a == b for a, b in zip(_ctc(ref), _ctc(out))])),
-                "argmax_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1)))}
+                "argmax_agreement": argmax_agreement([ref], [out])}
     if spec.kind == "probmap":
         a, b = ref > MAP_THRESHOLD, out > MAP_THRESHOLD
         inter = np.logical_and(a, b).reshape(len(a), -1).sum(1)
@@ -107,9 +113,7 @@ def _output_values(spec: OutputSpec, ref: np.ndarray, out: np.ndarray, labels: O
     scales = np.asarray(spec.scales, dtype=np.float64)
     shape = [1] * ref.ndim
     shape[spec.feature_axis] = len(scales)
-    d = ((out - ref) / scales.reshape(shape)) ** 2
-    r = (ref / scales.reshape(shape)) ** 2
-    rel = float(np.sqrt(d.sum() / max(r.sum(), 1e-30)))
+    rel = relative_l2([ref], [out], scales.reshape(shape))
     return {"similarity": max(0.0, 1.0 - rel), "rel_l2": rel}
 
 

@@ -1,10 +1,17 @@
-"""Timing on the target runtime: interleaved rounds, medians and their spread.
+"""Timing on the target runtime: interleaved rounds, medians and their spread — the one timer.
 
 A shared or throttled machine changes speed from one second to the next;
 timing one model after the other puts that drift into the comparison. Every
 model here is timed in turn within each round (best of ``runs`` runs per
 round), and a figure is the median over rounds with its spread, so a slow
-spell hits every model alike.
+spell hits every model alike (back-to-back medians varied by 30% between
+identical models in benchmarks/latency_round_to.py).
+
+:func:`time_interleaved` is the timer (each model on its own feed: the
+latency table's pieces); :func:`time_models` times models on one feed (the
+variants table, the sweep, the demo); :func:`time_against_dense` a pruned
+model against the dense one, as a :class:`Speed` (the run's report, the
+latency target and its allocation).
 """
 
 from __future__ import annotations
@@ -77,6 +84,38 @@ class Timing:
     def text(self) -> str:
         return f"{self.median:.3f} ms ({self.low:.3f}-{self.high:.3f})"
 
+    def as_list(self) -> list[float]:
+        """[median, low, high]: how reports and the table cache store a timing."""
+        return [self.median, self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A pruned model timed interleaved with the dense one."""
+
+    dense: Timing
+    pruned: Timing
+
+    @property
+    def fraction(self) -> float:
+        """Pruned over dense time, medians."""
+        return self.pruned.median / max(self.dense.median, 1e-12)
+
+    @property
+    def fastest_fraction(self) -> float:
+        """Pruned over dense time from the fastest round of each: a busy machine only ever adds time, so the
+        minima compare what the models cost (medians moved 2x between identical runs at a load of 7x the cores)."""
+        return self.pruned.low / max(self.dense.low, 1e-12)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.median / max(self.pruned.median, 1e-12)
+
+    @property
+    def outside_noise(self) -> bool:
+        """Whether the two timing ranges do not overlap (a difference inside them is "could not tell")."""
+        return self.pruned.high < self.dense.low or self.pruned.low > self.dense.high
+
 
 def cpu_model() -> str:
     """The CPU's model name (part of a latency table's cache key: tables do not travel between machines)."""
@@ -96,8 +135,11 @@ def feeds_for(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed:
     return uniform_inputs({k: tuple(v) for k, v in shapes.items()}, n=1, seed=seed, dtypes=input_dtypes(model))[0]
 
 
+WARMUP = 3  # untimed runs of every session before the rounds
+
+
 def time_interleaved(models: Mapping[Hashable, onnx.ModelProto | bytes], feeds: Mapping[Hashable, dict],
-                     settings: LatencySettings, warmup: int = 2) -> dict[Hashable, Timing]:
+                     settings: LatencySettings, warmup: int = WARMUP) -> dict[Hashable, Timing]:
     """Time every model on its feed in turn, round after round (see the module docstring)."""
     sessions = {k: make_session(m, settings.providers, threads=settings.threads, spin=False)
                 for k, m in models.items()}
@@ -114,6 +156,19 @@ def time_interleaved(models: Mapping[Hashable, onnx.ModelProto | bytes], feeds: 
                 best = min(best, time.perf_counter() - t0)
             times[k].append(best * 1e3)
     return {k: Timing(statistics.median(v), min(v), max(v)) for k, v in times.items()}
+
+
+def time_models(models: Mapping[Hashable, onnx.ModelProto | bytes], feed: dict[str, np.ndarray],
+                settings: LatencySettings = LatencySettings(), warmup: int = WARMUP) -> dict[Hashable, Timing]:
+    """Every model on the same ``feed``, interleaved (:func:`time_interleaved`)."""
+    return time_interleaved(models, {k: feed for k in models}, settings, warmup)
+
+
+def time_against_dense(dense: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict[str, np.ndarray],
+                       settings: LatencySettings = LatencySettings(), warmup: int = WARMUP) -> Speed:
+    """``pruned`` timed interleaved with ``dense`` on ``feed``."""
+    t = time_models({"dense": dense, "pruned": pruned}, feed, settings, warmup)
+    return Speed(t["dense"], t["pruned"])
 
 
 def default_cache_dir() -> Path:

@@ -96,7 +96,7 @@ def build_table(analysis: Analysis, settings: LatencySettings = LatencySettings(
         dense = Timing(*stored["dense"])
     else:
         dense = time_interleaved({0: analysis.proto}, {0: feeds_for(analysis.proto, shapes)}, settings)[0]
-        stored["dense"] = [dense.median, dense.low, dense.high]
+        stored["dense"] = dense.as_list()
     table = LatencyTable(settings, dense)
     changed = "groups" not in stored
     entries = stored.setdefault("groups", {})
@@ -113,7 +113,7 @@ def build_table(analysis: Analysis, settings: LatencySettings = LatencySettings(
             continue
         gl = measure_group(analysis, group, widths, settings)
         table.groups[group.id] = gl
-        entries[gkey] = {"widths": list(gl.widths), "times": [[t.median, t.low, t.high] for t in gl.times]}
+        entries[gkey] = {"widths": list(gl.widths), "times": [t.as_list() for t in gl.times]}
         changed = True
     if changed or "dense" not in stored:
         cache.store(key, stored)

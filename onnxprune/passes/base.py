@@ -14,8 +14,8 @@ there and say so in their notes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Sequence
 
 import onnx
 
@@ -45,14 +45,23 @@ class PostconditionError(PassError, VerificationError):
 class PassResult:
     """The model after a pass, whether it changed, and what the report should say about it.
 
-    ``details`` carries structured results a caller may want (a VerificationResult,
-    per-layer statistics); ``notes`` are one-line human summaries.
+    ``notes`` are one-line human summaries, the first one the pass's headline (:attr:`summary`). A pass
+    with structured results returns a subclass with typed fields (``SurgeryResult.verification``,
+    ``NormalizeResult.input_shapes``, ``QuantizeResult.fidelity``, ...), not a dict of names.
     """
 
     model: onnx.ModelProto
     modified: bool
     notes: tuple[str, ...] = ()
-    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> Optional[str]:
+        """The pass's one-line headline for the report (its first note), None when it has none."""
+        return self.notes[0] if self.notes else None
+
+    def noted(self, *notes: str, **fields: Any) -> "PassResult":
+        """This result (of the same type) with ``notes`` appended and ``fields`` replaced: what ``ensures`` returns."""
+        return replace(self, notes=self.notes + notes, **fields)
 
 
 class Pass:
@@ -71,7 +80,7 @@ class Pass:
         raise NotImplementedError
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
-        """Raise PostconditionError unless ``result`` keeps the promise; may add notes/details."""
+        """Raise PostconditionError unless ``result`` keeps the promise; may add notes and typed fields (``result.noted``)."""
         return result
 
     def fail_pre(self, why: str) -> PreconditionError:
@@ -108,6 +117,12 @@ class PipelineResult:
             if n == name:
                 return r
         return None
+
+    def then(self, passes: Sequence["Pass"]) -> "PipelineResult":
+        """The same run continued by ``passes`` on its model (the pruning run quantizes after judging the
+        float model): one result, every pass in order, the first failure stopping it as before."""
+        more = Pipeline(passes)(self.model)
+        return PipelineResult(more.model, self.results + more.results)
 
 
 class Pipeline:

@@ -13,6 +13,7 @@ Ensures: the normalised model gives the original's outputs on random inputs
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import onnx
@@ -28,8 +29,15 @@ from .base import Pass, PassResult
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class NormalizeResult(PassResult):
+    """The normalised model and the concrete input sizes it is probed at."""
+
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
 class NormalizePass(Pass):
-    """Fold and canonicalise; ``details['input_shapes']`` are the concrete sizes the model is probed at."""
+    """Fold and canonicalise; the result's ``input_shapes`` are the concrete sizes the model is probed at."""
 
     name = "normalize"
 
@@ -37,18 +45,17 @@ class NormalizePass(Pass):
         self.given = {k: list(v) for k, v in (input_shapes or {}).items()}
         self.verify = verify
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> NormalizeResult:
         normal = normalize(model)
         shapes = choose_input_shapes(model, self.given)  # the file as given: its value_info records sizes
         folded = len(model.graph.node) - len(normal.graph.node)
-        return PassResult(normal, True, (f"{len(normal.graph.node)} nodes ({folded:+d} folded away)"
-                                         if folded else f"{len(normal.graph.node)} nodes",),
-                          {"input_shapes": shapes})
+        return NormalizeResult(normal, True, (f"{len(normal.graph.node)} nodes ({folded:+d} folded away)"
+                                              if folded else f"{len(normal.graph.node)} nodes",), shapes)
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
+    def ensures(self, before: onnx.ModelProto, result: NormalizeResult) -> NormalizeResult:
         if not self.verify:
             return result
-        shapes = result.details["input_shapes"]
+        shapes = result.input_shapes
         feeds = uniform_inputs(shapes, n=1, dtypes=input_dtypes(before))
         try:
             make_session(before).run(None, feeds[0])
@@ -60,5 +67,5 @@ class NormalizePass(Pass):
                                       structure=False)
         except VerificationError as exc:
             raise self.fail_post(f"constant folding changed the model's outputs ({exc})") from None
-        return PassResult(result.model, result.modified, result.notes + (check.summary(),), result.details)
+        return result.noted(check.summary())
 

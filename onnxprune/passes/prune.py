@@ -12,6 +12,7 @@ Ensures: ONNX checker, strict shape inference, an onnxruntime session, and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,14 @@ from ..verify import VerificationResult, uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SurgeryResult(PassResult):
+    """The pruned model, the exactness check (None when not verified) and the residual branches dropped."""
+
+    verification: Optional[VerificationResult] = None
+    dropped_groups: tuple[int, ...] = ()
 
 
 class PruneChannelsPass(Pass):
@@ -58,18 +67,18 @@ class PruneChannelsPass(Pass):
                 raise self.fail_pre(f"the removal leaves tensor {name!r} without a channel; "
                                     "a group must keep at least one" + (f" (it cannot go entirely: {why})" if why else ""))
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> SurgeryResult:
         pruned = prune_channels(self.analysis, self.removed)
         kernels = sum(len(self.analysis.unit_kernels[r]) for r in self.removed)
         notes = (f"{kernels} kernel(s) removed",)
         dropped = self.analysis.dropped_groups(self.removed)
         if dropped:
             notes += (f"{len(dropped)} residual branch(es) removed entirely",)
-        return PassResult(pruned, bool(self.removed), notes, {"dropped_groups": dropped})
+        return SurgeryResult(pruned, bool(self.removed), notes, dropped_groups=tuple(dropped))
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
+    def ensures(self, before: onnx.ModelProto, result: SurgeryResult) -> SurgeryResult:
         if not self.verify:
-            return PassResult(result.model, result.modified, result.notes + ("exactness not verified",))
+            return result.noted("exactness not verified")
         big = needs_external(self.analysis.proto)  # the reference then names the analysed model's weights
         reference = (masked_reference(self.analysis, self.removed, stubs=True) if big
                      else masked_reference(self.analysis, self.removed))
@@ -80,12 +89,11 @@ class PruneChannelsPass(Pass):
                                              reference_weights=self.analysis.proto if big else None)
         except VerificationError as exc:
             raise self.fail_post(str(exc)) from None
-        return PassResult(result.model, result.modified, result.notes + (verification.summary(),),
-                          {**result.details, "verification": verification})
+        return result.noted(verification.summary(), verification=verification)
 
 
 def build_pruned(p, removed: Sequence[int], *, verify: bool = True,
                  extra_feeds: Iterable[dict[str, np.ndarray]] = ()) -> tuple[onnx.ModelProto, Optional[VerificationResult]]:
     """Surgery plus verification on a Prepared model: (pruned model, verification or None)."""
     result = PruneChannelsPass(p.analysis, removed, verify=verify, extra_feeds=extra_feeds)(p.model)
-    return result.model, result.details.get("verification")
+    return result.model, result.verification

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from dataclasses import dataclass, field
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,7 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import onnx
 
-from ..compare import output_fidelity
+from ..fidelity.distortion import distortion
 from ..config import QUANTIZE_MODES
 from ..errors import CalibrationError, InvalidArgumentError, VerificationError
 from ..runtime import make_session
@@ -35,6 +36,13 @@ from ..verify import check_structure
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeResult(PassResult):
+    """The quantized model and its fidelity to the float model on a calibration batch (``rel_l2``, ...)."""
+
+    fidelity: dict[str, float] = field(default_factory=dict)
 
 MAX_REL_L2 = 0.5
 
@@ -111,8 +119,11 @@ def _pre_process(src: Path, dst: Path) -> Path:
         quiet.setLevel(level)
 
 
-def _fidelity(model: onnx.ModelProto, reference: onnx.ModelProto, feeds: Sequence[dict]) -> dict[str, float]:
-    """Fidelity of ``model`` to ``reference``; VerificationError when it does not run or gives non-finite values."""
+def _distortion(model: onnx.ModelProto, reference: onnx.ModelProto, feeds: Sequence[dict]) -> dict[str, float]:
+    """Raw distortion of ``model``'s first output against ``reference``'s (relative L2, arg-max agreement):
+    the pass's own post-condition (did quantization break the model?), not the fidelity in the user's terms,
+    which the run's judge measures on held-back rows. VerificationError when it does not run or gives
+    non-finite values."""
     ref = make_session(reference)
     want = [ref.run(None, f)[0] for f in feeds]
     try:
@@ -125,7 +136,7 @@ def _fidelity(model: onnx.ModelProto, reference: onnx.ModelProto, feeds: Sequenc
             raise VerificationError(f"output shape {g.shape}, the float model gives {w.shape}")
         if np.issubdtype(g.dtype, np.floating) and not np.isfinite(g).all():
             raise VerificationError("the quantized model's output is not finite")
-    return output_fidelity(model, want, feeds)
+    return distortion(want, got)
 
 
 class QuantizePass(Pass):
@@ -158,7 +169,7 @@ class QuantizePass(Pass):
         except ImportError:  # pragma: no cover
             raise self.fail_pre("onnxruntime.quantization is not installed") from None
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> QuantizeResult:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         with tempfile.TemporaryDirectory(prefix="onnxprune-quant-") as tmp:
             src, out = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
@@ -176,13 +187,13 @@ class QuantizePass(Pass):
                 raise self.fail_post(f"onnxruntime could not quantize the model: {str(exc).splitlines()[0]}") \
                     from None
             quantized = onnx.load(str(out))  # external data, if any, is read in here
-        return PassResult(quantized, True)
+        return QuantizeResult(quantized, True)
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
+    def ensures(self, before: onnx.ModelProto, result: QuantizeResult) -> QuantizeResult:
         try:
             check_structure(result.model)
-            feeds = self.calibration.feeds()[-1:]
-            fid = _fidelity(result.model, before, feeds)
+            feeds = self.calibration.feeds(last=1)
+            fid = _distortion(result.model, before, feeds)
         except VerificationError as exc:
             raise self.fail_post(str(exc)) from None
         except CalibrationError as exc:  # pragma: no cover - the data was read before
@@ -194,4 +205,4 @@ class QuantizePass(Pass):
                f"activations{', 7-bit weights' if self.reduce_range else ''}): relative L2 to float " \
                f"{fid['rel_l2']:.4f}" + (f", arg-max agreement {fid['argmax_agreement']:.1%}"
                                           if "argmax_agreement" in fid else "") + " on a calibration batch"
-        return PassResult(result.model, result.modified, result.notes + (note,), {**result.details, "fidelity": fid})
+        return result.noted(note, fidelity=fid)

@@ -42,11 +42,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import CalibrationError, VerificationError
+from ..errors import VerificationError
 from ..graph.analysis import Analysis
 from ..graph.layout import as_matrix, from_matrix, node_attrs
-from ..graph.subgraph import expose, prefix
-from ..lsq import conv_geometry, fit_toward, im2col
+from ..graph.subgraph import prefix
+from ..lsq import Site, fit_samples, fit_toward, stream
 from ..runtime import make_session
 from ..verify import check_structure
 from .base import Pass, PassResult
@@ -58,20 +58,15 @@ TARGETS = ("own", "residual")
 DEFAULT_TARGET = "residual"  # measured better on ResNet-56 and EfficientNet-Lite0 (benchmarks/recovery_targets.py)
 
 
-@dataclass
-class _Site:
-    """One layer to re-fit: its node, sampled positions and the original targets there."""
+@dataclass(kw_only=True)
+class _Site(Site):
+    """One layer to re-fit (:class:`onnxprune.lsq.Site`): the channels it keeps, the original targets at its
+    sampled rows, its input means (bias compensation), the skip path it repairs."""
 
-    node: str
-    op: str
-    input: str
-    output: str
     keep_in: np.ndarray
     keep_out: np.ndarray
-    positions: Optional[tuple[np.ndarray, np.ndarray]] = None
     target: Optional[np.ndarray] = None
     in_mean: Optional[np.ndarray] = None
-    hw: int = 0
     residual: Optional[str] = None  # the other addend of the Add the layer feeds (residual targets)
     add_output: Optional[str] = None  # that Add's output: the original value the fit aims at
 
@@ -79,26 +74,6 @@ class _Site:
     def aim(self) -> str:
         """The original tensor the fit's target comes from."""
         return self.add_output or self.output
-
-
-def _stream(model: onnx.ModelProto, names: list[str], batches):
-    """The named tensors, batch by batch: whole activations of every calibration sample at once
-    would not fit in memory for big models (EfficientNet-Lite0: GBs per layer for 500 images)."""
-    sess = make_session(expose(model, names))
-    wanted = {i.name for i in sess.get_inputs()}  # a prefix of a several-input model reads only some inputs
-    start = 0
-    for feeds in batches:
-        out = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
-        n = next(iter(out.values())).shape[0]
-        yield start, start + n, out
-        start += n
-
-
-def _conv_rows(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple, pos) -> np.ndarray:
-    """im2col of ``x`` at the sampled output positions ``pos`` ([n, P] each): rows x (C_in * kh * kw)."""
-    oy, ox = pos
-    n = np.repeat(np.arange(x.shape[0]), oy.shape[1])
-    return im2col(x, conv_geometry(node_attrs(node), w_shape, x.shape), n, oy.ravel(), ox.ravel())
 
 
 def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, scope: str) -> list[_Site]:
@@ -131,7 +106,8 @@ def _sites(analysis: Analysis, removed: np.ndarray, pruned: onnx.ModelProto, sco
             keep_in = np.ones(n_in if n_in else node.inputs[1].values.shape[1], dtype=bool)
         if keep_out is None:
             keep_out = np.ones(analysis.probe.shapes[out][1 if node.op != "MatMul" else -1], dtype=bool)
-        sites.append(_Site(name, node.op, x, out, keep_in, keep_out))
+        sites.append(_Site(node=name, op=node.op, attrs=dict(node.attrs), input=x, output=out, keep_in=keep_in,
+                           keep_out=keep_out))
     return sites
 
 
@@ -207,18 +183,6 @@ def _set_weights(model: onnx.ModelProto, node: onnx.NodeProto, W: np.ndarray, B:
         node.input[2] = name
 
 
-def _sample_positions(sites: list[_Site], first: dict, n_img: int, max_rows: int, rng) -> None:
-    """Output positions each Conv site is fitted on, per sample (at most ``max_rows`` rows a layer)."""
-    for s in sites:
-        if s.op != "Conv":
-            continue
-        y = first[s.aim]
-        s.hw = y.shape[2] * y.shape[3]
-        per = max(1, min(s.hw, max_rows // max(n_img, 1)))
-        flat = np.stack([rng.choice(s.hw, per, replace=False) for _ in range(n_img)])
-        s.positions = (flat // y.shape[3], flat % y.shape[3])
-
-
 def _gather(a: Analysis, sites: list[_Site], batches: list, n_img: int, mode: str, max_rows: int, rng) -> None:
     """One streamed pass of the original model: targets at sampled positions for least squares,
     input means for bias compensation (each input once, however many sites read it)."""
@@ -228,16 +192,13 @@ def _gather(a: Analysis, sites: list[_Site], batches: list, n_img: int, mode: st
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(inputs, 0)
     channel_axis = {s.input: (1 if s.op != "MatMul" else None) for s in sites}
-    for b0, b1, out in _stream(a.proto, outputs + inputs, batches):
-        if b0 == 0 and outputs:
-            _sample_positions(sites, out, n_img, max_rows, rng)
+    for b0, b1, out in stream(a.proto, outputs + inputs, batches):
+        if b0 == 0 and outputs:  # output positions each Conv site is fitted on, at most max_rows rows a layer
+            for s in sites:
+                if s.op == "Conv":
+                    s.sample_per_sample(out[s.aim], n_img, max_rows, rng)
         for s in sites if outputs else ():
-            y = out[s.aim]
-            if s.op == "Conv":
-                if y.shape[2] * y.shape[3] != s.hw:
-                    raise CalibrationError(
-                        "calibration samples of different spatial sizes cannot be re-fitted together")
-            targets[s.node].append(_at(y, s, b0, b1)[:, s.keep_out])
+            targets[s.node].append(s.targets(out[s.aim], b0)[:, s.keep_out])
         for name in inputs:
             x = out[name]
             axis = channel_axis[name] if channel_axis[name] is not None else x.ndim - 1
@@ -262,14 +223,6 @@ def _bias_shift(a: Analysis, s: _Site, attrs: dict) -> np.ndarray:
             ).astype(np.float32)
 
 
-def _at(y: np.ndarray, s: _Site, i0: int, i1: int) -> np.ndarray:
-    """Rows of ``y`` (a site's output, or a tensor of its shape) at the site's sampled positions."""
-    if s.op != "Conv":
-        return y.reshape(-1, y.shape[-1])
-    oy, ox = s.positions[0][i0:i1], s.positions[1][i0:i1]
-    return y[np.arange(i1 - i0)[:, None], :, oy, ox].reshape(-1, y.shape[1])
-
-
 def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope: str, max_rows: int,
              ridge: Optional[float], seed: int, target: str = DEFAULT_TARGET) -> tuple[onnx.ModelProto, str, int]:
     if mode == "auto":
@@ -285,7 +238,7 @@ def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope:
         _residual_addends(a, pruned, sites)
     batches = [f for f, _ in calibration.batches()]
     n_img = sum(next(iter(f.values())).shape[0] for f in batches)
-    n_train = max(1, int(round(n_img * 0.8))) if n_img >= 5 else n_img
+    n_train = fit_samples(n_img)
     model = onnx.ModelProto()
     model.CopyFrom(pruned)
     pnodes = {n.name: n for n in model.graph.node}
@@ -303,19 +256,14 @@ def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope:
             continue
         parts, skip = [], []
         names = [s.input] + ([s.residual] if s.residual else [])
-        for i0, i1, out in _stream(prefix(model, names), names, batches):
-            x = out[s.input]
-            if s.op == "Conv":
-                parts.append(_conv_rows(x, node, W.shape, (s.positions[0][i0:i1], s.positions[1][i0:i1])))
-            else:
-                parts.append(x.reshape(-1, x.shape[-1]))
+        for i0, _, out in stream(prefix(model, names), names, batches):
+            parts.append(s.rows(out[s.input], W.shape, i0))
             if s.residual:  # the pruned model's skip path, already carrying the upstream error
-                skip.append(_at(out[s.residual], s, i0, i1))
+                skip.append(s.targets(out[s.residual], i0))
         rows = np.concatenate(parts, axis=0)
         del parts
         aim = s.target - np.concatenate(skip, axis=0) if skip else s.target
-        per_img = s.positions[0].shape[1] if s.op == "Conv" else rows.shape[0] // n_img
-        fit = fit_toward(rows, aim, M, b0, n_train * per_img, ridge)
+        fit = fit_toward(rows, aim, M, b0, s.rows_before(n_train, 0, n_img, rows.shape[0]), ridge)
         if fit is None or not fit.improves:
             kept_plain += 1
             continue

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from ..calibration.readers import DEFAULT_BATCH_SIZE
 from ..errors import CalibrationError, InvalidArgumentError
 from ..graph.analysis import Analysis
 from .activation import activation_scores, bn_scale_scores
@@ -31,7 +32,7 @@ class ScoreRequest:
 
     batches: Optional[list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]] = None
     samples: int = 0
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     oracle_cost: Any = "auto"
     progress: bool = False

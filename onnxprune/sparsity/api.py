@@ -22,8 +22,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import onnx
 
-from ..calibration import Preprocess, model_input_shapes, open_calibration
-from ..errors import CalibrationError, InvalidArgumentError
+from ..calibration import Preprocess, load_calibration
+from ..errors import InvalidArgumentError
 from ..graph.io import ModelLike, check_output_path, load_model, save_model_atomic
 from ..passes.base import Pipeline
 from .passes import SparseStoragePass, SparsifyPass, verification_feeds
@@ -42,23 +42,15 @@ CalibrationData = Union[np.ndarray, Mapping[str, np.ndarray], Iterable[Mapping[s
 
 def collect_calibration(data: CalibrationData, model: onnx.ModelProto, max_samples: int,
                         preprocess: Optional[Preprocess] = None) -> dict[str, np.ndarray]:
-    """Up to ``max_samples`` samples per model input, read once and concatenated.
+    """Up to ``max_samples`` samples per model input, one array each, read by :func:`load_calibration`.
 
-    Anything ``open_calibration`` accepts works, as for ``prune_static``; its
-    reader checks every batch against the model's inputs. ``preprocess``
-    applies to image folders and uint8 arrays.
+    The one calibration path of every command: anything ``prune_static``
+    takes, checked against the model's inputs, ``preprocess`` (or the size
+    the model records) for image folders and uint8 arrays, float16 inputs
+    cast for a float16 model, the cache's memory budget.
     """
-    reader = open_calibration(data, model_input_shapes(model), preprocess=preprocess, limit=max_samples)
-    parts: dict[str, list[np.ndarray]] = {}
-    while True:
-        batch = reader.get_next()
-        if batch is None:
-            break
-        for name, value in batch.items():
-            parts.setdefault(name, []).append(np.asarray(value))
-    if not parts:
-        raise CalibrationError("calibration data is empty: give at least one sample per model input")
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    feeds = load_calibration(data, model, preprocess=preprocess, limit=max_samples).feeds()
+    return {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
 
 
 def sparsify(model_input: ModelLike, model_output: str | os.PathLike | None = None,
@@ -92,19 +84,19 @@ def sparsify(model_input: ModelLike, model_output: str | os.PathLike | None = No
     feeds, feed_kind = verification_feeds(source, calibration)
     run = Pipeline([SparsifyPass(config, targets, calibration, feeds=feeds, feed_kind=feed_kind),
                     SparseStoragePass(targets.names, dense=config.dense, feeds=feeds)])(source)
-    done = run.result_of("sparsify").details
-    storage: StorageDecision = run.result_of("sparse-storage").details["storage"]
-    verification = VerificationReport(ok=True, message=done["verification"].summary(), inputs=feed_kind,
-                                      output_change=done["output_change"])
-    weights, status = done["weights"], done["refit_status"]
-    layers = tuple(_layer_stats(ref, done["zeros_before"][ref.name], weights[ref.name], storage,
-                                status.get(ref.name, "not changed" if done["refit"] else "no"))
+    done = run.result_of("sparsify")
+    storage: StorageDecision = run.result_of("sparse-storage").storage
+    verification = VerificationReport(ok=True, message=done.verification.summary(), inputs=feed_kind,
+                                      output_change=done.output_change)
+    weights, status = done.weights, done.refit_status
+    layers = tuple(_layer_stats(ref, done.zeros_before[ref.name], weights[ref.name], storage,
+                                status.get(ref.name, "not changed" if done.refit else "no"))
                    for ref in targets.refs)
     written = save_model_atomic(run.model, model_output) if model_output is not None else None
     return SparsifyResult(
         model=run.model, layers=layers, storage=storage, verification=verification,
-        masks={name: m.copy() for name, m in done["masks"].items()}, history=done["history"], steps=done["steps"],
-        notes=targets.notes + run.result_of("sparsify").notes, output_path=written,
+        masks={name: m.copy() for name, m in done.masks.items()}, history=done.history, steps=done.steps,
+        notes=targets.notes + done.notes, output_path=written,
     )
 
 

@@ -10,7 +10,7 @@ import logging
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import InvalidArgumentError
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 FILLERS = ("random", "iternonstruct", "l1", "ln")
 SCOPES = ("layer", "global")
-MODES = ("static", "gradual")
+MODES = ("static", "gradual")  # what the history records of a run: one step or several
 SUPPORTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
@@ -32,9 +32,11 @@ class SparsifyConfig:
         zeros already in the weights count, like N2D2's masks.
     relative: read ``threshold`` as a fraction of the weights still non-zero
         (torch's PruningContainer) instead of a fraction of all weights.
-    mode: ``static`` prunes to ``threshold`` at once; ``gradual`` goes
-        ``start, start+gamma, ...`` up to ``threshold``, re-fitting the
-        survivors between steps when calibration data is given.
+    steps, gradual_start, gradual_gamma: the schedule, in the pruning
+        verb's words — at once (the default), in ``steps`` equal steps, or
+        N2D2's Gradual mode ``gradual_start, gradual_start + gradual_gamma,
+        ...`` up to ``threshold`` (both given); the survivors are re-fitted
+        between steps when calibration data is given.
     delta: iternonstruct zeroes every |w| <= k*delta for the smallest k
         reaching the threshold (N2D2's Delta).
     n, dim: norm order and axis of the ``ln`` filler (torch's ln_structured).
@@ -54,9 +56,9 @@ class SparsifyConfig:
     threshold: float = 0.5
     filler: str = "l1"
     scope: str = "layer"
-    mode: str = "static"
-    start: float = 0.1
-    gamma: float = 0.05
+    steps: int = 1
+    gradual_start: Optional[float] = None
+    gradual_gamma: Optional[float] = None
     delta: float = 0.001
     n: float = 2.0
     dim: int = 0
@@ -83,17 +85,20 @@ class SparsifyConfig:
             raise InvalidArgumentError(f"unknown filler {self.filler!r}; choose one of {', '.join(FILLERS)}")
         if self.scope not in SCOPES:
             raise InvalidArgumentError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
-        if self.mode not in MODES:
-            raise InvalidArgumentError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.filler == "ln" and self.scope == "global":
             raise InvalidArgumentError(
                 "the ln filler prunes whole slices of one tensor and has no global form "
                 "(as in torch); use --scope layer"
             )
-        if not 0.0 <= self.start < 1.0:
-            raise InvalidArgumentError(f"start must be in [0, 1), got {self.start!r}")
-        if self.mode == "gradual" and not self.gamma > 0.0:
-            raise InvalidArgumentError(f"gamma must be > 0 in gradual mode, got {self.gamma!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InvalidArgumentError(f"steps must be at least 1, got {self.steps!r}")
+        if (self.gradual_start is None) != (self.gradual_gamma is None):
+            raise InvalidArgumentError("gradual mode needs both a start and a gamma (--gradual-start, --gradual-gamma)")
+        if self.gradual_start is not None and not (0.0 <= self.gradual_start < 1.0 and 0.0 < self.gradual_gamma <= 1.0):
+            raise InvalidArgumentError(f"gradual start must be in [0, 1) and gamma in (0, 1], got "
+                                       f"{self.gradual_start!r} and {self.gradual_gamma!r}")
+        if self.gradual_start is not None and self.steps > 1:
+            raise InvalidArgumentError("give steps or a gradual start and gamma, not both")
         if not self.delta > 0.0:
             raise InvalidArgumentError(f"delta must be > 0 (the step of iternonstruct), got {self.delta!r}")
         if not (self.n > 0.0 or math.isinf(self.n)):
@@ -110,14 +115,21 @@ class SparsifyConfig:
         if not 0.0 <= self.refit_holdout < 0.9:
             raise InvalidArgumentError(f"refit_holdout must be in [0, 0.9), got {self.refit_holdout!r}")
 
+    @property
+    def mode(self) -> str:
+        """``static`` (one step) or ``gradual`` (several), as the history records it."""
+        return "gradual" if self.steps > 1 or self.gradual_start is not None else "static"
+
     def schedule(self) -> tuple[float, ...]:
-        """The thresholds of the steps: one in static mode, start..threshold by gamma in gradual mode."""
-        if self.mode == "static" or self.start >= self.threshold:
+        """The thresholds of the steps: one at once, ``steps`` equal ones, or start..threshold by gamma."""
+        if self.steps > 1:
+            return tuple(round(self.threshold * (i + 1) / self.steps, 10) for i in range(self.steps))
+        if self.gradual_start is None or self.gradual_start >= self.threshold:
             return (float(self.threshold),)
         steps: list[float] = []
         k = 0
         while True:
-            s = round(self.start + k * self.gamma, 10)
+            s = round(self.gradual_start + k * self.gradual_gamma, 10)
             if s >= self.threshold - 1e-12:
                 break
             steps.append(s)

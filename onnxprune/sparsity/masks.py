@@ -53,7 +53,7 @@ def select_weights(model: onnx.ModelProto, config: SparsifyConfig, masks: NamedA
     custom = _named_arrays(masks, refs, "mask", config)
     importance = _named_arrays(importance_scores, refs, "importance scores", config)
     if custom and config.mode == "gradual":
-        raise InvalidArgumentError("explicit masks are applied at once; use mode static with masks")
+        raise InvalidArgumentError("explicit masks are applied at once; drop --steps / --gradual-start with masks")
     if importance and config.filler == "random":
         raise InvalidArgumentError("importance scores have no effect with the random filler; choose l1, "
                                    "iternonstruct or ln")

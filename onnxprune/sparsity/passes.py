@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -30,6 +31,7 @@ import onnx
 from onnx import helper
 
 from ..errors import VerificationError
+from ..fidelity.distortion import relative_l2
 from ..graph.sizes import choose_input_shapes
 from ..passes.base import Pass, PassResult
 from ..runtime import make_session
@@ -38,7 +40,6 @@ from .config import SUPPORTED_OP_TYPES, SparsifyConfig
 from .history import pass_record, read_history, write_history
 from .masks import WeightTargets, step_masks
 from .results import StorageDecision
-from .verify import relative_change
 from .weights import find_weights, read_weight, sparse_nbytes, write_weights
 
 logger = logging.getLogger(__name__)
@@ -85,15 +86,38 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+@dataclass(frozen=True)
+class SparsifyPassResult(PassResult):
+    """What sparsifying did: the final masks and weight arrays, the re-fit per weight (of the last step) and
+    which weights were ever re-fitted, the zeros before, the thresholds stepped through, the history written;
+    after ``ensures`` the verification and the relative change of the outputs."""
+
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    refit_status: dict[str, str] = field(default_factory=dict)
+    refitted: frozenset[str] = frozenset()
+    refit: bool = False
+    zeros_before: dict[str, int] = field(default_factory=dict)
+    steps: tuple[float, ...] = ()
+    history: tuple = ()
+    verification: Optional[VerificationResult] = None
+    output_change: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class StorageResult(PassResult):
+    """The storage chosen (sparse or dense, with the reason) and, for sparse, its verification."""
+
+    storage: Optional[StorageDecision] = None
+    verification: Optional[VerificationResult] = None
+
+
 class SparsifyPass(Pass):
     """Zero the weights the filler (or the given masks) picks, step by step, re-fitting between steps.
 
     ``calibration`` (arrays by input name) turns on the re-fit when
     ``config.refit``; ``feeds`` / ``feed_kind`` are the verification inputs
-    (:func:`verification_feeds`). ``details`` of the result: ``masks``,
-    ``weights`` (the final arrays), ``refit_status``, ``refitted``,
-    ``zeros_before``, ``steps``, ``history``; after ``ensures`` also
-    ``verification`` and ``output_change``.
+    (:func:`verification_feeds`). The result is a :class:`SparsifyPassResult`.
     """
 
     name = "sparsify"
@@ -113,7 +137,7 @@ class SparsifyPass(Pass):
             if found.get(ref.name) != ref.shape:
                 raise self.fail_pre(f"the model has no weight {ref.name!r} of shape {list(ref.shape)}")
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> SparsifyPassResult:
         config, targets = self.config, self.targets
         base = _copy(model)
         weights_in = {r.name: read_weight(base, r) for r in targets.refs}
@@ -153,12 +177,12 @@ class SparsifyPass(Pass):
         history = read_history(model) + [record]
         write_history(work, history)
         notes = tuple(f"{n}: re-fit {s}" for n, s in refit_status.items() if s.startswith("skip"))
-        return PassResult(work, modified=True, notes=notes, details={
-            "masks": mask_now, "weights": current, "refit_status": refit_status, "refitted": refitted,
-            "refit": refitter is not None, "zeros_before": zeros_before, "steps": steps, "history": tuple(history)})
+        return SparsifyPassResult(work, True, notes, masks=mask_now, weights=current, refit_status=refit_status,
+                                  refitted=frozenset(refitted), refit=refitter is not None,
+                                  zeros_before=zeros_before, steps=steps, history=tuple(history))
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
-        masks, refitted = result.details["masks"], result.details["refitted"]
+    def ensures(self, before: onnx.ModelProto, result: SparsifyPassResult) -> SparsifyPassResult:
+        masks, refitted = result.masks, result.refitted
         refs = [r for r in find_weights(result.model, SUPPORTED_OP_TYPES)[0] if r.name in masks]
         given_refs = {r.name: r for r in self.targets.refs}
         reference = _copy(result.model)
@@ -177,12 +201,11 @@ class SparsifyPass(Pass):
         what = "exactness vs input weights x mask" + (" (re-fitted layers as fitted)" if refitted else "")
         try:
             verification = _verify(result.model, reference, feeds, what)
-            change = relative_change(_run(before, feeds), _run(reference, feeds))
+            change = relative_l2(_run(before, feeds), _run(reference, feeds))
         except VerificationError as exc:
             hint = "; pass calibration data with real inputs" if self.feed_kind == "random inputs" else ""
             raise self.fail_post(f"on {self.feed_kind}: {exc}{hint}") from None
-        details = dict(result.details, verification=verification, output_change=change)
-        return PassResult(result.model, result.modified, result.notes, details)
+        return result.noted(verification=verification, output_change=change)
 
 
 def _run(model: onnx.ModelProto, feeds: Feeds) -> list[np.ndarray]:
@@ -198,7 +221,7 @@ def _run(model: onnx.ModelProto, feeds: Feeds) -> list[np.ndarray]:
 class SparseStoragePass(Pass):
     """Store the named weights as ONNX sparse tensors where the file gets smaller and outputs stay identical.
 
-    ``details["storage"]`` is the :class:`StorageDecision`, with the reason.
+    The result's ``storage`` is the :class:`StorageDecision`, with the reason.
     """
 
     name = "sparse-storage"
@@ -208,7 +231,7 @@ class SparseStoragePass(Pass):
         self.dense = dense
         self.feeds = feeds
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> StorageResult:
         dense_bytes = model.ByteSize()
         if self.dense:
             return self._dense(model, "--dense: ordinary dense initializers with zeros (masks made permanent, "
@@ -229,16 +252,16 @@ class SparseStoragePass(Pass):
         decision = StorageDecision(
             "sparse", f"{len(candidates)} of {len(refs)} weights as ONNX sparse tensors: {sparse_bytes} bytes "
             f"instead of {dense_bytes}", dense_bytes, sparse_bytes, tuple(candidates))
-        return PassResult(candidate, modified=True, notes=(decision.reason,), details={"storage": decision})
+        return StorageResult(candidate, True, (decision.reason,), storage=decision)
 
     @staticmethod
-    def _dense(model: onnx.ModelProto, reason: str, sparse_bytes: Optional[int]) -> PassResult:
+    def _dense(model: onnx.ModelProto, reason: str, sparse_bytes: Optional[int]) -> StorageResult:
         decision = StorageDecision("dense", reason, model.ByteSize(), sparse_bytes)
-        return PassResult(model, modified=False, notes=(f"dense: {reason}",), details={"storage": decision})
+        return StorageResult(model, False, (f"dense: {reason}",), storage=decision)
 
-    def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
+    def ensures(self, before: onnx.ModelProto, result: StorageResult) -> StorageResult:
         """Keep the sparse model only when onnxruntime gives exactly the dense model's outputs."""
-        decision: StorageDecision = result.details["storage"]
+        decision = result.storage
         if decision.format != "sparse":
             return result
         feeds = self.feeds if self.feeds is not None else verification_feeds(before, None)[0]
@@ -249,4 +272,4 @@ class SparseStoragePass(Pass):
             return self._dense(before, f"sparse storage rejected: {exc}", decision.sparse_bytes)
         checked = StorageDecision(decision.format, f"{decision.reason}; {verification.summary()}",
                                   decision.dense_bytes, decision.sparse_bytes, decision.sparse_tensors)
-        return PassResult(result.model, True, (checked.reason,), {"storage": checked, "verification": verification})
+        return StorageResult(result.model, True, (checked.reason,), storage=checked, verification=verification)

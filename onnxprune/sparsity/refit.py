@@ -24,19 +24,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 
 from ..calibration import model_input_shapes
-from ..errors import CalibrationError
 from ..graph.layout import as_matrix, from_matrix, node_attrs, weight_layout
-from ..graph.subgraph import expose
-from ..lsq import Patches, conv_geometry, holdout, masked_fit, sq_error
-from ..runtime import make_session
+from ..lsq import Site, fit_samples, holdout, masked_fit, sq_error, stream
+from ..lsq.segments import SegmentForward
 from .config import SparsifyConfig
-from .segments import SegmentForward
 from .weights import ConstantIndex, WeightRef, constant_ref, read_weight, write_weights
 
 logger = logging.getLogger(__name__)
@@ -46,23 +42,17 @@ _GATHER_BUDGET = 1 << 25  # float32 values of im2col rows held at once (128 MiB)
 _KINDS = {"Conv": "conv", "Gemm": "gemm", "MatMul": "matmul"}
 
 
-@dataclass
-class _Layer:
-    """A layer the re-fit can solve, and its sampled rows and original outputs."""
+@dataclass(kw_only=True)
+class _Layer(Site):
+    """A layer the re-fit can solve (:class:`onnxprune.lsq.Site`: its rows spread over the samples), its
+    weight, its bias and the original outputs at its rows."""
 
     ref: WeightRef
-    op: str
-    attrs: dict[str, Any]
-    x_name: str
-    y_name: str
     bias_name: str | None = None  # fitted bias tensor
     fixed_bias: np.ndarray | None = None  # constant bias that stays
     bias_scale: float = 1.0  # Gemm's beta
     alpha: float = 1.0  # Gemm's alpha
-    rows_n: np.ndarray | None = None  # sample index of each sampled row
-    rows_p: np.ndarray | None = None  # position index within the sample
-    out_hw: tuple[int, int] = (1, 1)
-    targets: np.ndarray | None = None  # [rows, out channels]
+    target: np.ndarray | None = None  # [rows, out channels]
 
     @property
     def kind(self) -> str:
@@ -77,9 +67,7 @@ class Refitter:
         self.config = config
         self.calibration = dict(calibration)
         self.samples = len(next(iter(self.calibration.values())))
-        self.hold_from = self.samples - int(round(config.refit_holdout * self.samples))
-        if self.hold_from <= 0:
-            self.hold_from = self.samples
+        self.hold_from = fit_samples(self.samples, config.refit_holdout, min_samples=1)
         self.rng = np.random.default_rng(config.seed + 7919)
         self.skipped: dict[str, str] = {}
         self.layers: list[_Layer] = []
@@ -118,7 +106,8 @@ class Refitter:
         if node.op_type == "Gemm" and attrs.get("transA", 0):
             self.skipped[ref.name] = "Gemm with transA"
             return None
-        layer = _Layer(ref=ref, op=node.op_type, attrs=attrs, x_name=node.input[0], y_name=node.output[0])
+        layer = _Layer(node=node.name, ref=ref, op=node.op_type, attrs=attrs, input=node.input[0],
+                       output=node.output[0])
         if node.op_type == "Gemm":
             layer.alpha = float(attrs.get("alpha", 1.0))
             layer.bias_scale = float(attrs.get("beta", 1.0))
@@ -144,56 +133,31 @@ class Refitter:
     def _capture_targets(self, original: onnx.ModelProto) -> None:
         if not self.layers:
             return
-        session = make_session(expose(original, [layer.y_name for layer in self.layers]))
-        names = [o.name for o in session.get_outputs()]
+        names = sorted({layer.output for layer in self.layers})
         batch = _CAPTURE_BATCH
         fixed = [dims[0] for dims in model_input_shapes(original).values()
                  if dims and isinstance(dims[0], int) and dims[0] > 0]
         if fixed:
             batch = min(fixed)
+        batches = ({k: v[start:start + batch] for k, v in self.calibration.items()}
+                   for start in range(0, self.samples, batch))
         parts: dict[str, list[np.ndarray]] = {layer.ref.name: [] for layer in self.layers}
-        for start in range(0, self.samples, batch):
-            feeds = {k: v[start:start + batch] for k, v in self.calibration.items()}
-            try:
-                outputs = dict(zip(names, session.run(None, feeds)))
-            except Exception as exc:  # onnxruntime raises its own exception classes
-                raise CalibrationError(f"the model does not run on the calibration data: {str(exc)[:300]}") from None
-            fed = len(next(iter(feeds.values())))
+        for start, end, outputs in stream(original, names, batches):
             for layer in self.layers:
                 if layer.ref.name in self.skipped:
                     continue
-                out = outputs[layer.y_name]
-                if out.ndim < 2 or out.shape[0] != fed:
+                out = outputs[layer.output]
+                if out.ndim < 2 or out.shape[0] != end - start:
                     # Rows must map to samples (a Reshape that folds time into the batch breaks that).
                     self.skipped[layer.ref.name] = f"output {list(out.shape)} does not lead with the batch axis"
                     continue
                 if layer.rows_n is None:
-                    self._sample_rows(layer, out)
-                sel = (layer.rows_n >= start) & (layer.rows_n < start + fed)
-                parts[layer.ref.name].append(self._rows_of_output(layer, out, layer.rows_n[sel] - start,
-                                                                  layer.rows_p[sel]))
+                    layer.sample_spread(out, self.samples, self.config.refit_rows, self.rng)
+                parts[layer.ref.name].append(layer.targets(out, start))
         self.layers = [layer for layer in self.layers if layer.ref.name not in self.skipped]
         for layer in self.layers:
             # float32 keeps the targets of a large model in memory; the solves are in float64.
-            layer.targets = np.concatenate(parts[layer.ref.name]).astype(np.float32)
-
-    def _sample_rows(self, layer: _Layer, out: np.ndarray) -> None:
-        if layer.kind == "conv":
-            layer.out_hw = (int(out.shape[2]), int(out.shape[3]))
-            per_sample = layer.out_hw[0] * layer.out_hw[1]
-        else:
-            per_sample = int(np.prod(out.shape[1:-1], dtype=np.int64)) if out.ndim > 2 else 1
-        total = self.samples * per_sample
-        count = min(self.config.refit_rows, total)
-        flat = np.sort(self.rng.choice(total, size=count, replace=False))
-        layer.rows_n = flat // per_sample
-        layer.rows_p = flat % per_sample
-
-    @staticmethod
-    def _rows_of_output(layer: _Layer, out: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
-        if layer.kind == "conv":
-            return out.reshape(out.shape[0], out.shape[1], -1)[n, :, p]
-        return out.reshape(out.shape[0], -1, out.shape[-1])[n, p, :]
+            layer.target = np.concatenate(parts[layer.ref.name]).astype(np.float32)
 
     # -- the fit --------------------------------------------------------------
     def refit(self, model: onnx.ModelProto, masks: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -203,7 +167,7 @@ class Refitter:
         for layer in self.layers:
             if layer.ref.name not in masks:
                 continue
-            x = forward.compute(layer.x_name)
+            x = forward.compute(layer.input)
             if x.shape[0] != self.samples:
                 status[layer.ref.name] = f"skipped: input {list(x.shape)} does not lead with the batch axis"
                 continue
@@ -228,8 +192,8 @@ class Refitter:
     def _fit_layer(self, layer: _Layer, x: np.ndarray, weight: np.ndarray, mask: np.ndarray,
                    bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, float, float]:
         # Rows are sorted by sample, so the fit rows are a prefix and the held-back ones the rest.
-        fit, hold = holdout(len(layer.rows_n), int(np.count_nonzero(layer.rows_n < self.hold_from)))
-        targets = layer.targets
+        fit, hold = holdout(len(layer.rows_n), layer.rows_before(self.hold_from, 0, self.samples, len(layer.rows_n)))
+        targets = layer.target
         if layer.fixed_bias is not None:
             targets = targets - layer.fixed_bias[None, :]
         orig_w = self.original_weights[layer.ref.name]
@@ -257,20 +221,19 @@ class Refitter:
                 ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Independent groups of the layer, a batch at a time, as
         (input rows [g, R, D], output channels [g, Mg], weight / mask / original weight [g, Mg, D])."""
-        n, p = layer.rows_n, layer.rows_p
         if layer.kind != "conv":
             if layer.kind == "gemm":
-                rows = x.reshape(x.shape[0], -1)[n].astype(np.float32) * np.float32(layer.alpha)
+                rows = x.reshape(x.shape[0], -1)[layer.rows_n].astype(np.float32) * np.float32(layer.alpha)
             else:
-                rows = x.reshape(x.shape[0], -1, x.shape[-1])[n, p, :].astype(np.float32)
+                rows = layer.rows(x).astype(np.float32)
             w2d, m2d, o2d = (as_matrix(layer.op, layer.attrs, a) for a in (weight, mask, orig))
             yield (rows[None], np.arange(w2d.shape[0])[None], w2d[None].astype(np.float64), m2d[None],
                    o2d[None].astype(np.float64))
             return
-        geometry = conv_geometry(layer.attrs, layer.ref.shape, x.shape)
-        group = geometry.group
+        patches = layer.patches(x.astype(np.float32, copy=False), layer.ref.shape)
+        group = int(layer.attrs.get("group", 1))
+        n = layer.rows_n
         out_ch, in_per_group, kh, kw = weight.shape
-        patches = Patches(x.astype(np.float32, copy=False), geometry, n, p // layer.out_hw[1], p % layer.out_hw[1])
         out_per_group = out_ch // group
         depth = in_per_group * kh * kw
         chunk = max(1, _GATHER_BUDGET // max(len(n) * depth, 1))  # groups gathered at once

@@ -19,10 +19,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import onnx
 
-from .calibration import Preprocess, open_calibration, spread_indices
-from .calibration.dataset import with_model_size
-from .calibration.validate import fixed_batch, model_input_shapes
-from .runtime import make_session
+from ..calibration import Preprocess, open_calibration, spread_indices
+from ..calibration.dataset import with_model_size
+from ..calibration.validate import fixed_batch, model_input_shapes
+from ..runtime import make_session
 
 LabelledBatch = tuple[dict[str, np.ndarray], Optional[np.ndarray]]
 

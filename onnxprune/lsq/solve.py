@@ -1,6 +1,6 @@
-"""Least squares for training-free layer repair: im2col, ridge toward given weights, held-back checks.
+"""The least-squares solves of training-free layer repair: im2col, ridge toward given weights, held-back checks.
 
-Channel recovery (:mod:`onnxprune.passes.recover`) and the sparsity re-fit
+Channel recovery (:mod:`onnxprune.passes.recover`), the sensitivity curves and the sparsity re-fit
 (:mod:`onnxprune.sparsity.refit`) solve the same problem: a layer's input
 rows X (im2col patches for a Conv, at a sample of output positions), the
 output Y the *original* model computed there, and weights W0 to start from;
