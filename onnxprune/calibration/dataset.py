@@ -38,7 +38,7 @@ class Calibration:
     dataset: CachedDataset
     batch_size: int
     dtypes: dict[str, np.dtype] = field(default_factory=dict)
-    """Inputs the model takes in another float type than float32 (float16): cast on the way out."""
+    """Inputs the model takes in another type than float32 (float16, int64 token ids): cast on the way out."""
 
     def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
         out = list(self.dataset.batches_with_labels(self.batch_size))
@@ -136,7 +136,7 @@ def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optiona
     calibrated in batches of that size whatever ``batch_size`` says: the
     model takes nothing else, and a user should not have to find the flag.
     """
-    dtypes = {k: v for k, v in input_dtypes(model).items() if v.kind == "f" and v != np.float32}
+    dtypes = {k: v for k, v in input_dtypes(model).items() if v != np.float32}
     if isinstance(source, Calibration):
         return source
     inputs = model_input_shapes(model)
@@ -148,7 +148,9 @@ def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optiona
         batch_size = fixed
     if isinstance(source, CachedDataset):
         return Calibration(source, batch_size, dtypes)
-    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit)
+    integers = [k for k, v in input_dtypes(model).items() if v.kind in "iu"]
+    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit,
+                              integer_inputs=integers)
     dataset = CachedDataset(reader, cache_bytes, limit=limit)
     if len(dataset) == 0:
         raise CalibrationError("the calibration data holds no samples")
