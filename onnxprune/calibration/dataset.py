@@ -79,7 +79,8 @@ class Calibration:
     def _subset(self, arrays: dict, labels: Optional[np.ndarray], idx: np.ndarray, what: str) -> "Calibration":
         reader = ArrayReader({k: v[idx] for k, v in arrays.items()},
                              labels=labels[idx] if labels is not None else None, batch_size=self.batch_size,
-                             source=f"{self.dataset.source} ({what})")
+                             source=f"{self.dataset.source} ({what})",
+                             integer_inputs=tuple(arrays))  # cached: already model inputs (token ids stay ints)
         return Calibration(CachedDataset(reader, self.dataset.max_bytes), self.batch_size, self.dtypes)
 
     def augmented(self, rounds: int, seed: int = 0, spec: Optional[Augment] = None) -> "Calibration":
