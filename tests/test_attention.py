@@ -160,6 +160,16 @@ def test_inspect_names_the_heads_and_their_block():
     assert g.units == 4 and g.heads_of.startswith("Reshape_") and g.frozen_reason is None
 
 
+def test_inspect_cli_lists_frozen_heads_with_their_block_and_reason(tmp_path, capsys):
+    from onnxprune.cli import main
+    path = tmp_path / "raw_key.onnx"
+    onnx.save(_odd("raw_key"), path)
+    assert main(["inspect", str(path)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if " heads " in ln]
+    assert "4 heads" in line and "frozen: MatMul" in line and "combines heads with the unlabelled tensor" in line
+    assert "(attention heads of 'Reshape_" in line
+
+
 def test_magnitude_sums_a_heads_columns_and_the_oracle_masks_a_head():
     p = prepared("separate")
     a = p.analysis

@@ -737,3 +737,23 @@ def test_limit_of_a_class_sorted_file_covers_every_class(tmp_path):
     assert len(cache) == 40
     np.testing.assert_array_equal(np.bincount(cache.labels, minlength=10), [4] * 10)
     np.testing.assert_array_equal(cache.inputs["input"][:, 0, 0, 0], cache.labels)  # pixels travel with labels
+
+
+def test_integer_inputs_of_a_text_model_pass_unchanged():
+    """Token ids and masks (int64 model inputs) are model inputs, never images; int32 ids are cast to the model's."""
+    from onnxprune.calibration.dataset import load_calibration
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", 5])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", 5])
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 5])
+    model = helper.make_model(helper.make_graph([helper.make_node("Mul", ["input_ids", "attention_mask"], ["y"])],
+                                                "text", [ids, mask], [out]), opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 30000, (6, 5)).astype(np.int32), "attention_mask": np.ones((6, 5), np.int64)}
+    cal = load_calibration(feeds, model, batch_size=4)
+    (first, _), (second, _) = cal.batches()
+    assert first["input_ids"].dtype == np.int64 and first["attention_mask"].dtype == np.int64
+    np.testing.assert_array_equal(np.concatenate([first["input_ids"], second["input_ids"]]), feeds["input_ids"])
+    fit, held = cal.split(2)  # rows held back for the fidelity judge stay token ids
+    (ids_held, _), = held.batches()
+    np.testing.assert_array_equal(ids_held["input_ids"], feeds["input_ids"][[0, 5]])
+    assert len(fit) == 4 and ids_held["input_ids"].dtype == np.int64

@@ -94,6 +94,26 @@ def test_tasks_guessed_from_outputs():
     assert guess_task(onnx.ModelProto(), [logits], task="embed").task == "embed"
 
 
+def test_unit_norm_rows_are_an_embedding_measured_by_cosine_and_neighbours():
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((6, 16))
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    spec = guess_task(onnx.ModelProto(), [emb])
+    assert spec.task == "embed" and spec.outputs[0].kind == "embed"
+    onehot = np.eye(4)[[0, 1, 2, 3, 0]]  # probabilities of norm 1 stay a classifier's
+    assert guess_task(onnx.ModelProto(), [onehot]).task == "classify"
+    out = emb.copy()
+    out[0] = emb[1]  # row 0 now equals row 1: row 1's nearest neighbour becomes row 0
+    fid = measure_fidelity(spec, [[emb]], [[out]])
+
+    def nearest(x, i):
+        return max((j for j in range(len(x)) if j != i), key=lambda j: x[i] @ x[j] / np.linalg.norm(x[j]))
+
+    same = np.mean([nearest(emb, i) == nearest(out, i) for i in range(6)])
+    assert fid.headline == "cosine" and fid.value == pytest.approx((5 + float(emb[0] @ emb[1])) / 6)
+    assert fid.values["neighbour_agreement"] == pytest.approx(same) and same < 1.0
+
+
 def test_ocr_fidelity_is_exact_match_of_ctc_strings():
     ref = np.zeros((3, 5, 4))
     for i, s in enumerate([[1, 1, 0, 2, 2], [3, 0, 3, 0, 0], [0, 0, 0, 0, 1]]):

@@ -39,7 +39,7 @@ class Calibration:
     dataset: CachedDataset
     batch_size: int
     dtypes: dict[str, np.dtype] = field(default_factory=dict)
-    """Inputs the model takes in another float type than float32 (float16): cast on the way out."""
+    """Inputs the model takes in another type than float32 (float16, int64 token ids): cast on the way out."""
 
     def batches(self) -> list[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
         """Every batch with its labels, in the model's input types."""
@@ -88,7 +88,8 @@ class Calibration:
     def _subset(self, arrays: dict, labels: Optional[np.ndarray], idx: np.ndarray, what: str) -> "Calibration":
         reader = ArrayReader({k: v[idx] for k, v in arrays.items()},
                              labels=labels[idx] if labels is not None else None, batch_size=self.batch_size,
-                             source=f"{self.dataset.source} ({what})")
+                             source=f"{self.dataset.source} ({what})",
+                             integer_inputs=tuple(arrays))  # cached: already model inputs (token ids stay ints)
         return Calibration(CachedDataset(reader, self.dataset.max_bytes), self.batch_size, self.dtypes)
 
     def augmented(self, rounds: int, seed: int = 0, spec: Optional[Augment] = None) -> "Calibration":
@@ -145,7 +146,7 @@ def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optiona
     calibrated in batches of that size whatever ``batch_size`` says: the
     model takes nothing else, and a user should not have to find the flag.
     """
-    dtypes = {k: v for k, v in input_dtypes(model).items() if v.kind == "f" and v != np.float32}
+    dtypes = {k: v for k, v in input_dtypes(model).items() if v != np.float32}
     if isinstance(source, Calibration):
         return source
     inputs = model_input_shapes(model)
@@ -157,7 +158,9 @@ def load_calibration(source: Any, model: onnx.ModelProto, *, preprocess: Optiona
         batch_size = fixed
     if isinstance(source, CachedDataset):
         return Calibration(source, batch_size, dtypes)
-    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit)
+    integers = [k for k, v in input_dtypes(model).items() if v.kind in "iu"]
+    reader = open_calibration(source, inputs, preprocess=preprocess, batch_size=batch_size, limit=limit,
+                              integer_inputs=integers)
     dataset = CachedDataset(reader, cache_bytes, limit=limit)
     if len(dataset) == 0:
         raise CalibrationError("the calibration data holds no samples")

@@ -171,14 +171,16 @@ class ArrayReader(BatchReader):
     Float arrays are used as model inputs (cast to float32). uint8 arrays are
     images (NHWC, or NCHW/NHW when recognisable) and go through ``preprocess``
     (colour, size, scale, mean, std, layout) one batch at a time, so memory
-    holds the compact uint8 copy only. ``limit`` keeps that many rows spread
+    holds the compact uint8 copy only. Integer arrays named in
+    ``integer_inputs`` (inputs the model takes as integers: token ids,
+    attention masks) are model inputs, passed unchanged. ``limit`` keeps that many rows spread
     evenly over the arrays (:func:`spread_indices`), never the first ones.
     """
 
     def __init__(self, arrays: Union[np.ndarray, Mapping[str, np.ndarray]], input_name: Optional[str] = None,
                  labels: Optional[np.ndarray] = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  preprocess: Optional[Preprocess] = None, *, limit: Optional[int] = None,
-                 drop_last: bool = False, source: str = "<arrays>") -> None:
+                 drop_last: bool = False, source: str = "<arrays>", integer_inputs: Iterable[str] = ()) -> None:
         limit = _check_positive("limit", limit)
         if isinstance(arrays, Mapping):
             if input_name is not None:
@@ -203,7 +205,8 @@ class ArrayReader(BatchReader):
         total = counts.pop()
         if total == 0:
             raise CalibrationError(f"{source}: the arrays hold no samples")
-        images = {n for n, a in named.items() if np.issubdtype(a.dtype, np.integer)}
+        ints = frozenset(integer_inputs)
+        images = {n for n, a in named.items() if np.issubdtype(a.dtype, np.integer) and n not in ints}
         if preprocess is not None and not images:
             raise InvalidArgumentError(
                 f"{source}: preprocess applies to uint8 image arrays; float arrays are used as model inputs unchanged")
@@ -242,7 +245,8 @@ class ArrayReader(BatchReader):
         batch: Batch = {}
         for name in self._order:
             if name in self._floats:
-                batch[name] = self._floats[name][start:stop].astype(np.float32, copy=False)
+                part = self._floats[name][start:stop]
+                batch[name] = part if np.issubdtype(part.dtype, np.integer) else part.astype(np.float32, copy=False)
                 continue
             assert self.preprocess is not None
             pixels = self._pixels[name][start:stop]
@@ -376,12 +380,14 @@ class ValidatingReader:
     """
 
     def __init__(self, reader: CalibrationDataReader, model_inputs: ModelInputs, *,
-                 source: Optional[str] = None, limit: Optional[int] = None) -> None:
+                 source: Optional[str] = None, limit: Optional[int] = None,
+                 integer_inputs: Iterable[str] = ()) -> None:
         if not callable(getattr(reader, "get_next", None)):
             raise InvalidArgumentError(
                 f"a calibration reader needs a get_next() method, got {type(reader).__name__}")
         self.reader = reader
         self.model_inputs = dict(model_inputs)
+        self.integer_inputs = frozenset(integer_inputs)  # inputs the model takes as integers (token ids, masks)
         self.source = source or getattr(reader, "source", None) or type(reader).__name__
         self.limit = _check_positive("limit", limit)
         self._seen = 0
@@ -424,7 +430,7 @@ class ValidatingReader:
             labels = None if labels is None else labels[:keep]
             size = keep
         where = f"{self.source} (samples {start}-{start + size - 1})" if size else self.source
-        validate_batch(batch, self.model_inputs, where)
+        validate_batch(batch, self.model_inputs, where, self.integer_inputs)
         if labels is not None and (labels.ndim == 0 or labels.shape[0] != size):
             count = 1 if labels.ndim == 0 else labels.shape[0]
             raise CalibrationError(f"{where}: {count} labels for a batch of {size} samples")

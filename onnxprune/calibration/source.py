@@ -56,13 +56,15 @@ def _array_preprocess(preprocess: Preprocess, dims: Any) -> Preprocess:
 
 
 def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optional[Preprocess] = None,
-                     batch_size: Optional[int] = None, limit: Optional[int] = None) -> ValidatingReader:
+                     batch_size: Optional[int] = None, limit: Optional[int] = None,
+                     integer_inputs: Iterable[str] = ()) -> ValidatingReader:
     """A checked reader over ``source`` for a model with ``model_inputs`` {name: dims}.
 
     ``source`` is a folder of images (one model input), a .npy/.npz file, a
     numpy array or dict of arrays, an object with ``get_next()`` (used
     unchanged), or an iterable of feed dicts. ``preprocess`` applies to
-    images and uint8 arrays; ``batch_size`` (default 32, or the model's
+    images and uint8 arrays (integer arrays of ``integer_inputs``, the inputs
+    the model takes as integers — token ids, masks — go in unchanged); ``batch_size`` (default 32, or the model's
     fixed batch size) to folders and arrays; ``limit`` caps the samples read:
     spread evenly over a folder, file or arrays, the first ones of a reader or iterable.
     """
@@ -93,27 +95,31 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
                     f"{path}: model input '{names[0]}' has no known shape; give arrays or a reader instead")
             reader: Any = ImageFolderReader(path, names[0], dims, _default_preprocess(preprocess, str(path), dims),
                                             batch_size=size, limit=limit, drop_last=drop_last)
-            return ValidatingReader(reader, model_inputs, source=str(path))
+            return ValidatingReader(reader, model_inputs, source=str(path), integer_inputs=integer_inputs)
         if path.suffix.lower() not in (".npy", ".npz"):
             raise CalibrationError(
                 f"{path}: unsupported calibration file; give a folder of images or a .npy/.npz file")
         arrays, labels = load_arrays(path, names)
-        return _from_arrays(arrays, labels, model_inputs, preprocess, size, limit, drop_last, str(path))
+        return _from_arrays(arrays, labels, model_inputs, preprocess, size, limit, drop_last, str(path),
+                            integer_inputs)
 
     if isinstance(source, (np.ndarray, Mapping)):
-        return _from_arrays(source, None, model_inputs, preprocess, size, limit, drop_last, "<arrays>")
+        return _from_arrays(source, None, model_inputs, preprocess, size, limit, drop_last, "<arrays>",
+                            integer_inputs)
 
     if callable(getattr(source, "get_next", None)):
         if preprocess is not None:
             raise InvalidArgumentError("preprocess applies to images and arrays; a reader yields model inputs as is")
         if batch_size is not None:
             logger.warning("batch_size is ignored for a reader: its batches are used as they come")
-        return ValidatingReader(source, model_inputs, source=type(source).__name__, limit=limit)
+        return ValidatingReader(source, model_inputs, source=type(source).__name__, limit=limit,
+                                integer_inputs=integer_inputs)
 
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
         if preprocess is not None:
             raise InvalidArgumentError("preprocess applies to images and arrays; an iterable yields model inputs as is")
-        return ValidatingReader(IterableReader(source), model_inputs, source="<iterable>", limit=limit)
+        return ValidatingReader(IterableReader(source), model_inputs, source="<iterable>", limit=limit,
+                                integer_inputs=integer_inputs)
 
     raise InvalidArgumentError(
         "calibration source must be a folder of images, a .npy/.npz file, arrays, a reader with get_next(), "
@@ -122,7 +128,7 @@ def open_calibration(source: Any, model_inputs: ModelInputs, preprocess: Optiona
 
 def _from_arrays(arrays: Any, labels: Optional[np.ndarray], model_inputs: ModelInputs,
                  preprocess: Optional[Preprocess], batch_size: int, limit: Optional[int], drop_last: bool,
-                 source: str) -> ValidatingReader:
+                 source: str, integer_inputs: Iterable[str] = ()) -> ValidatingReader:
     names = list(model_inputs)
     if isinstance(arrays, Mapping):
         named = {str(k): np.asarray(v) for k, v in arrays.items()}
@@ -134,7 +140,8 @@ def _from_arrays(arrays: Any, labels: Optional[np.ndarray], model_inputs: ModelI
                 "give one array per input name")
         named = {names[0]: np.asarray(arrays)}
         input_name = names[0]
-    has_images = any(np.issubdtype(a.dtype, np.integer) for a in named.values())
+    integer_inputs = frozenset(integer_inputs)
+    has_images = any(np.issubdtype(a.dtype, np.integer) for n, a in named.items() if n not in integer_inputs)
     if has_images:
         preprocess = _default_preprocess(preprocess, source,
                                          model_inputs.get(next(iter(named))) if len(named) == 1 else None)
@@ -145,7 +152,7 @@ def _from_arrays(arrays: Any, labels: Optional[np.ndarray], model_inputs: ModelI
             f"{source}: preprocess applies to uint8 image arrays; this data is float and is used as model input unchanged")
     data = named if input_name is None else named[input_name]
     reader = ArrayReader(data, input_name, labels=labels, batch_size=batch_size, preprocess=preprocess,
-                         limit=limit, drop_last=drop_last, source=source)
+                         limit=limit, drop_last=drop_last, source=source, integer_inputs=integer_inputs)
     if drop_last and reader.num_samples == 0:
         raise CalibrationError(f"{source}: fewer samples than the model's fixed batch size {batch_size}")
-    return ValidatingReader(reader, model_inputs, source=source)
+    return ValidatingReader(reader, model_inputs, source=source, integer_inputs=integer_inputs)

@@ -9,7 +9,7 @@ CalibrationError that names the source, the input and what was expected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -120,10 +120,12 @@ def _layout_hint(shape: tuple[int, ...], dims: Dims) -> str:
     return ""
 
 
-def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibration data") -> None:
+def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibration data",
+                   integer_inputs: Iterable[str] = ()) -> None:
     """Raise CalibrationError unless ``batch`` is a feed the model accepts.
 
-    Checks input names, dtype (float32 or float16), rank, every fixed axis (batch,
+    Checks input names, dtype (float32 or float16; integers for the
+    ``integer_inputs`` the model takes as integers, e.g. token ids), rank, every fixed axis (batch,
     channels, height, width), the batch axis agreeing across inputs, and
     that every value is finite.
     """
@@ -150,7 +152,8 @@ def validate_batch(batch: Any, model_inputs: ModelInputs, source: str = "calibra
         where = f"{source}: input '{name}'"
         if not isinstance(value, np.ndarray):
             raise CalibrationError(f"{where} is a {type(value).__name__}, expected a numpy array")
-        if value.dtype not in (np.float32, np.float16):  # float16 models are fed float16 (Calibration casts)
+        integral = name in integer_inputs and (np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_)
+        if value.dtype not in (np.float32, np.float16) and not integral:  # float16 models: fed float16 (cast)
             if np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_:
                 hint = ("; integer pixels need preprocessing (Preprocess: scale, mean, std) to become float32"
                         if value.dtype == np.uint8 else "; convert with .astype(np.float32)")

@@ -5,7 +5,8 @@ with the data); detectors: precision / recall / F1 of the detections and
 mAP50-95 with the dense detections as truth; OCR: exact match of the
 greedy CTC strings (blank 0) and per-position arg-max agreement;
 probability maps: IoU of the maps thresholded at 0.5; embeddings: mean
-cosine similarity; anything else: 1 - relative L2 after normalising each
+cosine similarity and agreement of each row's nearest neighbour among the
+measured rows; anything else: 1 - relative L2 after normalising each
 feature by its spread (so pixels and probabilities both count). Every
 command (prune, sweep, the latency target, quantize, the HALCON handle)
 reports this, measured on rows held back from scoring and fitting.
@@ -27,7 +28,8 @@ MAP_THRESHOLD = 0.5
 LABELS = {"top1_agreement": "top-1 agreement", "top1": "top-1", "dense_top1": "dense top-1",
           "detection_f1": "detection F1", "precision": "precision", "recall": "recall", "map50_95": "mAP50-95",
           "exact_match": "exact-match strings", "argmax_agreement": "arg-max agreement", "map_iou": "map IoU",
-          "cosine": "cosine similarity", "similarity": "1 - rel. L2 (per feature)", "rel_l2": "rel. L2"}
+          "cosine": "cosine similarity", "neighbour_agreement": "nearest-neighbour agreement",
+          "similarity": "1 - rel. L2 (per feature)", "rel_l2": "rel. L2"}
 
 
 LOWER_IS_BETTER = {"rel_l2"}
@@ -88,6 +90,21 @@ def _ctc(seq: np.ndarray) -> list[tuple[int, ...]]:
     return out
 
 
+def _nearest(x: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest other row by cosine similarity."""
+    u = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.argmax(-1)
+
+
+def _neighbours(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Retrieval as the user of an embedding reads it: is each row's nearest neighbour among the others the same?"""
+    if len(ref) < 3:
+        return {}
+    return {"neighbour_agreement": float(np.mean(_nearest(ref) == _nearest(out)))}
+
+
 def _output_values(spec: OutputSpec, ref: np.ndarray, out: np.ndarray, labels: Optional[np.ndarray],
                    conf: float, ref_batches, out_batches, index: int) -> dict[str, float]:
     if spec.kind in ("logits", "prob"):
@@ -109,7 +126,7 @@ def _output_values(spec: OutputSpec, ref: np.ndarray, out: np.ndarray, labels: O
     if spec.kind == "embed":
         num = (ref * out).sum(-1)
         den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(out, axis=-1)
-        return {"cosine": float(np.mean(num / np.maximum(den, 1e-12)))}
+        return {"cosine": float(np.mean(num / np.maximum(den, 1e-12))), **_neighbours(ref, out)}
     scales = np.asarray(spec.scales, dtype=np.float64)
     shape = [1] * ref.ndim
     shape[spec.feature_axis] = len(scales)

@@ -80,6 +80,12 @@ def _is_prob(y: np.ndarray, axis: int = -1) -> bool:
     return bool(y.size and y.min() >= 0 and np.allclose(y.sum(axis), 1.0, atol=1e-3))
 
 
+def _unit_rows(y: np.ndarray) -> bool:
+    """Rows of L2 norm 1: a normalised embedding (sentence encoders end so), never plain logits."""
+    norms = np.linalg.norm(y.astype(np.float64), axis=-1)
+    return bool(y.size and np.allclose(norms, 1.0, atol=1e-3))
+
+
 def _in_unit(y: np.ndarray) -> bool:
     return bool(y.size and y.min() >= 0 and y.max() <= 1)
 
@@ -118,7 +124,7 @@ def _guess_output(name: str, y: np.ndarray, task: str, meta: dict[str, str]) -> 
     if task == "generic":
         return _features(name, y) if y.ndim >= 2 else OutputSpec(name, "ignored")
     if y.ndim == 2 and y.shape[1] > 1:
-        if task == "embed":
+        if task == "embed" or (task == "auto" and not _is_prob(y) and _unit_rows(y)):
             return OutputSpec(name, "embed")
         return OutputSpec(name, "prob" if _is_prob(y) else "logits")
     if y.ndim == 3:
