@@ -140,6 +140,7 @@ class Report:
         """Fidelity to the dense model in the user's terms: after recovery, before it, quantized; the floor."""
         out = []
         for key, label in (("", "fidelity to dense"), ("fidelity_before_recovery", "  before recovery"),
+                           ("fidelity_before_distillation", "  before distillation"),
                            ("fidelity_quantized", "  quantized")):
             fid = self.after.fidelity if not key else self.extra.get(key)
             if fid is not None:

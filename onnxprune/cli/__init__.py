@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 from ..errors import EXIT_BELOW_FLOOR, EXIT_INTERRUPTED, BelowFloorError, OnnxPruneError
 from ..scoring.auto import AUTO
 from ..scoring.registry import CRITERIA
-from .args import (EXCLUDE_HELP, _add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args,
-                   _add_target_args, _input_shapes, _preprocess)
+from .args import (EXCLUDE_HELP, _add_calib_args, _add_distill_args, _add_fidelity_args, _add_model_args,
+                   _add_oracle_args, _add_target_args, _distill, _input_shapes, _preprocess)
 from .output import check_report_target, emit_refused, emit_result, error_json
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _config(args, criterion: str):
         use_external_data_format=getattr(args, "use_external_data_format", None) or None,
         executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
         task=getattr(args, "task", "auto"), min_fidelity=getattr(args, "min_fidelity", None),
-        back_off=getattr(args, "back_off", False))
+        back_off=getattr(args, "back_off", False), distill=_distill(args))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib_args(p)
     _add_fidelity_args(p)
     _add_oracle_args(p)
-    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
-                   help="after pruning: least-squares re-fit (default with --calib), bias compensation, or none")
+    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none", "distill"], default="auto",
+                   help="after pruning: least-squares re-fit (default with --calib), bias compensation, none, or "
+                        "distill: least squares, then fine-tuning against the dense model on the calibration rows, "
+                        "kept when it beats least squares on the held-back rows (pip install \"onnxprune[distill]\")")
+    _add_distill_args(p)
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="least squares also fits N random-resized-crop/flip copies of each calibration image "
                         "(default 0)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..scoring.registry import CRITERIA
-from .args import (EXCLUDE_HELP, _add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _preprocess,
-                   _round_to)
+from .args import (EXCLUDE_HELP, _add_calib_args, _add_distill_args, _add_latency_args, _add_model_args,
+                   _add_oracle_args, _preprocess, _round_to)
 
 
 def add_sweep_parser(sub) -> None:
@@ -22,8 +22,10 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--criterion", default="oracle", choices=list(CRITERIA),
                    help="how kernels are scored, once for every budget (default oracle)")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")
-    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none"], default="auto",
-                   help="after pruning: least squares (auto), bias compensation, or none")
+    p.add_argument("--recover", choices=["auto", "lsq", "bias", "none", "distill"], default="auto",
+                   help="after pruning: least squares (auto), bias compensation, none, or distill (least squares, "
+                        "then fine-tuning against the dense model at every budget)")
+    _add_distill_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
     p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
                    help="kept widths multiples of N (default auto, as for prune)")
