@@ -81,18 +81,30 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["lite0", "resnet56"], choices=list(SETUPS))
     ap.add_argument("--lite0-time", type=float, default=900.0)
     ap.add_argument("--resnet-time", type=float, default=600.0)
+    ap.add_argument("--store", help="folder of per-model results (JSON): runs of one model each, in parallel, "
+                                    "then share one section")
     args = ap.parse_args()
     import logging
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("onnxprune.progress").setLevel(logging.INFO)
+    import json
+    from pathlib import Path
+    store = Path(args.store) if args.store else None
+    if store:
+        store.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     cols = ["model", "MACs kept", "dense top-1", "least squares top-1", "distill top-1 (written)", "kept", "goal",
             "LSQ run wall/CPU (s)", "distill wall/CPU (s)"]
     for key in args.models:
         row, curve = run(key, args.lite0_time if key == "lite0" else args.resnet_time)
-        rows.append(row)
-        curves[key] = curve
-        pending = [SETUPS[k][0] for k in args.models if k not in curves]
+        if store:
+            (store / f"{key}.json").write_text(json.dumps({"row": row, "curve": curve}))
+            done = {k: json.loads((store / f"{k}.json").read_text()) for k in SETUPS if (store / f"{k}.json").exists()}
+        else:
+            done = {**{k: {"row": r, "curve": curves[k]} for k, r in zip(curves, rows)}, key: {"row": row, "curve": curve}}
+        rows = [d["row"] for d in done.values()]
+        curves = {k: d["curve"] for k, d in done.items()}
+        pending = [SETUPS[k][0] for k in SETUPS if k not in curves]
         text = [header("Recovery by distillation: least squares vs --recover distill"),
                 "Pruned with criterion energy and the sensitivity allocation (the default path's choice for Lite0; "
                 "for ResNet-56 too here, for time), least squares, 256 calibration rows plus the held-back "

@@ -181,3 +181,10 @@ def test_readme_distillation_lines_run(tmp_path, monkeypatch, capsys):
     run_commands(commands, monkeypatch, capsys)
     assert (Path.cwd() / "distilled.onnx").stat().st_size > 0
     assert "distill:" in capsys.readouterr().out
+
+
+def test_distil_in_float_then_quantize_reports_both():
+    from dataclasses import replace
+    res = run_pruning(residual_net(), None, {"x": _data()}, replace(_config("distill"), quantize="int8"))
+    assert "distillation" in res.report.extra and "fidelity_quantized" in res.report.extra
+    assert any(n.op_type == "QuantizeLinear" for n in res.model.graph.node)

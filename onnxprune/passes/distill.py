@@ -30,10 +30,14 @@ MAX_FEATURES = 32
 
 def refitted_outputs(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[str]:
     """Outputs of the Conv layers that lost input channels but kept their outputs (the layers least squares
-    re-fitted): full width in both graphs, so the dense model's value there is the target (at most
-    ``MAX_FEATURES``, spread over the depth)."""
+    re-fitted), or of the residual Add such a layer feeds: full width in both graphs, so the dense model's value
+    there is the target (at most ``MAX_FEATURES``, spread over the depth)."""
     shapes = {t.name: tuple(t.dims) for t in dense.graph.initializer}
     dense_out = {o for n in dense.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in pruned.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     out = []
     for node in pruned.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2:
@@ -43,7 +47,11 @@ def refitted_outputs(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[st
         if w is None or before is None or len(before) < 2 or node.output[0] not in dense_out:
             continue
         if w.dims[0] == before[0] and w.dims[1] < before[1]:
-            out.append(node.output[0])
+            after = readers.get(node.output[0], [])
+            if len(after) == 1 and after[0].op_type == "Add" and after[0].output[0] in dense_out:
+                out.append(after[0].output[0])  # least squares aimed at the residual stream there, not the conv
+            else:
+                out.append(node.output[0])
     if len(out) > MAX_FEATURES:
         out = [out[int(i)] for i in np.round(np.linspace(0, len(out) - 1, MAX_FEATURES))]
     return out
