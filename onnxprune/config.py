@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 from .calibration.cache import DEFAULT_CACHE_BYTES
 from .calibration.readers import DEFAULT_BATCH_SIZE
+from .distill.settings import DistillSettings
 from .errors import InvalidArgumentError
 from .executors import EXECUTORS, check_executor
 from .latency.measure import LatencySettings
@@ -26,7 +27,7 @@ from .scoring.registry import get_criterion
 # auto: per_mac, except raw for a data-free run (no calibration data, no scores: magnitude-like scores of
 # different layers are not costs of the output, so dividing them by MACs only favours the big layers)
 RANKINGS = ("auto", "per_mac", "raw", "flops_reg")
-RECOVERY_MODES = ("auto", "lsq", "bias", "none")
+RECOVERY_MODES = ("auto", "lsq", "bias", "none", "distill")
 QUANTIZE_MODES = ("int8",)
 ALLOCATIONS = ("auto", "sensitivity", "spdy", "block", "greedy")
 DEFAULT_PERCENTAGE = 10.0  # HALCON's: share of prunable kernels removed when no target is given
@@ -177,6 +178,7 @@ class PruneConfig:
     task: str = "auto"
     min_fidelity: Optional[float] = None  # None: the task's default floor (fidelity/tasks.py); 0: no floor
     back_off: bool = False
+    distill: DistillSettings = DistillSettings()  # with recover="distill": least squares, then fine-tuning
 
     def __post_init__(self) -> None:
         if self.criterion != AUTO:
@@ -199,7 +201,7 @@ class PruneConfig:
         if self.gradual_start is not None and not (0 < self.gradual_start <= 1 and 0 < self.gradual_gamma <= 1):
             raise InvalidArgumentError("gradual start and gamma are fractions in (0, 1]")
         if self.recover not in RECOVERY_MODES:
-            raise InvalidArgumentError(f"unknown recovery {self.recover!r}; choose auto, lsq, bias or none")
+            raise InvalidArgumentError(f"unknown recovery {self.recover!r}; choose auto, lsq, bias, none or distill")
         if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
             raise InvalidArgumentError(f"augment is a number of rounds >= 0, got {self.augment!r}")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:

@@ -188,6 +188,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     has_data = calibration is not None or calibration_source is not None
     config = replace(config, measure=config.measure_for(has_data or evaluation is not None),
                      ranking=config.ranking_for(has_data or scores is not None))
+    if config.recover == "distill":
+        _check_distill(calibration if calibration is not None else calibration_source)
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration, hold_out=config.measure)
     judge = None
@@ -197,6 +199,8 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
         config = replace(config, criterion=criterion_for(p, config, calibration))
     fixed = removed is not None
     built = _build(p, config, calibration, scores, removed, plan)
+    if config.recover == "distill":
+        _distilled(p, built, judge, calibration)
     if judge is not None:
         built = _judged(p, built, judge, calibration, scores, plan, fixed)
     if judge is None:
@@ -241,6 +245,30 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     if made_plan and refit is not None:  # `apply` re-fits from these as this run did
         plan.meta["recovery"] = refit
     return _Built(removed, run, report, verification, config, plan)
+
+
+def _check_distill(data: Any) -> None:
+    """Fail fast, in one line, when distillation cannot run at all (no engine, no data)."""
+    from .distill.engine import require_engine
+    require_engine()
+    if data is None:
+        raise CalibrationError("--recover distill needs calibration data (the dense model teaches on it): "
+                               "pass --calib DIR|FILE or a calibration_data_reader")
+
+
+def _distilled(p: Prepared, built: _Built, judge: Optional[Judge], calibration: Optional[Calibration]) -> None:
+    """Fine-tune the least-squares model against the dense one (kept only if it beats it on held-back rows)."""
+    if judge is None or calibration is None:
+        built.report.extra["distillation"] = "not run: it is judged on held-back rows (measure) and needs data"
+        return
+    from .passes.base import PipelineResult
+    from .passes.distill import DistillPass
+    result = DistillPass(p.model, calibration, judge, built.config.distill)(built.run.model)
+    built.run = PipelineResult(result.model, built.run.results + ((DistillPass.name, result),))
+    built.report.extra["distillation"] = result.notes[0]
+    built.report.verification += f"\ndistill: {result.notes[0]}"
+    if "fidelity_before_distillation" in result.details:
+        built.report.extra["fidelity_before_distillation"] = result.details["fidelity_before_distillation"]
 
 
 def _measured(p: Prepared, built: _Built, judge: Judge) -> _Built:

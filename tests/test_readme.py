@@ -38,10 +38,8 @@ def _commands(block: str) -> list[str]:
     return lines
 
 
-def test_readme_command_line_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    commands = _commands(_section("Command line", "bash"))
-    assert len(commands) >= 8
+def run_commands(commands: list[str], monkeypatch, capsys) -> None:
+    """Each README line through ``main`` (``cd`` moves the test's working folder); every one must exit 0."""
     for command in commands:
         for part in command.split("&&"):
             argv = shlex.split(part)
@@ -50,6 +48,13 @@ def test_readme_command_line_runs(tmp_path, monkeypatch, capsys):
                 continue
             assert argv[0] == "onnxprune", command
             assert main(argv[1:]) == 0, f"README line failed: {command}\n{capsys.readouterr().err}"
+
+
+def test_readme_command_line_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    commands = _commands(_section("Command line", "bash"))
+    assert len(commands) >= 8
+    run_commands(commands, monkeypatch, capsys)
     for written in ("small.onnx", "s50.onnx", "sparse.onnx", "plan.json", "report.md", "scores.json", "report.html"):
         assert (Path.cwd() / written).stat().st_size > 0, written
 

@@ -16,8 +16,8 @@ from ..config import QUANTIZE_MODES, default
 from ..errors import EXIT_BELOW_FLOOR, EXIT_INTERRUPTED, BelowFloorError, OnnxPruneError
 from ..scoring.auto import AUTO
 from ..scoring.registry import CRITERIA
-from .args import (EXCLUDE_HELP, _add_calib_args, _add_fidelity_args, _add_model_args, _add_oracle_args,
-                   _add_recover_arg, _add_target_args, _input_shapes, _preprocess)
+from .args import (EXCLUDE_HELP, _add_calib_args, _add_distill_args, _add_fidelity_args, _add_model_args,
+                   _add_oracle_args, _add_recover_arg, _add_target_args, _distill, _input_shapes, _preprocess)
 from .output import check_report_target, emit_refused, emit_result, error_json
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _config(args):
     for flag, (name, convert) in FIELD_OF.items():
         if hasattr(args, flag):
             values[name] = convert(getattr(args, flag))
-    return PruneConfig(**values, progress=True)
+    return PruneConfig(**values, progress=True, distill=_distill(args))
 
 
 FIELD_OF = {  # flag -> (PruneConfig field, conversion) where the names differ
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fidelity_args(p)
     _add_oracle_args(p)
     _add_recover_arg(p)
+    _add_distill_args(p)
     p.add_argument("--augment", type=int, default=default("augment"), metavar="N",
                    help="least squares also fits N random-resized-crop/flip copies of each calibration image "
                         "(default %(default)s)")

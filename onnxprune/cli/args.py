@@ -85,8 +85,10 @@ def add_constraint_args(p: argparse.ArgumentParser) -> None:
 
 def _add_recover_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover", choices=RECOVERY_MODES, default=default("recover"),
-                   help="after pruning: least-squares re-fit (auto: with calibration data), bias compensation, or "
-                        "none (default %(default)s)")
+                   help="after pruning: least-squares re-fit (auto: with calibration data), bias compensation, none, or "
+                        "distill: least squares, then fine-tuning against the dense model on the calibration rows, "
+                        "kept when it beats least squares on the held-back rows (pip install \"onnxprune[distill]\"; "
+                        "default %(default)s)")
 
 
 def _add_latency_args(p: argparse.ArgumentParser) -> None:
@@ -213,3 +215,29 @@ def _preprocess(args):
     if args.std:
         kw["std"] = floats("--std", args.std)
     return Preprocess(**kw)
+
+
+def _add_distill_args(p: argparse.ArgumentParser) -> None:
+    """The settings of ``--recover distill`` (:class:`onnxprune.distill.DistillSettings`); :func:`_distill` maps
+    them into the config."""
+    from ..distill.settings import DistillSettings
+    d = DistillSettings()
+    g = p.add_argument_group("distillation (with --recover distill; pip install \"onnxprune[distill]\")")
+    g.add_argument("--distill-epochs", type=int, default=d.epochs,
+                   help=f"passes over the calibration rows, fewer when --distill-time runs out (default {d.epochs})")
+    g.add_argument("--distill-lr", type=float, default=d.lr,
+                   help=f"Adam learning rate, cosine-decayed over the steps that fit the budget (default {d.lr:g})")
+    g.add_argument("--distill-batch", type=int, default=d.batch, help=f"rows per training step (default {d.batch})")
+    g.add_argument("--distill-time", type=float, default=d.time_s, metavar="SECONDS",
+                   help=f"wall-clock budget of the fine-tuning in seconds (default {d.time_s:g})")
+    g.add_argument("--distill-augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="random-resized crops and flips of NCHW image inputs while fine-tuning (default on)")
+
+
+def _distill(args):
+    """The DistillSettings the flags describe (the defaults when the command has none of them)."""
+    from ..distill.settings import DistillSettings
+    d = DistillSettings()
+    return DistillSettings(epochs=getattr(args, "distill_epochs", d.epochs), lr=getattr(args, "distill_lr", d.lr),
+                           batch=getattr(args, "distill_batch", d.batch), time_s=getattr(args, "distill_time", d.time_s),
+                           augment=getattr(args, "distill_augment", d.augment), seed=getattr(args, "seed", d.seed))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..scoring.registry import CRITERIA
-from .args import (_add_calib_args, _add_latency_args, _add_model_args, _add_oracle_args, _add_recover_arg,
-                   _preprocess, add_constraint_args)
+from .args import (_add_calib_args, _add_distill_args, _add_latency_args, _add_model_args, _add_oracle_args,
+                   _add_recover_arg, _preprocess, add_constraint_args)
 
 
 def add_sweep_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_sweep_parser(sub) -> None:
                    help="how kernels are scored, once for every budget (default oracle)")
     p.add_argument("--scores", help="per-kernel scores JSON written by `onnxprune score` (skips scoring)")
     _add_recover_arg(p)
+    _add_distill_args(p)
     add_constraint_args(p)
     p.add_argument("--no-models", action="store_true", help="write only the report, not the pruned models")
     _add_calib_args(p)

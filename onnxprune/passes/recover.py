@@ -225,7 +225,7 @@ def _bias_shift(a: Analysis, s: _Site, attrs: dict) -> np.ndarray:
 
 def _recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str, scope: str, max_rows: int,
              ridge: Optional[float], seed: int, target: str = DEFAULT_TARGET) -> tuple[onnx.ModelProto, str, int]:
-    if mode == "auto":
+    if mode in ("auto", "distill"):  # distillation starts from the least-squares weights
         mode = "lsq"
     if target not in TARGETS:
         raise ValueError(f"unknown least-squares target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -313,16 +313,21 @@ class RecoverPass(Pass):
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
         """The re-fitted model is a valid ONNX model whose outputs are finite on real data."""
-        if not result.modified:
-            return result
-        try:
-            check_structure(result.model)
-        except VerificationError as exc:
-            raise self.fail_post(str(exc)) from None
-        feeds = next((f for f, _ in self.calibration.batches()), None)
-        if feeds is not None:
-            session = make_session(result.model)
-            for out, value in zip(session.get_outputs(), session.run(None, feeds)):
-                if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                    raise self.fail_post(f"output {out.name!r} is not finite on a calibration batch after the re-fit")
+        if result.modified:
+            check_refitted(self, result.model, self.calibration, "the re-fit")
         return result
+
+
+def check_refitted(step: Pass, model: onnx.ModelProto, calibration: Any, after: str) -> None:
+    """Raise ``step``'s PostconditionError unless ``model`` passes the checker and strict shape inference and
+    gives finite outputs on the first calibration batch (what an inexact weight change must keep)."""
+    try:
+        check_structure(model)
+    except VerificationError as exc:
+        raise step.fail_post(str(exc)) from None
+    feeds = next((f for f, _ in calibration.batches()), None)
+    if feeds is not None:
+        session = make_session(model)
+        for out, value in zip(session.get_outputs(), session.run(None, feeds)):
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise step.fail_post(f"output {out.name!r} is not finite on a calibration batch after {after}")

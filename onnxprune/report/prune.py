@@ -88,6 +88,7 @@ def fidelity_lines(r: Report) -> list[str]:
     """Fidelity to the dense model in the user's terms: after recovery, before it, quantized; the floor."""
     out = []
     for key, label in (("", "fidelity to dense"), ("fidelity_before_recovery", "  before recovery"),
+                       ("fidelity_before_distillation", "  before distillation"),
                        ("fidelity_quantized", "  quantized")):
         fid = r.after.fidelity if not key else r.extra.get(key)
         if fid is not None:

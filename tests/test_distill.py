@@ -1,0 +1,190 @@
+"""--recover distill: the pruned graph's own initializers fine-tuned against the dense model, kept only if better."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune import PruneConfig
+from onnxprune.distill import DistillSettings
+from onnxprune.errors import InvalidArgumentError
+
+from builders import Builder, residual_net
+
+torch = pytest.importorskip("torch", reason="the distill extra (torch) is not installed")
+try:
+    from onnxprune.distill.engine import require_engine
+    require_engine()
+except InvalidArgumentError:
+    pytest.skip("the distill extra (onnx2torch) is not installed", allow_module_level=True)
+
+from onnxprune.distill.engine import EngineMissingError, Unconvertible, convert, write_back  # noqa: E402
+from onnxprune.pipeline import run_pruning  # noqa: E402
+
+FAST = DistillSettings(epochs=2, lr=1e-3, batch=32, time_s=60)
+
+
+def _data(n: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 1, (n, 3, 8, 8)) + np.linspace(0, 1, 8)).astype(np.float32)
+
+
+def _config(recover: str, settings: DistillSettings = FAST) -> PruneConfig:
+    return PruneConfig(criterion="magnitude", percentage=40, recover=recover, min_fidelity=0,
+                       calibration_samples=64, batch_size=32, distill=settings)
+
+
+def _sig(model: onnx.ModelProto) -> list[tuple]:
+    return [(t.name, t.data_type, tuple(t.dims)) for t in model.graph.initializer]
+
+
+def test_distilled_model_is_the_pruned_graph_checked_and_never_worse_than_least_squares():
+    from onnxprune.verify import check_structure
+    from onnxprune.runtime import make_session
+    data = {"x": _data()}
+    lsq = run_pruning(residual_net(), None, data, _config("lsq"))
+    dist = run_pruning(residual_net(), None, data, _config("distill"))
+    assert _sig(dist.model) == _sig(lsq.model)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in dist.model.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in lsq.model.graph.node]
+    check_structure(dist.model)
+    assert np.isfinite(make_session(dist.model).run(None, {"x": data["x"][:4]})[0]).all()
+    assert dist.report.after.fidelity.value >= lsq.report.after.fidelity.value  # the keep rule
+    note = dist.report.extra["distillation"]
+    assert ("least squares kept" in note) != ("(distilled" in note)
+    assert "wall" in note and "CPU" in note
+    assert dist.report.extra["fidelity_before_distillation"].value == lsq.report.after.fidelity.value
+    assert "before distillation" in dist.report.markdown()
+
+
+def test_weights_round_trip_by_name_bit_exactly_before_training():
+    model = residual_net()
+    student = convert(model)
+    assert student.bindings  # conv, BN scale/bias and Gemm weights are trainable
+    back = write_back(model, student.state())
+    assert [t.SerializeToString() for t in back.graph.initializer] == \
+        [t.SerializeToString() for t in model.graph.initializer]
+    assert all("held as a constant" in why for n, why in student.frozen.items() if n.startswith(("mu", "var")))
+
+
+def test_distillation_reduces_the_output_error_of_plainly_sliced_weights():
+    """From the sliced weights (no least squares) the loss on the held-back rows must fall, and the kept
+    weights must be the better ones."""
+    from onnxprune.api import build_pruned
+    from onnxprune.distill.engine import input_arrays
+    from onnxprune.distill.train import Trainer
+    from onnxprune.fidelity.judge import make_judge
+    from onnxprune.pipeline import load_calibration
+    from onnxprune.prepare import prepare
+    from onnxprune.scoring import magnitude_scores
+    from onnxprune.selection import Target, select
+    model = residual_net()
+    p = prepare(model)
+    removed = select(p.analysis, magnitude_scores(p.analysis), Target(macs=0.5))
+    pruned, _ = build_pruned(p, removed)
+    x = _data(128)
+    cal = load_calibration({"x": x[:96]}, model, batch_size=16)
+    judge = make_judge(p.model, [{"x": x[96:]}], None, "held-back rows", min_fidelity=0)
+    student = convert(pruned)
+    settings = DistillSettings(epochs=4, lr=3e-3, batch=32, time_s=120, augment=False, patience=4)
+    out = Trainer(student, p.model, pruned, input_arrays(cal), judge, settings, "cpu").run()
+    assert out.improved and out.best_loss < 0.8 * out.baseline_loss
+    assert len(out.curve) >= 2 and out.steps >= 3
+
+
+def test_a_gemm_with_alpha_stays_frozen_and_an_unconvertible_op_keeps_least_squares():
+    b = Builder()
+    h = b.op("Relu", [b.conv("x", 3, 8)])
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv(h, 8, 6)])])
+    w = b.const((b.rng.standard_normal((4, 6)) * 0.1).astype(np.float32))
+    b.output(b.op("Gemm", [h, w, b.const(np.zeros(4, np.float32), "b")], transB=1, alpha=0.5), 2)
+    student = convert(b.build())
+    assert "alpha" in student.frozen[w] and w not in student.bindings
+
+    b = Builder()
+    h = b.op("Relu", [b.conv("x", 3, 8)])
+    h = b.op("Relu", [b.conv(h, 8, 8)])
+    b.output(b.op("Shrink", [b.conv(h, 8, 4, k=1)], lambd=0.1), 4)
+    model = b.build()
+    with pytest.raises(Unconvertible, match="Shrink"):
+        convert(model)
+    res = run_pruning(model, None, {"x": _data()}, _config("distill"))
+    note = res.report.extra["distillation"]
+    assert "cannot take Shrink" in note and "least squares kept" in note
+
+
+def test_a_time_budget_too_small_for_one_step_is_one_line(tmp_path, capsys):
+    from onnxprune.cli import main
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(residual_net(), src)
+    np.save(tmp_path / "x.npy", _data())
+    code = main(["prune", str(src), "-o", str(out), "--calib", str(tmp_path / "x.npy"), "--criterion", "magnitude",
+                 "--percentage", "40", "--min-fidelity", "0", "--recover", "distill", "--distill-time", "1e-9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert len(err) == 1 and err[0].startswith("onnxprune: error:") and "too small for one training step" in err[0]
+
+
+def test_the_missing_extra_is_one_line(monkeypatch, tmp_path, capsys):
+    real = builtins.__import__
+
+    def no_torch(name, *a, **k):
+        if name.split(".")[0] in ("torch", "onnx2torch"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(EngineMissingError, match=r'pip install "onnxprune\[distill\]"'):
+        run_pruning(residual_net(), None, {"x": _data()}, _config("distill"))
+    from onnxprune.cli import main
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_net(), src)
+    np.save(tmp_path / "x.npy", _data())
+    code = main(["prune", str(src), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "x.npy"),
+                 "--recover", "distill"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "onnxprune[distill]" in err[0]
+
+
+def test_cli_flags_map_into_the_config_and_bad_settings_are_refused():
+    from onnxprune.cli import _config, build_parser
+    args = build_parser().parse_args(["prune", "m.onnx", "-o", "o.onnx", "--recover", "distill", "--distill-epochs",
+                                      "2", "--distill-lr", "0.001", "--distill-batch", "4", "--distill-time", "30",
+                                      "--no-distill-augment", "--seed", "3"])
+    config = _config(args, "magnitude")
+    assert config.recover == "distill"
+    assert config.distill == DistillSettings(epochs=2, lr=1e-3, batch=4, time_s=30.0, augment=False, seed=3)
+    sweep = build_parser().parse_args(["sweep", "m.onnx", "-o", "d", "--recover", "distill", "--distill-time", "5"])
+    assert _config(sweep, "oracle").distill.time_s == 5.0
+    for bad in (dict(time_s=0), dict(epochs=0), dict(lr=-1.0), dict(batch=0)):
+        with pytest.raises(InvalidArgumentError):
+            DistillSettings(**bad)
+
+
+def test_halcon_handle_takes_recover_distill():
+    from onnxprune.halcon import create_pruning, get_pruning_param, set_pruning_param
+    h = create_pruning(residual_net(), "magnitude")
+    set_pruning_param(h, "recover", "distill")
+    assert get_pruning_param(h, "recover") == "distill"
+    assert h.config.distill == DistillSettings()
+
+
+def test_readme_distillation_lines_run(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from test_readme import _commands, _section, run_commands
+    monkeypatch.chdir(tmp_path)
+    commands = _commands(_section("Recovery by distillation", "bash"))
+    assert any("--recover distill" in c for c in commands)
+    run_commands(commands, monkeypatch, capsys)
+    assert (Path.cwd() / "distilled.onnx").stat().st_size > 0
+    assert "distill:" in capsys.readouterr().out
+
+
+def test_distil_in_float_then_quantize_reports_both():
+    from dataclasses import replace
+    res = run_pruning(residual_net(), None, {"x": _data()}, replace(_config("distill"), quantize="int8"))
+    assert "distillation" in res.report.extra and "fidelity_quantized" in res.report.extra
+    assert any(n.op_type == "QuantizeLinear" for n in res.model.graph.node)
