@@ -58,7 +58,7 @@ def run(key: str, seconds: float) -> tuple[dict, list[dict]]:
     states: list = []
     settings = DistillSettings(time_s=seconds, epochs=40)
     result = DistillPass(p.model, cal, judge, settings, on_epoch=lambda pt, st: states.append((pt, st)))(lsq.model)
-    out = result.details.get("distill")
+    out = result.outcome
     curve = [{"epoch": 0, "minutes": "0.0", "held-back fidelity": f"{judge.measure(lsq.model).value:.1%}",
               "unseen top-1": f"{lsq_acc:.1%}"}]
     for pt, st in states:

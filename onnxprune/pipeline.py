@@ -261,14 +261,13 @@ def _distilled(p: Prepared, built: _Built, judge: Optional[Judge], calibration: 
     if judge is None or calibration is None:
         built.report.extra["distillation"] = "not run: it is judged on held-back rows (measure) and needs data"
         return
-    from .passes.base import PipelineResult
     from .passes.distill import DistillPass
-    result = DistillPass(p.model, calibration, judge, built.config.distill)(built.run.model)
-    built.run = PipelineResult(result.model, built.run.results + ((DistillPass.name, result),))
+    built.run = built.run.then([DistillPass(p.model, calibration, judge, built.config.distill)])
+    result = built.run.result_of(DistillPass.name)
     built.report.extra["distillation"] = result.notes[0]
     built.report.verification += f"\ndistill: {result.notes[0]}"
-    if "fidelity_before_distillation" in result.details:
-        built.report.extra["fidelity_before_distillation"] = result.details["fidelity_before_distillation"]
+    if result.fidelity_before is not None:
+        built.report.extra["fidelity_before_distillation"] = result.fidelity_before
 
 
 def _measured(p: Prepared, built: _Built, judge: Judge) -> _Built:

@@ -153,11 +153,11 @@ def test_cli_flags_map_into_the_config_and_bad_settings_are_refused():
     args = build_parser().parse_args(["prune", "m.onnx", "-o", "o.onnx", "--recover", "distill", "--distill-epochs",
                                       "2", "--distill-lr", "0.001", "--distill-batch", "4", "--distill-time", "30",
                                       "--no-distill-augment", "--seed", "3"])
-    config = _config(args, "magnitude")
+    config = _config(args)
     assert config.recover == "distill"
     assert config.distill == DistillSettings(epochs=2, lr=1e-3, batch=4, time_s=30.0, augment=False, seed=3)
     sweep = build_parser().parse_args(["sweep", "m.onnx", "-o", "d", "--recover", "distill", "--distill-time", "5"])
-    assert _config(sweep, "oracle").distill.time_s == 5.0
+    assert _config(sweep).distill.time_s == 5.0
     for bad in (dict(time_s=0), dict(epochs=0), dict(lr=-1.0), dict(batch=0)):
         with pytest.raises(InvalidArgumentError):
             DistillSettings(**bad)

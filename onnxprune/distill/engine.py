@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -53,14 +54,17 @@ def _import_onnx2torch():
     wheel their compiled ops fail to load, and onnx2torch imports torchvision
     at import time. Such a torchvision is replaced by a stub whose ops raise.
     """
+    # onnx2torch's Slice indexes with a list (a deprecation warning on every new shape): not the user's concern
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning)
     try:
         import onnx2torch
         return onnx2torch
     except ImportError:
         raise
     except (RuntimeError, OSError) as exc:
-        logger.warning("torchvision does not load beside this torch (%s); NMS/RoiAlign cannot be converted",
-                       str(exc).splitlines()[0])
+        logger.info("torchvision does not load beside this torch (%s); NMS/RoiAlign cannot be converted",
+                    str(exc).splitlines()[0])
     for name in [k for k in sys.modules if k.split(".")[0] in ("torchvision", "onnx2torch")]:
         del sys.modules[name]
 
@@ -71,7 +75,12 @@ def _import_onnx2torch():
     ops.nms = ops.roi_align = ops.box_convert = unusable
     stub.ops = ops
     sys.modules["torchvision"], sys.modules["torchvision.ops"] = stub, ops
-    import onnx2torch
+    try:
+        import onnx2torch
+    finally:  # the stub serves onnx2torch's import only: the process is not left with a fake torchvision
+        for name in ("torchvision", "torchvision.ops"):
+            if sys.modules.get(name) in (stub, ops):
+                del sys.modules[name]
     return onnx2torch
 
 

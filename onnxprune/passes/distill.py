@@ -3,8 +3,9 @@
 Before: the pruned model after surgery and least squares.
 After: the same graph (every node, name and shape), its trainable float
        initializers fine-tuned on the unlabeled calibration rows
-       (:mod:`onnxprune.distill`) — kept only when the run's fidelity on the
-       held-back rows beats the least-squares weights; otherwise the input
+       (:mod:`onnxprune.distill`) — kept only when, on the held-back rows,
+       the distillation loss is lower than the least-squares weights' and
+       the run's fidelity figure is not below theirs; otherwise the input
        model comes back unchanged (``modified`` False) and the note says so.
 A model the converter cannot take is a notice, not a failure: least
 squares is kept. ``ensures`` is the structural check every written model
@@ -15,7 +16,8 @@ outputs) plus: the initializers keep their names, shapes and types.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import onnx
@@ -26,6 +28,22 @@ from .base import Pass, PassResult
 logger = logging.getLogger(__name__)
 
 MAX_FEATURES = 32
+
+
+@dataclass(frozen=True)
+class DistillResult(PassResult):
+    """The distilled (or unchanged) model: the training run's outcome (its curve, the held-back figures before and
+    after), how many initializers were trained or frozen, and why it did not run (``skipped``)."""
+
+    outcome: Any = None  # distill.train.Outcome
+    trained: int = 0
+    frozen: int = 0
+    skipped: Optional[str] = None
+
+    @property
+    def fidelity_before(self) -> Any:
+        """The held-back fidelity of the least-squares weights, None when the training did not run."""
+        return self.outcome.baseline if self.outcome is not None else None
 
 
 def refitted_outputs(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[str]:
@@ -98,7 +116,7 @@ class DistillPass(Pass):
         except Unconvertible as exc:
             note = f"not run: {exc}; least squares kept"
             logger.warning("distillation %s", note)
-            return PassResult(model, False, (note,), {"distill_skipped": str(exc)})
+            return DistillResult(model, False, (note,), skipped=str(exc))
         frozen = frozen_summary(student)
         if frozen:
             logger.info("distillation: %s", frozen)
@@ -108,19 +126,20 @@ class DistillPass(Pass):
         out = trainer.run()
         cost = (f"{out.steps} steps on {dev} in {format_seconds(out.wall_s)} wall, "
                 f"{format_seconds(out.cpu_s)} CPU; stopped by {out.stopped}")
-        details = {"distill": out, "fidelity_before_distillation": out.baseline,
-                   "distill_trained": len(student.bindings), "distill_frozen": len(student.frozen)}
+        details = {"outcome": out, "trained": len(student.bindings), "frozen": len(student.frozen)}
         if not out.improved:
-            tried = max(out.curve[1:], key=lambda p: p.fidelity, default=None)
-            best = f", best distilled {_value(out.baseline, tried.fidelity)} at epoch {tried.epoch}" if tried else ""
-            note = (f"did not beat least squares on the held-back rows ({_figure(out.baseline)}{best}); "
-                    f"least squares kept ({cost})")
-            return PassResult(model, False, (note,), details)
+            tried = min(out.curve[1:], key=lambda p: p.loss, default=None)
+            best = (f", lowest distilled loss {tried.loss:.4f} at epoch {tried.epoch} with "
+                    f"{_value(out.baseline, tried.fidelity)}" if tried else "")
+            note = (f"did not beat least squares on the held-back rows ({_figure(out.baseline)}, loss "
+                    f"{out.baseline_loss:.4f}{best}); least squares kept ({cost})")
+            return DistillResult(model, False, (note,), **details)
         tuned = write_back(model, out.best)
-        note = (f"held-back {_figure(out.baseline)} (least squares) -> {_value(out.baseline, out.best_fidelity.value)} "
+        note = (f"held-back {_figure(out.baseline)}, loss {out.baseline_loss:.4f} (least squares) -> "
+                f"{_value(out.baseline, out.best_fidelity.value)}, loss {out.best_loss:.4f} "
                 f"(distilled, epoch {out.best_epoch}); {len(student.bindings)} initializers fine-tuned, "
                 f"{len(student.frozen)} frozen ({cost})")
-        return PassResult(tuned, True, (note,), details)
+        return DistillResult(tuned, True, (note,), **details)
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
         """Same initializers (names, types, shapes), a valid model, finite outputs on a calibration batch."""
