@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from .calibration import Preprocess
-from .calibration.dataset import Calibration, load_calibration
+from .calibration.dataset import Calibration, load_calibration, spread
 from .config import RANKINGS, PruneConfig
 from .errors import BelowFloorError, CalibrationError, NothingToPruneError
 from .fidelity.judge import NOISE_SAMPLES, Judge, holdout_count, make_judge
@@ -102,11 +102,26 @@ def prepare_run(model_input: ModelLike, calibration_source: Any, config: PruneCo
         limit = config.calibration_samples
         if hold_out and limit is not None:
             limit += holdout_count(limit)
+            if config.recover == "distill":  # the fine-tuning reads more rows than scoring and fitting
+                limit = max(limit, config.distill.rows + holdout_count(config.calibration_samples))
         calibration = load_calibration(calibration_source, proto, preprocess=preprocess,
                                        batch_size=config.batch_size, limit=limit, cache_bytes=config.cache_bytes)
     p = prepared or prepare(model_input, _input_shapes(calibration, config.input_shapes), config.nodes_to_exclude,
                             loaded=proto)
     return p, calibration
+
+
+def distill_split(calibration: Calibration, config: PruneConfig) -> tuple[Calibration, Optional[Calibration]]:
+    """(the rows scoring, fitting and judging use, as without distillation; every row but the judge's, for the
+    fine-tuning) when more rows were read for distillation than ``calibration_samples`` and its held-back rows."""
+    limit, n = config.calibration_samples, len(calibration)
+    usual_n = limit + holdout_count(limit) if limit is not None else n
+    if n <= usual_n:
+        return calibration, None
+    usual = spread(n, usual_n)
+    judge_rows = usual[spread(usual_n, usual_n - limit)] if usual_n > limit else usual[:0]  # as held_back picks
+    rest = np.setdiff1d(np.arange(n), judge_rows)
+    return calibration.subset(usual, "scored and fitted"), calibration.subset(rest, "distillation")
 
 
 def held_back(calibration: Calibration, config: PruneConfig) -> tuple[Calibration, Optional[Calibration]]:
@@ -192,7 +207,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
         _check_distill(calibration if calibration is not None else calibration_source)
     p, calibration = prepare_run(model_input, calibration_source, config, preprocess=preprocess,
                                  prepared=prepared, calibration=calibration, hold_out=config.measure)
-    judge = None
+    judge, distill_rows = None, None
+    if config.recover == "distill" and calibration is not None and config.measure:
+        calibration, distill_rows = distill_split(calibration, config)
     if config.measure:
         calibration, judge, config = judged(p, calibration, config, evaluation, preprocess)
     if scores is None and removed is None:
@@ -200,7 +217,7 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
     fixed = removed is not None
     built = _build(p, config, calibration, scores, removed, plan)
     if config.recover == "distill":
-        _distilled(p, built, judge, calibration)
+        _distilled(p, built, judge, distill_rows if distill_rows is not None else calibration)
     if judge is not None:
         built = _judged(p, built, judge, calibration, scores, plan, fixed)
     if judge is None:

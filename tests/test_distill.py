@@ -188,3 +188,49 @@ def test_distil_in_float_then_quantize_reports_both():
     res = run_pruning(residual_net(), None, {"x": _data()}, replace(_config("distill"), quantize="int8"))
     assert "distillation" in res.report.extra and "fidelity_quantized" in res.report.extra
     assert any(n.op_type == "QuantizeLinear" for n in res.model.graph.node)
+
+
+def test_the_loss_is_the_runs_damage_measure_in_torch():
+    """Each output kind's torch loss equals the oracle's per-sample cost (fidelity/cost.py), averaged over rows:
+    a YOLO head's class scores count beside its pixel boxes, per-feature spreads weigh features."""
+    from onnxprune.distill.loss import output_loss
+    from onnxprune.fidelity.cost import TaskCost
+    from onnxprune.fidelity.detection import Head
+    from onnxprune.fidelity.tasks import OutputSpec, TaskSpec
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(5, 300, (3, 4, 50))
+    scores = rng.uniform(0, 1, (3, 5, 50)) ** 4
+    det = np.concatenate([boxes, scores], 1)
+    det2 = det + np.concatenate([rng.normal(0, 3, boxes.shape), rng.normal(0, 0.05, scores.shape)], 1)
+    feats = rng.normal(0, 1, (3, 6, 7)) * np.array([1, 10, 100, 0.1, 1, 5]).reshape(1, 6, 1)
+    feats2 = feats + rng.normal(0, 0.3, feats.shape)
+    logits, logits2 = rng.normal(0, 2, (3, 10)), rng.normal(0, 2, (3, 10))
+    emb, emb2 = rng.normal(0, 1, (3, 16)), rng.normal(0, 1, (3, 16))
+    cases = [(OutputSpec("d", "detect", head=Head("v8", 5)), det, det2),
+             (OutputSpec("f", "features", scales=tuple(feats.std(axis=(0, 2)))), feats, feats2),
+             (OutputSpec("l", "logits"), logits, logits2), (OutputSpec("e", "embed"), emb, emb2)]
+    for spec, t, s in cases:
+        want = TaskCost(TaskSpec("generic", (spec,), "test"))([t], [s], None).mean()
+        got = output_loss(spec, torch.from_numpy(s), torch.from_numpy(t), 1.0, 0.25)
+        assert float(got) == pytest.approx(want, rel=1e-6), spec.kind
+
+
+def test_distillation_reads_more_rows_but_never_the_judges():
+    """Scoring and fitting see the rows they would without distillation; the fine-tuning sees every other row
+    read, and never one the run's fidelity is judged on."""
+    from onnxprune.calibration.dataset import load_calibration
+    from onnxprune.pipeline import distill_split, held_back
+    x = _data(300)
+    x[:, 0, 0, 0] = np.arange(300)  # each row carries its index
+    config = PruneConfig(recover="distill", calibration_samples=64, distill=DistillSettings(rows=280))
+    cal = load_calibration({"x": x}, residual_net(), batch_size=32, limit=None)
+    usual, rows = distill_split(cal, config)
+    fit, judge = held_back(usual, config)
+
+    def ids(c):
+        return set(np.concatenate([f["x"][:, 0, 0, 0] for f in c.feeds()]).astype(int))
+    assert len(ids(fit)) == 64 and len(ids(judge)) == 16
+    assert ids(fit) <= ids(rows) and not ids(judge) & ids(rows) and len(ids(rows)) == 300 - 16
+    _, base_judge = held_back(load_calibration({"x": x[sorted(ids(usual))]}, residual_net(), batch_size=32,
+                                                      limit=None), config)
+    assert ids(base_judge) == ids(judge)  # the judge's rows are the ones a run without distillation holds back

@@ -32,6 +32,11 @@ from .validate import fixed_batch, is_static, model_input_shapes
 logger = logging.getLogger(__name__)
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """``k`` row indices spread evenly over ``n`` rows (what :meth:`Calibration.split` holds back)."""
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
 @dataclass
 class Calibration:
     """Calibration samples cached in memory, replayable for every scoring pass."""
@@ -78,12 +83,16 @@ class Calibration:
         held = int(min(max(held, 0), n - 1))
         if held <= 0:
             return self, self
-        pick = np.unique(np.round(np.linspace(0, n - 1, held)).astype(np.int64))
+        pick = spread(n, held)
         rest = np.setdiff1d(np.arange(n), pick)
         arrays = self.dataset.inputs
         labels = self.labels
         return tuple(self._subset(arrays, labels, idx, what)
                      for idx, what in ((rest, "fit"), (pick, "held back")))  # type: ignore[return-value]
+
+    def subset(self, idx: np.ndarray, what: str) -> "Calibration":
+        """The rows ``idx`` (in order) as a calibration of their own; ``what`` names them in the source."""
+        return self._subset(self.dataset.inputs, self.labels, np.asarray(idx, dtype=np.int64), what)
 
     def _subset(self, arrays: dict, labels: Optional[np.ndarray], idx: np.ndarray, what: str) -> "Calibration":
         reader = ArrayReader({k: v[idx] for k, v in arrays.items()},

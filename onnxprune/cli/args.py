@@ -230,6 +230,9 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-batch", type=int, default=d.batch, help=f"rows per training step (default {d.batch})")
     g.add_argument("--distill-time", type=float, default=d.time_s, metavar="SECONDS",
                    help=f"wall-clock budget of the fine-tuning in seconds (default {d.time_s:g})")
+    g.add_argument("--distill-rows", type=int, default=d.rows, metavar="N",
+                   help=f"calibration rows the fine-tuning may read beyond --calib-limit (default {d.rows}; scoring "
+                        "and least squares keep theirs, the held-back rows are never trained on)")
     g.add_argument("--distill-augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="random-resized crops and flips of NCHW image inputs while fine-tuning (default on)")
 
@@ -240,4 +243,5 @@ def _distill(args):
     d = DistillSettings()
     return DistillSettings(epochs=getattr(args, "distill_epochs", d.epochs), lr=getattr(args, "distill_lr", d.lr),
                            batch=getattr(args, "distill_batch", d.batch), time_s=getattr(args, "distill_time", d.time_s),
-                           augment=getattr(args, "distill_augment", d.augment), seed=getattr(args, "seed", d.seed))
+                           augment=getattr(args, "distill_augment", d.augment), seed=getattr(args, "seed", d.seed),
+                           rows=getattr(args, "distill_rows", d.rows))

@@ -24,8 +24,10 @@ class DistillSettings:
     NCHW image inputs (none for other inputs); ``feature_weight``: weight of the
     feature-map term at the re-fitted layers' outputs (0: outputs only);
     ``temperature``: of the KL term on logits; ``patience``: epochs without a
-    better held-back fidelity before stopping early; ``seed``: of shuffling and
-    augmentation.
+    lower held-back loss before stopping early; ``seed``: of shuffling and
+    augmentation; ``rows``: calibration rows the fine-tuning may read beyond
+    ``--calib-limit`` (scoring and least squares keep their rows; the rows
+    held back for fidelity are never trained on).
     """
 
     epochs: int = 8
@@ -37,6 +39,7 @@ class DistillSettings:
     temperature: float = 1.0
     patience: int = 3
     seed: int = 0
+    rows: int = 1024
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -47,5 +50,7 @@ class DistillSettings:
             raise InvalidArgumentError(f"distillation batch size must be a whole number >= 1, got {self.batch!r}")
         if not self.time_s > 0:
             raise InvalidArgumentError(f"--distill-time is a positive number of seconds, got {self.time_s!r}")
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise InvalidArgumentError(f"distillation rows must be a whole number >= 1, got {self.rows!r}")
         if self.feature_weight < 0 or not self.temperature > 0 or self.patience < 1:
             raise InvalidArgumentError("feature weight >= 0, temperature > 0 and patience >= 1, please")

@@ -3,8 +3,8 @@
 Every step counts on a 2-core machine: the dense model's outputs and feature
 maps on the un-augmented rows are computed once and cached (within
 ``CACHE_BYTES``); augmented batches (random-resized crop + flip, NCHW image
-inputs only) get theirs on the fly. The loss is the KL divergence on logits
-(or probabilities), a spread-normalised squared error on any other output,
+inputs only) get theirs on the fly. The loss is the run's damage measure in
+torch (:mod:`.loss`: KL of logits, the detection cost, per-feature errors, ...),
 plus ``feature_weight`` times the normalised error at the outputs of the
 re-fitted layers (full width in both graphs, the tensors least squares aimed
 at). Adam, cosine decay over the steps that fit the wall-clock budget. After
@@ -28,6 +28,7 @@ import onnx
 from ..errors import InvalidArgumentError
 from ..progress import format_seconds
 from .engine import Student, write_back
+from .loss import feature_map_loss, output_loss
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -136,19 +137,6 @@ class _Teacher:
         return outs
 
 
-def _output_loss(kind: str, s, t, temperature: float):
-    import torch
-    import torch.nn.functional as F
-    t = t.to(s.dtype)
-    if kind == "logits" and s.ndim >= 2:
-        T = temperature
-        return F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), log_target=True,
-                        reduction="batchmean") * T * T
-    if kind == "prob" and s.ndim >= 2:
-        return F.kl_div(torch.log(s.clamp_min(1e-8)), t, reduction="batchmean")
-    return _normalised(s, t)
-
-
 def cpu_threads(default: int) -> int:
     """Torch's threads: one when the machine is already busy (load average >= cores). Measured on a loaded
     2-core machine: a ResNet-56 step took 1.7 s on one thread and 16-22 s on two (spinning threads contend)."""
@@ -191,10 +179,6 @@ class _Adam:
                 p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
-def _normalised(s, t):
-    return ((s - t) ** 2).mean() / (t.var() + 1e-8)
-
-
 class Trainer:
     """One distillation run; :meth:`run` returns the :class:`Outcome`."""
 
@@ -207,8 +191,9 @@ class Trainer:
         self.arrays = {k: np.asarray(arrays[k], dtype=np.float32) for k in student.input_names}
         self.n = len(next(iter(self.arrays.values())))
         self.features = [f for f in features if f in student.targets] if settings.feature_weight > 0 else []
-        self.kinds = [o.kind for o in judge.spec.outputs] if len(judge.spec.outputs) == len(student.output_names) \
-            else ["features"] * len(student.output_names)
+        self.specs = list(judge.spec.outputs) if len(judge.spec.outputs) == len(student.output_names) \
+            else [None] * len(student.output_names)
+        self.conf = judge.spec.conf
         self.teacher = _Teacher(dense, student.output_names, self.features, self.n)
         self.image = settings.augment and _is_image(self.arrays)
         self.rng = np.random.default_rng(settings.seed)
@@ -230,16 +215,21 @@ class Trainer:
             handles.append(mod.register_forward_hook(hook))
         return handles
 
+    def _output_terms(self, outs: list, teacher: list[np.ndarray]):
+        """The mean over the model's float outputs of each one's task loss (:mod:`.loss`) against the teacher."""
+        import torch
+        terms = [output_loss(spec, s, torch.from_numpy(t).to(self.dev), self.s.temperature, self.conf)
+                 for spec, s, t in zip(self.specs, outs, teacher)
+                 if getattr(spec, "kind", None) != "ignored" and s.is_floating_point()]
+        return sum(terms) / max(len(terms), 1)
+
     def _loss(self, feed: dict[str, np.ndarray], teacher: list[np.ndarray]):
         import torch
         self._captured.clear()
         outs = self.student.forward(self._tensors(feed))
         k = len(outs)
-        terms = [_output_loss(kind, s, torch.from_numpy(t).to(self.dev), self.s.temperature)
-                 for kind, s, t in zip(self.kinds, outs, teacher[:k]) if kind != "ignored"
-                 and s.is_floating_point()]
-        loss = sum(terms) / max(len(terms), 1)
-        feats = [_normalised(self._captured[f], torch.from_numpy(t).to(self.dev))
+        loss = self._output_terms(outs, teacher[:k])
+        feats = [feature_map_loss(self._captured[f], torch.from_numpy(t).to(self.dev))
                  for f, t in zip(self.features, teacher[k:]) if f in self._captured]
         if feats:
             loss = loss + self.s.feature_weight * sum(feats) / len(feats)
@@ -252,10 +242,8 @@ class Trainer:
         with torch.no_grad():
             for feed, ref in zip(self.judge.feeds, self.judge.reference):
                 outs = self.student.forward(self._tensors(feed))
-                terms = [_output_loss(kind, s, torch.from_numpy(np.asarray(r)).to(self.dev), self.s.temperature)
-                         for kind, s, r in zip(self.kinds, outs, ref) if kind != "ignored" and s.is_floating_point()]
                 n = len(next(iter(feed.values())))
-                total += float(sum(terms) / max(len(terms), 1)) * n
+                total += float(self._output_terms(outs, [np.asarray(r) for r in ref])) * n
                 rows += n
         return total / max(rows, 1)
 
