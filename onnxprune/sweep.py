@@ -86,7 +86,9 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
     name = Path(str(model_input)).stem if not isinstance(model_input, onnx.ModelProto) else "model"
     results = []
     for b in budgets:
-        cfg = replace(base, target_macs=b, measure=False) if kind == "macs" else replace(base, target_latency=b)
+        # distillation keeps its weights only when they win on held-back rows: those budgets hold rows back
+        cfg = (replace(base, target_macs=b, measure=base.recover == "distill") if kind == "macs"
+               else replace(base, target_latency=b))
         path = out / f"{name}_{kind}_{b:g}.onnx" if write_models else None
         res = run_pruning(model_input, path, calibration=calibration, prepared=p, scores=scores, config=cfg)
         results.append((b, res))
@@ -117,6 +119,8 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
         points.append(SweepPoint(b, rep.after.macs / max(rep.before.macs, 1), rep.after.params / max(rep.before.params, 1),
                                  times[b], q, {lc.name: lc.after for lc in rep.layers},
                                  str(res.output_path) if res.output_path else None, fid.to_dict()))
+        if rep.extra.get("distillation"):
+            notes.append(f"budget {b:g}: distillation {rep.extra['distillation']}")
         lat = rep.extra.get("latency")
         if lat and lat["missed_by"] > 0:
             notes.append(f"budget {b:g}: latency target missed by {100 * lat['missed_by']:.1f} points "

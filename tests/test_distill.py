@@ -234,3 +234,13 @@ def test_distillation_reads_more_rows_but_never_the_judges():
     _, base_judge = held_back(load_calibration({"x": x[sorted(ids(usual))]}, residual_net(), batch_size=32,
                                                       limit=None), config)
     assert ids(base_judge) == ids(judge)  # the judge's rows are the ones a run without distillation holds back
+
+
+def test_sweep_distils_every_budget(tmp_path):
+    from onnxprune.sweep import sweep
+    res = sweep(residual_net(), {"x": _data()}, [0.8, 0.6], tmp_path, write_models=False,
+                config=PruneConfig(criterion="magnitude", recover="distill", calibration_samples=64, batch_size=32,
+                                   distill=FAST))
+    notes = [n for n in res.notes if "distillation" in n]
+    assert len(notes) == 2 and not any("not run" in n for n in notes)
+    assert all(("least squares kept" in n) != ("(distilled" in n) for n in notes)

@@ -27,7 +27,9 @@ class DistillSettings:
     lower held-back loss before stopping early; ``seed``: of shuffling and
     augmentation; ``rows``: calibration rows the fine-tuning may read beyond
     ``--calib-limit`` (scoring and least squares keep their rows; the rows
-    held back for fidelity are never trained on).
+    held back for fidelity are never trained on); ``ema``: decay of an
+    exponential moving average of the weights, judged and kept instead of the
+    last step's (0: off).
     """
 
     epochs: int = 8
@@ -40,6 +42,7 @@ class DistillSettings:
     patience: int = 3
     seed: int = 0
     rows: int = 1024
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -52,5 +55,7 @@ class DistillSettings:
             raise InvalidArgumentError(f"--distill-time is a positive number of seconds, got {self.time_s!r}")
         if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
             raise InvalidArgumentError(f"distillation rows must be a whole number >= 1, got {self.rows!r}")
+        if not 0 <= self.ema < 1:
+            raise InvalidArgumentError(f"the weight average's decay is in [0, 1), got {self.ema!r}")
         if self.feature_weight < 0 or not self.temperature > 0 or self.patience < 1:
             raise InvalidArgumentError("feature weight >= 0, temperature > 0 and patience >= 1, please")

@@ -82,6 +82,12 @@ def _not_worse(fid, baseline, lower_is_better: bool) -> bool:
     return fid.value <= baseline.value if lower_is_better else fid.value >= baseline.value
 
 
+def _as_input(a: np.ndarray) -> np.ndarray:
+    """Float inputs as float32 (the module trains in float32); integer inputs (token ids, masks) unchanged."""
+    a = np.asarray(a)
+    return a if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_ else a.astype(np.float32)
+
+
 def _is_image(arrays: dict[str, np.ndarray]) -> bool:
     if len(arrays) != 1:
         return False
@@ -179,6 +185,37 @@ class _Adam:
                 p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
+class _Average:
+    """An exponential moving average of the weights (Polyak averaging): the small-batch steps of a run on a few
+    hundred rows are noisy, and the average of the last steps generalises better than the last step."""
+
+    def __init__(self, params: list, decay: float) -> None:
+        self.decay = decay
+        self.values = [p.detach().clone() for p in params]
+
+    def update(self, params: list) -> None:
+        import torch
+        with torch.no_grad():
+            for a, p in zip(self.values, params):
+                a.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    def swap_in(self, params: list) -> list:
+        """Put the averages into ``params``; returns the live values for :meth:`restore`."""
+        import torch
+        live = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, a in zip(params, self.values):
+                p.copy_(a)
+        return live
+
+    @staticmethod
+    def restore(params: list, live: list) -> None:
+        import torch
+        with torch.no_grad():
+            for p, v in zip(params, live):
+                p.copy_(v)
+
+
 class Trainer:
     """One distillation run; :meth:`run` returns the :class:`Outcome`."""
 
@@ -188,7 +225,7 @@ class Trainer:
                  on_epoch: Optional[Callable[[EpochPoint, dict[str, np.ndarray]], None]] = None) -> None:
         self.on_epoch = on_epoch  # sees each epoch's point and weights (benchmarks measure them on unseen data)
         self.student, self.pruned, self.judge, self.s, self.dev = student, pruned, judge, settings, dev
-        self.arrays = {k: np.asarray(arrays[k], dtype=np.float32) for k in student.input_names}
+        self.arrays = {k: _as_input(arrays[k]) for k in student.input_names}
         self.n = len(next(iter(self.arrays.values())))
         self.features = [f for f in features if f in student.targets] if settings.feature_weight > 0 else []
         self.specs = list(judge.spec.outputs) if len(judge.spec.outputs) == len(student.output_names) \
@@ -287,6 +324,7 @@ class Trainer:
                           base_loss)
         params = self.student.parameters()
         opt = _Adam(params, s.lr)
+        average = _Average(params, s.ema) if s.ema > 0 else None
         per_epoch = max(1, math.ceil(self.n / s.batch))
         horizon, step, stopped, since_best = s.epochs * per_epoch, 0, "all epochs", 0
         handles = self._hooks()
@@ -309,21 +347,27 @@ class Trainer:
                     loss = self._loss(feed, teacher)
                     loss.backward()
                     opt.step()
+                    if average is not None:
+                        average.update(params)
                     step += 1
                     if step == 3 or (step > 3 and step % per_epoch == 0):  # cosine over the steps that fit
                         rate = (time.monotonic() - train_start) / step
                         left = max(0.0, deadline - time.monotonic())
                         horizon = max(step + 1, min(s.epochs * per_epoch, step + int(left / max(rate, 1e-9))))
+                live = average.swap_in(params) if average is not None else None  # judge the averaged weights
                 fid, hb = self._judge()
+                state = self.student.state()
+                if live is not None:
+                    average.restore(params, live)
                 elapsed = time.monotonic() - start
                 curve.append(EpochPoint(epoch, elapsed, fid.value, hb))
                 if self.on_epoch is not None:
-                    self.on_epoch(curve[-1], self.student.state())
+                    self.on_epoch(curve[-1], state)
                 # The held-back loss (a continuous KL to the dense outputs) ranks the epochs: a top-1 agreement
                 # on a few dozen rows moves in steps of several points and picked epochs that were worse on
                 # unseen images; the headline figure must not fall below least squares' either.
                 if hb < best[0] and _not_worse(fid, baseline, self.lower):
-                    best, since_best = (hb, epoch, self.student.state(), fid, hb), 0
+                    best, since_best = (hb, epoch, state, fid, hb), 0
                 else:
                     since_best += 1
                 eta = elapsed / epoch * (s.epochs - epoch)
