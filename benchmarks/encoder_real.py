@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=48, help="tokens per sentence, padded")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--criterion", default="auto", help="auto is the default path; e.g. oracle to compare")
+    ap.add_argument("--recover", default="auto", choices=["auto", "distill"],
+                    help="auto: least squares (the default path); distill: then fine-tuning against the dense model")
+    ap.add_argument("--distill-time", type=float, default=600.0, help="seconds of fine-tuning per budget")
     ap.add_argument("--score-calib", type=int, default=None,
                     help="score on the first N calibration sentences only (least squares still uses all)")
     args = ap.parse_args()
@@ -98,8 +101,10 @@ def main() -> None:
     x_eval = wp.batch(sentences[args.calib:args.calib + args.eval], args.length)
     p = prepare(path, {k: v[:1].shape for k, v in x_cal.items()})
     cal = load_calibration(x_cal, p.original, batch_size=args.batch)
+    from onnxprune.distill import DistillSettings
     base = PruneConfig(batch_size=args.batch, calibration_samples=args.calib, min_fidelity=0, progress=True,
-                       criterion=args.criterion)
+                       criterion=args.criterion, recover=args.recover,
+                       distill=DistillSettings(time_s=args.distill_time, epochs=100))
     n_score = args.score_calib or args.calib
     cal_score = cal if n_score == args.calib else load_calibration(
         {k: v[:n_score] for k, v in x_cal.items()}, p.original, batch_size=args.batch)
@@ -107,7 +112,8 @@ def main() -> None:
     with Timer() as t_score:
         scores = score_units(p, base, cal_score)
     print(f"{criterion} scores of {len(scores)} units on {n_score} sentences in {t_score.seconds:.0f} s", flush=True)
-    label = f"{criterion} ({args.criterion}), {n_score} sentences"
+    label = f"{criterion} ({args.criterion}), {n_score} sentences" + (
+        f", distilled {args.distill_time:.0f} s" if args.recover == "distill" else "")
     ref = embed(p.original, x_eval)
     heads, neurons = kept_units(p, [])
     rows = [{"scores": "", "allocation": "", "target MACs": "dense", "MACs kept": "100%", "params kept": "100%", "heads kept": heads,
@@ -126,6 +132,8 @@ def main() -> None:
         row["cosine (no recovery)"] = bare["cosine to dense (mean)"]
         row["nearest neighbour (no recovery)"] = bare["nearest neighbour same"]
         row["wall time (s)"] = f"{t_score.seconds + t.seconds:.0f}"
+        if "distillation" in rep.extra:
+            print("distillation:", rep.extra["distillation"], flush=True)
         rows.append(row)
         print(row, flush=True)
     old = json.loads(ROWS.read_text()) if ROWS.exists() else []

@@ -42,7 +42,7 @@ class DistillSettings:
     patience: int = 3
     seed: int = 0
     rows: int = 1024
-    ema: float = 0.0
+    ema: float = 0.99
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:

@@ -190,14 +190,18 @@ class _Average:
     hundred rows are noisy, and the average of the last steps generalises better than the last step."""
 
     def __init__(self, params: list, decay: float) -> None:
-        self.decay = decay
+        self.decay, self.steps = decay, 0
         self.values = [p.detach().clone() for p in params]
 
     def update(self, params: list) -> None:
+        """Average in the current weights; the decay ramps up over the first steps (as TensorFlow's
+        ExponentialMovingAverage with num_updates) so a short run is not held at its starting weights."""
         import torch
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         with torch.no_grad():
             for a, p in zip(self.values, params):
-                a.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+                a.mul_(d).add_(p.detach(), alpha=1 - d)
 
     def swap_in(self, params: list) -> list:
         """Put the averages into ``params``; returns the live values for :meth:`restore`."""
