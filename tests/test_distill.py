@@ -244,3 +244,29 @@ def test_sweep_distils_every_budget(tmp_path):
     notes = [n for n in res.notes if "distillation" in n]
     assert len(notes) == 2 and not any("not run" in n for n in notes)
     assert all(("least squares kept" in n) != ("(distilled" in n) for n in notes)
+
+
+def test_token_ids_train_as_integers():
+    """A text model's int64 token ids reach the converted module as integers (an embedding lookup), not floats."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    V, D, H, T = 50, 8, 16, 6
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (V, D)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (D, H)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (H, D)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
+             helper.make_node("ReduceMean", ["o"], ["y"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(nodes, "text", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", T])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ids = rng.integers(0, V, (96, T)).astype(np.int64)
+    res = run_pruning(model, None, {"ids": ids}, replace_config(_config("distill"), task="generic"))
+    note = res.report.extra["distillation"]
+    assert not note.startswith("not run") and "wall" in note, note
+
+
+def replace_config(config: PruneConfig, **changes) -> PruneConfig:
+    from dataclasses import replace
+    return replace(config, **changes)
