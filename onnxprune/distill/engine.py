@@ -182,7 +182,41 @@ def _same_bits(tensor, transpose: bool, init: onnx.TensorProto) -> bool:
     return a.dtype == np.float32 and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def convert(model: onnx.ModelProto, dev: str = "cpu") -> Student:
+def with_ranks(model: onnx.ModelProto, input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> onnx.ModelProto:
+    """A copy whose every intermediate tensor has a declared rank: the converter reads ranks from value_info
+    (BatchNormalization's spatial rank, ...), and shape inference leaves them out behind computed Reshapes
+    (paddle2onnx's SVTR neck). The ranks come from one onnxruntime run at ``input_shapes`` (the calibration
+    rows'), else the declared sizes; the dims are left symbolic, so no size is fixed that was not."""
+    from ..graph.probe import probe, resolve_input_shapes
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy)
+    except Exception:  # noqa: BLE001 - the converter will say what it cannot take
+        return copy
+    known = {vi.name for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+             + list(inferred.graph.output) if vi.type.tensor_type.HasField("shape")}
+    missing = [o for n in inferred.graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return inferred
+    try:
+        found = probe(inferred, input_shapes or resolve_input_shapes(inferred, warn=False))
+    except Exception:  # noqa: BLE001 - no run, no ranks: the converter says what it cannot take
+        return inferred
+    declared = {vi.name: vi for vi in inferred.graph.value_info}
+    for name in missing:
+        if name not in found.shapes:
+            continue
+        dims = [f"{name}_{i}" for i in range(len(found.shapes[name]))]
+        if name in declared:
+            declared[name].type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_param=d) for d in dims)
+        elif found.dtypes.get(name):
+            inferred.graph.value_info.append(onnx.helper.make_tensor_value_info(name, found.dtypes[name], dims))
+    return inferred
+
+
+def convert(model: onnx.ModelProto, dev: str = "cpu",
+            input_shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Student:
     """The pruned model as a trainable torch module; raises :class:`Unconvertible` naming what the converter
     cannot take."""
     import torch
@@ -192,8 +226,7 @@ def convert(model: onnx.ModelProto, dev: str = "cpu") -> Student:
     if bad:
         raise Unconvertible(f"the converter (onnx2torch) cannot take {bad[0]}"
                             + (f" and {len(bad) - 1} more node(s)" if len(bad) > 1 else ""))
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = with_ranks(model, input_shapes)
     try:
         gm = onnx2torch.convert(copy, attach_onnx_mapping=True)
     except Exception as exc:  # noqa: BLE001 - any converter failure is a notice, not a crash

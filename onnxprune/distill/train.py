@@ -9,9 +9,9 @@ plus ``feature_weight`` times the normalised error at the outputs of the
 re-fitted layers (full width in both graphs, the tensors least squares aimed
 at). Adam, cosine decay over the steps that fit the wall-clock budget. After
 each epoch the weights are judged on the held-back rows: the epoch with the
-lowest held-back distillation loss whose headline fidelity (the run's one
-measure) is not below least squares' is returned, stopping early after
-``patience`` epochs without a better one.
+lowest held-back distillation loss is returned (its headline fidelity, the
+run's one measure, is reported beside it), stopping early after
+``patience`` epochs without a lower one.
 """
 
 from __future__ import annotations
@@ -75,11 +75,6 @@ def headline_text(fid: Any, value: Optional[float] = None) -> str:
     from ..fidelity.measure import LABELS, _fmt
     v = fid.value if value is None else value
     return f"{LABELS.get(fid.headline, fid.headline)} {_fmt(fid.headline, v)}"
-
-
-def _not_worse(fid, baseline, lower_is_better: bool) -> bool:
-    """The task's headline figure on the held-back rows is at least the least-squares one."""
-    return fid.value <= baseline.value if lower_is_better else fid.value >= baseline.value
 
 
 def _as_input(a: np.ndarray) -> np.ndarray:
@@ -239,8 +234,6 @@ class Trainer:
         self.image = settings.augment and _is_image(self.arrays)
         self.rng = np.random.default_rng(settings.seed)
         self._captured: dict[str, Any] = {}
-        from ..fidelity.measure import LOWER_IS_BETTER
-        self.lower = judge.spec.headline in LOWER_IS_BETTER
 
     def _tensors(self, feed: dict[str, np.ndarray]) -> list:
         import torch
@@ -367,10 +360,10 @@ class Trainer:
                 curve.append(EpochPoint(epoch, elapsed, fid.value, hb))
                 if self.on_epoch is not None:
                     self.on_epoch(curve[-1], state)
-                # The held-back loss (a continuous KL to the dense outputs) ranks the epochs: a top-1 agreement
-                # on a few dozen rows moves in steps of several points and picked epochs that were worse on
-                # unseen images; the headline figure must not fall below least squares' either.
-                if hb < best[0] and _not_worse(fid, baseline, self.lower):
+                # The held-back loss (a continuous KL to the dense outputs) ranks the epochs and decides the keep:
+                # a top-1 agreement on the 32-64 held-back rows moves in steps of 2-3 points, picked epochs that
+                # were worse on unseen images, and rejected one whose loss had fallen 30%. The report shows both.
+                if hb < best[0]:
                     best, since_best = (hb, epoch, state, fid, hb), 0
                 else:
                     since_best += 1

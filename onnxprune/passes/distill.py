@@ -4,8 +4,8 @@ Before: the pruned model after surgery and least squares.
 After: the same graph (every node, name and shape), its trainable float
        initializers fine-tuned on the unlabeled calibration rows
        (:mod:`onnxprune.distill`) — kept only when, on the held-back rows,
-       the distillation loss is lower than the least-squares weights' and
-       the run's fidelity figure is not below theirs; otherwise the input
+       the distillation loss is lower than the least-squares weights' (the
+       run's fidelity figure is reported beside it); otherwise the input
        model comes back unchanged (``modified`` False) and the note says so.
 A model the converter cannot take is a notice, not a failure: least
 squares is kept. ``ensures`` is the structural check every written model
@@ -111,7 +111,7 @@ class DistillPass(Pass):
         arrays = input_arrays(self.calibration)
         first = {k: v[: min(len(v), self.settings.batch)] for k, v in arrays.items()}
         try:
-            student = convert(model, dev)
+            student = convert(model, dev, {k: tuple(v.shape) for k, v in first.items()})
             check_outputs(student, model, first, dev)
         except Unconvertible as exc:
             note = f"not run: {exc}; least squares kept"
