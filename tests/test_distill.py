@@ -270,3 +270,16 @@ def test_token_ids_train_as_integers():
 def replace_config(config: PruneConfig, **changes) -> PruneConfig:
     from dataclasses import replace
     return replace(config, **changes)
+
+
+def test_a_paddle_recognizer_whose_ranks_shape_inference_loses_converts():
+    """PP-OCRv4's recognizer (weights as Constant nodes, an SVTR neck behind computed Reshapes where shape
+    inference drops the ranks BatchNormalization needs) converts and matches onnxruntime at the rows' size."""
+    from conftest import shared_path
+    from onnxprune.distill.engine import check_outputs
+    from onnxprune.prepare import prepare
+    p = prepare(str(shared_path("models", "ppocrv4_rec.onnx")), {"x": (1, 3, 48, 320)})
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)
+    student = convert(p.model, "cpu", {"x": x.shape})
+    assert len(student.bindings) > 100
+    check_outputs(student, p.model, {"x": x}, "cpu")
