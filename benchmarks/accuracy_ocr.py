@@ -43,6 +43,7 @@ import numpy as np
 from common import SHARED, Timer, header, table, write_section
 from onnxprune.calibration import normalize
 from onnxprune.errors import OnnxPruneError
+from onnxprune.distill import DistillSettings
 from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
 from onnxprune.prepare import prepare
 from onnxprune.runtime import make_session
@@ -135,10 +136,15 @@ def rec_fidelity(ref: list, got: list) -> dict:
 
 # ------------------------------------------------------------------ runs
 
-def _run(model_name, x_cal, x_eval, budgets, fidelity, decode, rows, args, what):
+def _run(model_name, x_cal, x_eval, budgets, fidelity, decode, rows, args, what, x_more=None):
+    """``x_more``: further unlabeled samples that only ``--recover distill`` reads (scores and least squares
+    keep ``x_cal``; the run holds its judge's rows back from ``x_cal`` as always)."""
     path = SHARED / "models" / model_name
     p = prepare(path, {"x": x_cal[:1].shape})
     cal = load_calibration({"x": x_cal}, p.original, batch_size=args.batch)
+    fit_cal = cal
+    if args.recover == "distill" and x_more is not None:
+        fit_cal = load_calibration({"x": np.concatenate([x_cal, x_more])}, p.original, batch_size=args.batch)
     score_config = PruneConfig(batch_size=args.batch, progress=True)
     criterion = criterion_for(p, score_config, cal)
     with Timer() as t_score:
@@ -149,12 +155,15 @@ def _run(model_name, x_cal, x_eval, budgets, fidelity, decode, rows, args, what)
     for budget in budgets:
         # the resolved criterion, as `onnxprune prune --calib` uses it: energy scores then allocate by sensitivity
         config = PruneConfig(target_macs=budget, batch_size=args.batch, calibration_samples=len(x_cal),
-                             min_fidelity=0, criterion=criterion if args.resolve else "auto")
+                             min_fidelity=0, criterion=criterion if args.resolve else "auto", recover=args.recover,
+                             distill=DistillSettings(time_s=args.distill_time, epochs=100))
         row = {"model": model_name, "data": what, "target MACs": f"{budget:.0%}", "scores": criterion,
                "allocation": config.allocation_for(True)}
+        if args.recover == "distill":
+            row["recovery"] = f"distill ({args.distill_time:.0f} s, {len(fit_cal)} rows read)"
         try:
             with Timer() as t:
-                res = run_pruning(p.original, None, None, config, scores=scores, prepared=p, calibration=cal)
+                res = run_pruning(p.original, None, None, config, scores=scores, prepared=p, calibration=fit_cal)
         except OnnxPruneError as exc:
             row["MACs kept"] = f"not reached: {exc}"
             rows.append(row)
@@ -169,6 +178,8 @@ def _run(model_name, x_cal, x_eval, budgets, fidelity, decode, rows, args, what)
                     continue
                 row[key + label] = value
         row["wall time (s)"] = f"{t_score.seconds + t.seconds:.0f}"
+        if "distillation" in rep.extra:
+            print("distillation:", rep.extra["distillation"], flush=True)
         _keep(rows, row)
         print(row, flush=True)
 
@@ -179,9 +190,9 @@ def _pruned_only(p, res):
 
 
 def _keep(rows: list, row: dict) -> None:
-    key = (row["model"], row["target MACs"])
-    key += (row.get("allocation"),)
-    rows[:] = [r for r in rows if (r["model"], r["target MACs"], r.get("allocation")) != key] + [row]
+    def key(r):
+        return r["model"], r["target MACs"], r.get("allocation"), r.get("recovery")
+    rows[:] = [r for r in rows if key(r) != key(row)] + [row]
 
 
 def _outputs(model, x, batch):
@@ -206,6 +217,11 @@ def main():
     ap.add_argument("--resolve", action=argparse.BooleanOptionalAction, default=True,
                     help="prune with the criterion auto resolved to (the CLI's default path: energy is allocated by "
                          "sensitivity); --no-resolve keeps 'auto' with the scores given, which allocates greedily")
+    ap.add_argument("--recover", default="auto", choices=["auto", "distill"],
+                    help="auto: least squares (the default path); distill: then fine-tuning against the dense model")
+    ap.add_argument("--distill-time", type=float, default=600.0, help="seconds of fine-tuning per budget")
+    ap.add_argument("--distill-extra", type=int, default=0,
+                    help="further rendered lines (text) only the distillation reads")
     args = ap.parse_args()
     if not font_files():
         print("no fonts in /usr/share/fonts: rendering with Pillow's built-in font "
@@ -221,8 +237,10 @@ def main():
     if args.model in ("rec", "both"):
         cal = _nchw(render_text_lines(args.rec_calib, 48, 320, seed=303), PPOCR_REC)
         ev = _nchw(render_text_lines(args.rec_eval, 48, 320, seed=404), PPOCR_REC)
+        more = (_nchw(render_text_lines(args.distill_extra, 48, 320, seed=505), PPOCR_REC)
+                if args.distill_extra else None)
         _run("ppocrv4_rec.onnx", cal, ev, args.budgets, rec_fidelity, ctc_greedy, rows, args,
-             f"{args.rec_calib} / {args.rec_eval} lines 48x320")
+             f"{args.rec_calib} / {args.rec_eval} lines 48x320", more)
         _write(rows, args)
 
 
@@ -239,7 +257,9 @@ def _write(rows: list, args) -> None:
              "original's map (pooled over pages, and mean per page); boxes are the 4-connected components of each "
              "map, matched one to one at IoU >= 0.5 (F1 against the original's boxes). Recognizer: exact match "
              "of the CTC-greedy label sequence with the original's. '(no recovery)': the same plan before least "
-             "squares. Wall time: scoring + selection + surgery + verification + recovery, 2 cores shared with "
+             "squares. Column 'recovery': least squares unless it says distill (`--recover distill` after least "
+             "squares, with its time budget and the rows it read — the calibration lines plus further rendered "
+             "lines only it reads). Wall time: scoring + selection + surgery + verification + recovery, 2 cores shared with "
              "other jobs.\n\n")
     for model, flag in (("ppocrv4_det.onnx", "det"), ("ppocrv4_rec.onnx", "rec")):
         if not any(r["model"] == model for r in rows):
