@@ -120,7 +120,7 @@ def main() -> None:
                 "the loss — KL of the logits here —, Adam lr 3e-5 with cosine decay, batch 16, crops/flips on every "
                 "batch, feature term at the re-fitted layers 0.5, an exponential average of the weights "
                 "(0.99 per step), the epoch with the lowest held-back loss, kept when that is below least squares', "
-                "patience 3) within the time budget; it reads up to 1,024 calibration "
+                "patience 6) within the time budget; it reads up to 1,024 calibration "
                 "rows (column 'rows': fit / distilled on / judged on — the judge's rows are never trained on). "
                 "EfficientNet-Lite0: the first 250 files of imagenet_dev calibrate, top-1 on the other 250 (one "
                 "sigma about 2.3 points); ResNet-56: cifar10_calib.npz (1,000 rows) calibrates, top-1 on "

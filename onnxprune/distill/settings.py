@@ -41,7 +41,7 @@ class DistillSettings:
     augment: bool = True
     feature_weight: float = 0.5
     temperature: float = 1.0
-    patience: int = 3
+    patience: int = 6
     seed: int = 0
     rows: int = 1024
     ema: float = 0.99
