@@ -185,3 +185,19 @@ def test_residual_target_only_where_the_skip_path_comes_first():
     with pytest.raises(ValueError, match="unknown least-squares target"):
         recover(p, removed, pruned, load_calibration({"x": np.zeros((4, 3, 8, 8), np.float32)}, p.original),
                 "lsq", target="skip")
+
+
+def test_recover_pass_returns_a_typed_result():
+    """RecoverPass says what it did in fields (layers re-fitted, method, rows), not only in its note."""
+    from builders import residual_net
+    from onnxprune.passes.recover import RecoverPass, RecoverResult
+    from onnxprune.pipeline import prepare_run
+    from onnxprune.config import PruneConfig
+    from onnxprune.graph.surgery import prune_channels
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (64, 3, 8, 8)).astype(np.float32)
+    p, cal = prepare_run(residual_net(), {"x": x}, PruneConfig(batch_size=32))
+    removed = [u for g in p.analysis.groups if not g.frozen for u in g.units[:1]]
+    result = RecoverPass(p, removed, cal, "lsq")(prune_channels(p.analysis, removed))
+    assert isinstance(result, RecoverResult) and result.method == "lsq" and result.rows == 64
+    assert result.modified == (result.layers > 0) and result.layers > 0 and result.summary

@@ -292,6 +292,16 @@ def recover(p, removed, pruned: onnx.ModelProto, calibration, mode: str = "lsq",
     return model, summary
 
 
+@dataclass(frozen=True)
+class RecoverResult(PassResult):
+    """The re-fitted model: how many layers were re-fitted, by which method (``lsq`` or ``bias``), on how many
+    calibration rows; the one-line summary is the first note."""
+
+    layers: int = 0
+    method: str = "lsq"
+    rows: int = 0
+
+
 class RecoverPass(Pass):
     """Re-fit the layers whose inputs lost channels so that the pruned model's outputs move back."""
 
@@ -306,10 +316,12 @@ class RecoverPass(Pass):
         self.scope = scope
         self.target = target
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: onnx.ModelProto) -> "RecoverResult":
         recovered, summary, fitted = _recover(self.prepared, self.removed, model, self.calibration, self.mode,
                                               self.scope, MAX_ROWS, None, 0, self.target)
-        return PassResult(recovered, modified=fitted > 0, notes=(summary,))
+        method = "bias" if self.mode == "bias" else "lsq"
+        return RecoverResult(recovered, modified=fitted > 0, notes=(summary,), layers=fitted, method=method,
+                             rows=len(self.calibration) if self.calibration is not None else 0)
 
     def ensures(self, before: onnx.ModelProto, result: PassResult) -> PassResult:
         """The re-fitted model is a valid ONNX model whose outputs are finite on real data."""
