@@ -33,8 +33,8 @@ from common import (SHARED, REPO, Timer, accuracy, cifar, header, imagenet_image
                     with_mirrors, write_section)
 from onnxprune.graph.surgery import prune_channels
 from onnxprune.passes.recover import recover
-from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, plan_units, score_units
+from onnxprune.pruning.prepare import prepare
 
 RECOVERIES = ("none", "bias", "lsq")
 
@@ -286,7 +286,7 @@ def allocation_rows(name, p, scores, score_times, cal, x, y, budgets, rows, crit
 def default_rows(name, model, calib, flags, x, y, budgets, rows):
     """The default command line at each budget, run as a separate process."""
     from default_path import run_cli
-    from onnxprune.cost import CostModel
+    from onnxprune.graph.macs import CostModel
     for budget in budgets:
         pruned, wall, cpu = run_cli(model, calib, budget, flags)
         kept = CostModel(prepare(pruned).analysis).dense_macs / CostModel(prepare(model).analysis).dense_macs

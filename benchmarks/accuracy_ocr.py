@@ -44,10 +44,10 @@ from common import SHARED, Timer, header, table, write_section
 from onnxprune.calibration import normalize
 from onnxprune.errors import OnnxPruneError
 from onnxprune.distill import DistillSettings
-from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, run_pruning, score_units
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
-from onnxprune.schedule import criterion_for
+from onnxprune.pruning.schedule import criterion_for
 from textdata import PPOCR_DET, PPOCR_REC, font_files, render_text_lines, render_text_pages
 
 ROWS = Path(__file__).with_name("accuracy_ocr.json")  # rows of earlier runs, so one model can be rerun alone

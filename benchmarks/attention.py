@@ -20,9 +20,9 @@ import onnx
 
 from common import REPO, SHARED, Timer, header, table, write_section
 import onnxprune
-from onnxprune.api import build_pruned
-from onnxprune.latency.measure import LatencySettings, time_against_dense
-from onnxprune.prepare import prepare
+from onnxprune.pruning.api import build_pruned
+from onnxprune.latency.timing import LatencySettings, time_against_dense
+from onnxprune.pruning.prepare import prepare
 from onnxprune.scoring.registry import score
 
 sys.path.insert(0, str(REPO / "tests"))

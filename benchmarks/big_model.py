@@ -114,8 +114,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     from onnxprune.config import PruneConfig
-    from onnxprune.pipeline import run_pruning
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.pipeline import run_pruning
+    from onnxprune.pruning.prepare import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="onnxprune-big-", dir="/tmp"))
     watchdog(args.cap_gb * GB, tmp)

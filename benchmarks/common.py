@@ -134,7 +134,7 @@ def resnet56_setup(score_images: int = 128, fit_images: int = 256):
     scoring rows a prefix of the fitting rows; accuracy is measured on the dev set only.
     """
     from onnxprune.calibration.dataset import load_calibration
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     xc_all, _ = cifar("calib")
     perm = np.random.default_rng(0).permutation(len(xc_all))
     xd, yd = cifar("dev")

@@ -13,8 +13,8 @@ import numpy as np
 
 from common import SHARED, Timer, cifar, header, table, write_section
 from onnxprune.demo import demo_data, demo_files
-from onnxprune.pipeline import PruneConfig, load_calibration, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, score_units
+from onnxprune.pruning.prepare import prepare
 
 CRITERIA = ("magnitude", "l2", "bn_scale", "activation_mean", "activation_std", "energy", "random")
 

@@ -22,10 +22,10 @@ from dataclasses import replace
 import numpy as np
 
 from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
-from onnxprune.latency.measure import LatencySettings, time_models
-from onnxprune.pipeline import PruneConfig, run_pruning, score_units
-from onnxprune.scoring.depth import drop_scores
-from onnxprune.selection import Constraints, Target, select
+from onnxprune.latency.timing import LatencySettings, time_models
+from onnxprune.pruning.pipeline import PruneConfig, run_pruning, score_units
+from onnxprune.scoring.blocks import drop_scores
+from onnxprune.allocation.selection import Constraints, Target, select
 
 CACHE = None  # --cache PREFIX: reuse the oracle and drop scores of ResNet-56 between benchmark runs
 

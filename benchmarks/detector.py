@@ -21,7 +21,7 @@ import onnx
 from common import SHARED, header, imagenet_images, imagenet_split, table, write_section
 from default_path import imagenet_calib_folder, run_cli
 from onnxprune.calibration import Preprocess
-from onnxprune.latency.measure import LatencySettings, time_models
+from onnxprune.latency.timing import LatencySettings, time_models
 from onnxprune.fidelity import guess_task, measure_fidelity
 from onnxprune.fidelity.tasks import with_conf
 from onnxprune.runtime import make_session

@@ -45,7 +45,7 @@ def run(key: str, seconds: float) -> tuple[dict, list[dict]]:
     from onnxprune.distill import DistillSettings
     from onnxprune.distill.engine import write_back
     from onnxprune.passes.distill import DistillPass
-    from onnxprune.pipeline import distill_split, judged, prepare_run, run_pruning
+    from onnxprune.pruning.pipeline import distill_split, judged, prepare_run, run_pruning
     title, file, target = SETUPS[key]
     model = onnx.load(str(SHARED / "models" / file))
     x_cal, x_dev, y_dev = _data(key)

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from common import Timer, header, table, write_section
-from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, run_pruning, score_units
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
-from onnxprune.schedule import criterion_for
+from onnxprune.pruning.schedule import criterion_for
 from sentences import WordPiece, stdlib_sentences
 
 ROWS = Path(__file__).with_name("encoder_real.json")  # rows of earlier runs (other criteria) stay in the table

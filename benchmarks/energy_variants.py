@@ -18,8 +18,8 @@ from common import (SHARED, Timer, accuracy, header, imagenet_images, imagenet_s
                     with_mirrors, write_section)
 from onnxprune.graph.surgery import prune_channels
 from onnxprune.passes.recover import recover
-from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, plan_units, score_units
+from onnxprune.pruning.prepare import prepare
 
 BUDGETS = (0.85, 0.80, 0.70)
 

@@ -23,7 +23,7 @@ import numpy as np
 from common import SHARED, Timer, cifar, header, table, write_section
 from onnxprune.executors import merge_sums
 from onnxprune.executors.ray import RayExecutor
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.scoring.oracle import OracleScorer
 from onnxprune.scoring.oracle_tasks import context_bytes, prefix_task
 

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 
 from common import REPO, Timer, header, write_section
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 
 sys.path.insert(0, str(REPO / "tests"))
 from fuzz_graphs import check_model, random_model, reason_class  # noqa: E402 - the test suite's generator

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from common import SHARED, accuracy, header, imagenet_images, imagenet_split, resnet56_setup, table, write_section
 from onnxprune.config import PruneConfig
-from onnxprune.latency.measure import LatencySettings, feeds_for, time_models
+from onnxprune.latency.timing import LatencySettings, feeds_for, time_models
 from onnxprune.latency.table import build_table
-from onnxprune.pipeline import load_calibration, run_pruning, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import load_calibration, run_pruning, score_units
+from onnxprune.pruning.prepare import prepare
 
 HIDDEN_ONLY = ("*_project_conv*", "/_conv_stem/Conv", "/_conv_head/Conv")
 

@@ -12,7 +12,7 @@ from common import SHARED, header, table, write_section
 import onnxprune
 from onnxprune.demo import demo_data, demo_files
 from onnxprune.graph.io import load_model
-from onnxprune.latency.measure import LatencySettings, time_models
+from onnxprune.latency.timing import LatencySettings, time_models
 
 ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 
@@ -20,7 +20,7 @@ ROUND_TOS = (1, 2, 4, 8, 16, "auto")
 def interleaved_latency(models: dict, feed: dict, rounds: int, runs: int) -> dict:
     """Milliseconds per run of every model: the median over rounds of the best of ``runs`` runs.
 
-    All sessions are timed in turn within each round (onnxprune.latency.measure), so a
+    All sessions are timed in turn within each round (onnxprune.latency.timing), so a
     slow spell of a shared machine hits every model alike instead of one row of
     the table (back-to-back medians varied by 30% between identical models here).
     """

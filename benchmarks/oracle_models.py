@@ -20,7 +20,7 @@ import numpy as np
 
 from common import SHARED, Timer, cifar, header, imagenet_images, imagenet_split, table, write_section
 from onnxprune.calibration import Preprocess, normalize
-from onnxprune.pipeline import PruneConfig, run_pruning
+from onnxprune.pruning.pipeline import PruneConfig, run_pruning
 from onnxprune.runtime import make_session
 from textdata import PPOCR_DET, PPOCR_REC, render_text_lines, render_text_pages
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from common import SHARED, Timer, cifar, header, table, write_section
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 

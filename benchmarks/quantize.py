@@ -22,13 +22,13 @@ import numpy as np
 
 from common import Timer, accuracy, cached, header, resnet56_setup, table, write_section
 from onnxprune.calibration.dataset import load_calibration
-from onnxprune.latency.measure import LatencySettings, time_models
+from onnxprune.latency.timing import LatencySettings, time_models
 from onnxprune.demo import _prune_demo, demo_data, demo_files
 from onnxprune.passes.quantize import QuantizePass
-from onnxprune.pipeline import PruneConfig, run_pruning, score_units
-from onnxprune.prepare import prepare
-from onnxprune.scoring.depth import drop_scores
-from onnxprune.selection import Constraints, Target, select
+from onnxprune.pruning.pipeline import PruneConfig, run_pruning, score_units
+from onnxprune.pruning.prepare import prepare
+from onnxprune.scoring.blocks import drop_scores
+from onnxprune.allocation.selection import Constraints, Target, select
 
 CACHE = None  # --cache PREFIX: reuse the oracle and drop scores of ResNet-56 between benchmark runs
 

@@ -32,8 +32,8 @@ import numpy as np
 from common import SHARED, Timer, accuracy, cifar, header, imagenet_images, imagenet_split, table, write_section
 from onnxprune.graph.surgery import prune_channels
 from onnxprune.passes.recover import recover
-from onnxprune.pipeline import PruneConfig, load_calibration, plan_units, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, plan_units, score_units
+from onnxprune.pruning.prepare import prepare
 
 CACHE = Path(tempfile.gettempdir()) / "onnxprune_recovery_targets"
 ROWS = Path(__file__).with_name("recovery_targets.json")  # every run's rows, so one model can be rerun alone

@@ -3,7 +3,7 @@ lives with sparsity).
 
 Every default and every list of choices is written here (or, for the lower layers' own settings, in the
 module that owns them: the batch size and cache budget in ``calibration/``, latency settings in
-``latency/measure.py``, oracle costs in ``scoring/oracle_cost.py``) and read from here by the command line
+``latency/timing.py``, oracle costs in ``scoring/oracle_cost.py``) and read from here by the command line
 (``cli/args.py`` builds its flags' defaults and choices with :func:`default`) and by the Python API
 (``prune_model``'s keywords default to the same values). Names follow onnxruntime's quantization tool
 where it has one (``nodes_to_exclude``); a bad value fails here, before any model is loaded.
@@ -18,8 +18,8 @@ from .calibration.cache import DEFAULT_CACHE_BYTES
 from .calibration.readers import DEFAULT_BATCH_SIZE
 from .distill.settings import DistillSettings
 from .errors import InvalidArgumentError
-from .executors import EXECUTORS, check_executor
-from .latency.measure import LatencySettings
+from .executors import check_executor
+from .latency.timing import LatencySettings
 from .scoring.auto import AUTO
 from .scoring.oracle_cost import COSTS as ORACLE_COSTS
 from .scoring.registry import get_criterion

@@ -80,7 +80,7 @@ def _run_demo(output: str, target_macs: float, last_line: str) -> str:
     """The first screen a user sees: every figure says on which rows it was measured, and the speed-up whether
     it is outside the timing noise (a model this small runs in about a millisecond per digit batch, where the
     fixed cost of each call weighs as much as the MACs removed)."""
-    from .latency.measure import LatencySettings, time_models
+    from .latency.timing import LatencySettings, time_models
 
     model_path, _ = demo_files()
     data = demo_data()
@@ -105,7 +105,7 @@ def _run_demo(output: str, target_macs: float, last_line: str) -> str:
 def _prune_demo(model_path: Path, output: str, data: dict[str, np.ndarray], target_macs: float):
     """Oracle scores on 256 calibration digits, score-per-MAC ranking in 3 steps, least-squares recovery;
     fidelity judged on the test digits (with their labels), where the accuracy is measured too."""
-    from .pipeline import PruneConfig, run_pruning
+    from .pruning.pipeline import PruneConfig, run_pruning
     calib = {"input": data["calib"][:256]}
     config = PruneConfig(criterion="oracle", target_macs=target_macs, steps=3, recover="lsq",
                          progress=True)  # a bar on a terminal, log lines in a redirected log

@@ -32,8 +32,8 @@ from .graph.probe import input_dtypes
 from .calibration import CachedDataset, IterableReader
 from .calibration.dataset import load_calibration
 from .config import DEFAULT_PERCENTAGE, PruneConfig
-from .pipeline import run_pruning
-from .prepare import Prepared, prepare
+from .pruning.pipeline import run_pruning
+from .pruning.prepare import Prepared, prepare
 from .scoring.oracle import OracleScorer
 from .scoring.registry import HALCON_MODES
 

@@ -392,11 +392,11 @@ def check_model(seed: int, plans: int = 2, write_dir=None) -> Outcome:
     frozen group without a reason (never acceptable); ``crash`` is any
     exception that is not an OnnxPruneError (never acceptable).
     """
-    from onnxprune.api import build_pruned, prune_model
+    from onnxprune.pruning.api import build_pruned, prune_model
     from onnxprune.config import PruneConfig
     from onnxprune.runtime import make_session
     from onnxprune.errors import OnnxPruneError, VerificationError
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
 
     model, blocks = random_model(seed)
     out = Outcome(seed, blocks)

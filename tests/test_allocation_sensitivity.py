@@ -11,12 +11,12 @@ from onnxprune.config import PruneConfig
 from onnxprune.errors import InvalidArgumentError
 from onnxprune.graph.surgery import prune_channels
 from onnxprune.lsq import GramSystem, fit_gram, fit_toward
-from onnxprune.pipeline import load_calibration, plan_units, run_pruning
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import load_calibration, plan_units, run_pruning
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring import magnitude_scores
 from onnxprune.scoring.oracle_cost import oracle_cost
-from onnxprune.selection import Constraints, Target
+from onnxprune.allocation.selection import Constraints, Target
 
 from builders import chain_flatten_gemm, inverted_residual, level_heads, option_a_shortcut
 

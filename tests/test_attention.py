@@ -7,8 +7,8 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from onnxprune.api import build_pruned, inspect
-from onnxprune.prepare import prepare
+from onnxprune.pruning.api import build_pruned, inspect
+from onnxprune.pruning.prepare import prepare
 from onnxprune.report import count_params
 from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 from onnxprune.scoring.registry import score

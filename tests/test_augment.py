@@ -60,7 +60,7 @@ def test_layouts_seeding_and_refusals():
 
 def test_calibration_augmented_and_the_prune_config_path():
     from onnxprune.config import PruneConfig
-    from onnxprune.pipeline import run_pruning
+    from onnxprune.pruning.pipeline import run_pruning
 
     model = inverted_residual()
     data = np.random.default_rng(2).uniform(0, 1, (20, 3, 8, 8)).astype(np.float32)

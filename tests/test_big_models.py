@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import onnxprune.graph.external as external
-from onnxprune.api import prune_model
+from onnxprune.pruning.api import prune_model
 from onnxprune.cli import main
 from onnxprune.config import PruneConfig
 from onnxprune.graph.io import load_model
@@ -134,8 +134,8 @@ def test_big_path_exactness_check_reads_the_reference_weights_from_the_analysed_
     """The masked reference of a big model holds stubs only; the check still catches one wrong weight."""
     from onnxprune.errors import VerificationError
     from onnxprune.graph.surgery import masked_reference, prune_channels
-    from onnxprune.prepare import prepare
-    from onnxprune.verify import uniform_inputs, verify_equivalent
+    from onnxprune.pruning.prepare import prepare
+    from onnxprune.passes.verify import uniform_inputs, verify_equivalent
     monkeypatch.setattr(external, "LIMIT", 100_000)
     p = prepare(wide_model())
     removed = [u for u in range(len(p.analysis.unit_info)) if p.analysis.is_prunable(u)][:5]
@@ -153,7 +153,7 @@ def test_big_path_exactness_check_reads_the_reference_weights_from_the_analysed_
 
 
 def test_big_model_from_a_file_is_not_kept_beside_its_normalised_copy(external_model, monkeypatch):
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     from onnxprune.report import count_params
     small = prepare(external_model)
     monkeypatch.setattr(external, "LIMIT", 100_000)

@@ -62,7 +62,7 @@ def test_round_to_and_max_ratio():
     res = onnxprune.prune_model(option_a_shortcut(), percentage=50, round_to=4, max_layer_ratio=0.5)
     for lc in res.report.layers:
         assert lc.after >= lc.before * 0.5
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     a = prepare(option_a_shortcut()).analysis
     removed = res.plan.to_units(a)
     by_group: dict = {}
@@ -75,9 +75,9 @@ def test_round_to_and_max_ratio():
 @pytest.mark.parametrize("round_to", [1, 3, 8])
 def test_round_to_meets_mac_budget_with_whole_blocks(round_to):
     """Budgets hold with rounding, and each group keeps a multiple of round_to (or all its channels)."""
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     from onnxprune.scoring import magnitude_scores
-    from onnxprune.selection import Constraints, Target, ordered_candidates, removal_blocks, select
+    from onnxprune.allocation.selection import Constraints, Target, ordered_candidates, removal_blocks, select
     p = prepare(inverted_residual())
     a = p.analysis
     scores = magnitude_scores(a)
@@ -106,7 +106,7 @@ def test_round_to_meets_mac_budget_with_whole_blocks(round_to):
 
 def test_auto_round_to_widths():
     """auto: multiples of 8 from 128 channels, 4 from 16, free below; the default everywhere."""
-    from onnxprune.selection import Constraints, group_round_to
+    from onnxprune.allocation.selection import Constraints, group_round_to
     assert [group_round_to("auto", w) for w in (8, 15, 16, 63, 64, 127, 128, 1280)] == [1, 1, 4, 4, 4, 4, 8, 8]
     assert group_round_to(3, 64) == 3
     assert Constraints().round_to == "auto" and onnxprune.PruneConfig().round_to == "auto"

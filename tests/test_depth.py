@@ -11,9 +11,9 @@ from onnxprune.graph.surgery import masked_reference
 from onnxprune.passes.base import PreconditionError
 from onnxprune.passes.prune import PruneChannelsPass
 from onnxprune.passes.recover import RecoverPass
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
-from onnxprune.selection import Constraints, Target, select
+from onnxprune.allocation.selection import Constraints, Target, select
 
 
 def _feeds(n: int = 3, batch: int = 2, seed: int = 1) -> list[dict]:
@@ -168,8 +168,8 @@ def test_recovery_refits_the_layers_after_a_dropped_branch():
 
 def test_drop_scores_and_allow_drop_end_to_end(tmp_path):
     from onnxprune.config import PruneConfig
-    from onnxprune.pipeline import prune_static
-    from onnxprune.scoring.depth import drop_scores
+    from onnxprune.pruning.pipeline import prune_static
+    from onnxprune.scoring.blocks import drop_scores
     model = residual_net()
     p = prepare(model)
     x = np.random.default_rng(5).uniform(-1, 1, (32, 3, 8, 8)).astype(np.float32)

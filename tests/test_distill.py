@@ -22,7 +22,7 @@ except InvalidArgumentError:
     pytest.skip("the distill extra (onnx2torch) is not installed", allow_module_level=True)
 
 from onnxprune.distill.engine import EngineMissingError, Unconvertible, convert, write_back  # noqa: E402
-from onnxprune.pipeline import run_pruning  # noqa: E402
+from onnxprune.pruning.pipeline import run_pruning  # noqa: E402
 
 FAST = DistillSettings(epochs=2, lr=1e-3, batch=32, time_s=60)
 
@@ -42,7 +42,7 @@ def _sig(model: onnx.ModelProto) -> list[tuple]:
 
 
 def test_distilled_model_is_the_pruned_graph_checked_and_never_worse_than_least_squares():
-    from onnxprune.verify import check_structure
+    from onnxprune.passes.verify import check_structure
     from onnxprune.runtime import make_session
     data = {"x": _data()}
     lsq = run_pruning(residual_net(), None, data, _config("lsq"))
@@ -73,14 +73,14 @@ def test_weights_round_trip_by_name_bit_exactly_before_training():
 def test_distillation_reduces_the_output_error_of_plainly_sliced_weights():
     """From the sliced weights (no least squares) the loss on the held-back rows must fall, and the kept
     weights must be the better ones."""
-    from onnxprune.api import build_pruned
+    from onnxprune.pruning.api import build_pruned
     from onnxprune.distill.engine import input_arrays
     from onnxprune.distill.train import Trainer
     from onnxprune.fidelity.judge import make_judge
-    from onnxprune.pipeline import load_calibration
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.pipeline import load_calibration
+    from onnxprune.pruning.prepare import prepare
     from onnxprune.scoring import magnitude_scores
-    from onnxprune.selection import Target, select
+    from onnxprune.allocation.selection import Target, select
     model = residual_net()
     p = prepare(model)
     removed = select(p.analysis, magnitude_scores(p.analysis), Target(macs=0.5))
@@ -219,7 +219,7 @@ def test_distillation_reads_more_rows_but_never_the_judges():
     """Scoring and fitting see the rows they would without distillation; the fine-tuning sees every other row
     read, and never one the run's fidelity is judged on."""
     from onnxprune.calibration.dataset import load_calibration
-    from onnxprune.pipeline import distill_split, held_back
+    from onnxprune.pruning.pipeline import distill_split, held_back
     x = _data(300)
     x[:, 0, 0, 0] = np.arange(300)  # each row carries its index
     config = PruneConfig(recover="distill", calibration_samples=64, distill=DistillSettings(rows=280))
@@ -237,7 +237,7 @@ def test_distillation_reads_more_rows_but_never_the_judges():
 
 
 def test_sweep_distils_every_budget(tmp_path):
-    from onnxprune.sweep import sweep
+    from onnxprune.pruning.sweep import sweep
     res = sweep(residual_net(), {"x": _data()}, [0.8, 0.6], tmp_path, write_models=False,
                 config=PruneConfig(criterion="magnitude", recover="distill", calibration_samples=64, batch_size=32,
                                    distill=FAST))
@@ -277,7 +277,7 @@ def test_a_paddle_recognizer_whose_ranks_shape_inference_loses_converts():
     inference drops the ranks BatchNormalization needs) converts and matches onnxruntime at the rows' size."""
     from conftest import shared_path
     from onnxprune.distill.engine import check_outputs
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     p = prepare(str(shared_path("models", "ppocrv4_rec.onnx")), {"x": (1, 3, 48, 320)})
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)
     student = convert(p.model, "cpu", {"x": x.shape})

@@ -20,7 +20,7 @@ import pytest
 
 from onnxprune.cli import main
 from onnxprune.executors import LocalExecutor, Task, merge_sums
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.scoring.oracle import OracleScorer
 
 from builders import option_a_shortcut, se_block

@@ -14,7 +14,7 @@ from onnxprune.cli import main
 from onnxprune.errors import EXIT_BELOW_FLOOR, BelowFloorError
 from onnxprune.fidelity import TaskCost, guess_task, make_judge, measure_fidelity
 from onnxprune.fidelity.detection import Head, agreement
-from onnxprune.pipeline import config_toward_dense, run_pruning
+from onnxprune.pruning.pipeline import config_toward_dense, run_pruning
 from onnxprune.scoring.oracle_cost import oracle_cost
 
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from onnxprune.cli import main
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring.oracle import OracleScorer
 

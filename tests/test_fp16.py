@@ -1,7 +1,7 @@
 """float16 models and Cast islands (fp16 body, fp32 inputs/outputs) prune as they are.
 
 Weights stay float16; exactness is checked with the float16 tolerance of
-:func:`onnxprune.verify.tolerance`; recovery solves in float32/64 and writes float16.
+:func:`onnxprune.passes.verify.tolerance`; recovery solves in float32/64 and writes float16.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.errors import VerificationError
 from onnxprune.runtime import make_session
-from onnxprune.verify import HALF_RTOL, RTOL, tolerance, verify_equivalent
+from onnxprune.passes.verify import HALF_RTOL, RTOL, tolerance, verify_equivalent
 
 from builders import PATTERNS, chain_flatten_gemm, se_block
 from conftest import shared_path

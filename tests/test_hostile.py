@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.cli import main
 from onnxprune.errors import InvalidModelError
 from onnxprune.graph.io import load_model
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 
 from builders import Builder, chain_flatten_gemm
 

@@ -22,11 +22,11 @@ from onnxprune.errors import InvalidArgumentError
 from onnxprune.latency import LatencySettings, LatencyTable, TableCache, Timing, build_table, candidate_widths
 from onnxprune.latency import table as table_mod
 from onnxprune.latency.cache import table_key
-from onnxprune.latency.model import LatencyModel
+from onnxprune.latency.predict import LatencyModel
 from onnxprune.latency.pieces import WidthMasks, build_piece, group_nodes
 from onnxprune.latency.table import GroupLatency
-from onnxprune.prepare import prepare
-from onnxprune.selection import Constraints, Target
+from onnxprune.pruning.prepare import prepare
+from onnxprune.allocation.selection import Constraints, Target
 
 FAST = dict(rounds=1, runs=1)
 
@@ -260,7 +260,7 @@ def test_sweep_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch,
 
 def test_one_timer_speed_against_dense():
     """Every caller times through latency.measure: models on one feed interleaved, a pruned model as a Speed."""
-    from onnxprune.latency.measure import Speed, Timing, time_against_dense, time_models
+    from onnxprune.latency.timing import Speed, Timing, time_against_dense, time_models
     s = Speed(Timing(2.0, 1.8, 2.4), Timing(1.0, 0.9, 1.5))
     assert (s.fraction, s.fastest_fraction, s.speedup, s.outside_noise) == (0.5, 0.5, 2.0, True)
     assert not Speed(Timing(2.0, 1.4, 2.4), Timing(1.6, 1.2, 1.8)).outside_noise

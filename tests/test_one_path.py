@@ -12,16 +12,16 @@ from builders import option_a_shortcut
 
 def test_a_run_reads_its_model_once(monkeypatch):
     """prune_static loads (and checks) the model once, for the calibration and the analysis alike."""
-    import onnxprune.pipeline
-    import onnxprune.prepare
+    import onnxprune.pruning.pipeline
+    import onnxprune.pruning.prepare
     from onnxprune.graph.io import load_model
     calls = []
 
     def counting(model, **kw):
         calls.append(1)
         return load_model(model, **kw)
-    monkeypatch.setattr(onnxprune.pipeline, "load_model", counting)
-    monkeypatch.setattr(onnxprune.prepare, "load_model", counting)
+    monkeypatch.setattr(onnxprune.pruning.pipeline, "load_model", counting)
+    monkeypatch.setattr(onnxprune.pruning.prepare, "load_model", counting)
     x = np.random.default_rng(0).uniform(-1, 1, (8, 3, 8, 8)).astype(np.float32)
     onnxprune.prune_static(option_a_shortcut(), None, {"x": x},
                            PruneConfig(criterion="l1", percentage=20, recover="none", measure=False))

@@ -7,8 +7,8 @@ import pytest
 
 import onnxprune
 from onnxprune.errors import CalibrationError
-from onnxprune.pipeline import PruneConfig, load_calibration, run_pruning, score_units
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import PruneConfig, load_calibration, run_pruning, score_units
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
 from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 

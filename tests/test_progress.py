@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from onnxprune.prepare import prepare
+from onnxprune.pruning.prepare import prepare
 from onnxprune.progress import LogProgress, format_seconds
 from onnxprune.scoring.oracle import OracleScorer
 
@@ -54,7 +54,7 @@ def test_oracle_without_a_terminal_logs_its_progress(caplog):
 def test_sensitivity_curves_log_their_progress(caplog):
     from onnxprune.allocation.sensitivity import measure_curves
     from onnxprune.scoring import magnitude_scores
-    from onnxprune.selection import Constraints
+    from onnxprune.allocation.selection import Constraints
     p = prepare(inverted_residual())
     feeds = [{"x": np.random.default_rng(0).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)}]
     with caplog.at_level(logging.INFO, logger="onnxprune.progress"):

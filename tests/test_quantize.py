@@ -15,7 +15,7 @@ from onnxprune.config import PruneConfig
 from onnxprune.errors import CalibrationError, InvalidArgumentError
 from onnxprune.passes.base import PostconditionError, PreconditionError
 from onnxprune.passes.quantize import CalibrationFeeder, QuantizePass
-from onnxprune.pipeline import prune_static
+from onnxprune.pruning.pipeline import prune_static
 from onnxprune.runtime import make_session
 
 
@@ -84,7 +84,7 @@ def test_quantize_needs_calibration_and_keeps_its_bound(model):
     with pytest.raises(PostconditionError, match="more than the bound 0"):
         QuantizePass(calib, max_rel_l2=0.0)(model)
     with pytest.raises(CalibrationError, match="--quantize int8 needs calibration data"):
-        from onnxprune.api import prune_model
+        from onnxprune.pruning.api import prune_model
         prune_model(model, config=PruneConfig(criterion="magnitude", target_macs=0.7, quantize="int8",
                                               recover="none", measure=False))
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.api import build_pruned
+from onnxprune.pruning.api import build_pruned
 from onnxprune.passes.recover import recover
-from onnxprune.pipeline import load_calibration
-from onnxprune.prepare import prepare
+from onnxprune.pruning.pipeline import load_calibration
+from onnxprune.pruning.prepare import prepare
 from onnxprune.runtime import make_session
-from onnxprune.selection import Target, select
+from onnxprune.allocation.selection import Target, select
 from onnxprune.scoring import magnitude_scores
 
 from builders import Builder, chain_flatten_gemm, inverted_residual, se_block
@@ -191,7 +191,7 @@ def test_recover_pass_returns_a_typed_result():
     """RecoverPass says what it did in fields (layers re-fitted, method, rows), not only in its note."""
     from builders import residual_net
     from onnxprune.passes.recover import RecoverPass, RecoverResult
-    from onnxprune.pipeline import prepare_run
+    from onnxprune.pruning.pipeline import prepare_run
     from onnxprune.config import PruneConfig
     from onnxprune.graph.surgery import prune_channels
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ the screenshot must not be blank (CI has no Chromium: that part skips).
 from __future__ import annotations
 
 import base64
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from onnxprune.cli import main
 from onnxprune.demo import demo_files
-from onnxprune.latency.measure import Timing
+from onnxprune.latency.timing import Timing
 from onnxprune.report.sweep import SweepPoint, SweepResult, group_rows, write_sweep_report
 
 MODEL = str(demo_files()[0])
@@ -63,9 +64,10 @@ def test_html_report_embeds_its_plots(tmp_path):
     pytest.importorskip("matplotlib")
     page, _ = _prune_page(tmp_path)
     images = _images(page)
-    assert len(images) == 2 and all(i.startswith(PNG) and len(i) > 1000 for i in images)
-    assert page.count("<figcaption>") == 2 and ".png</figcaption>" not in page
+    assert len(images) == 3 and all(i.startswith(PNG) and len(i) > 1000 for i in images)
+    assert page.count("<figcaption>") == 3 and ".png</figcaption>" not in page
     assert "Kept kernels (output channels) per channel group" in page and "<td>MACs</td>" in page
+    assert "How much each channel group matters to the magnitude criterion" in page
     _no_external_urls(page)
 
 
@@ -162,3 +164,44 @@ def test_prune_page_has_one_plot_per_expected_figure(back_off):
     from onnxprune.report.prune import layer_rows  # the widths figure: a row per channel group that shrank
     assert layer_rows(_report(back_off)) == ([("a (+1 layer)", 16), ("c", 32)], [8, 20])
     _no_external_urls(page)
+
+
+def test_group_importance_counts_each_unit_once_in_its_group():
+    """The prune report's per-group importance: the run's own scores, each unit once, the removed part exact."""
+    from onnxprune import prune_model
+    from onnxprune.pruning.prepare import prepare
+    from onnxprune.report.groups import group_of_layer
+    from onnxprune.scoring import magnitude_scores
+    res = prune_model(MODEL, percentage=40, criterion="magnitude")
+    analysis = prepare(MODEL).analysis
+    scores = magnitude_scores(analysis)
+    rows = res.report.importance
+    assert [g.layer for g in rows] == list(dict.fromkeys(  # one row per group, named by its first prunable layer
+        [next(n for n, lay in analysis.layers.items() if lay.prunable_kernels
+              and group_of_layer(analysis).get(n, n) == group_of_layer(analysis).get(name, name))
+         for name, layer in analysis.layers.items() if layer.prunable_kernels]))
+    assert sum(g.total for g in rows) == pytest.approx(sum(scores.values()), rel=1e-9)
+    assert sum(g.removed for g in rows) == pytest.approx(sum(scores[r] for r in res.removed_units), rel=1e-9)
+    assert all(0 <= g.removed <= g.total for g in rows) and any(g.removed > 0 for g in rows)
+    assert res.report.to_dict()["importance"][0]["label"] == rows[0].label
+
+
+def test_sparsify_shares_the_report_and_json_of_prune(tmp_path, capsys):
+    """sparsify --report x.html|x.md and --json render the one report the terminal prints."""
+    import json
+    out, page, md = tmp_path / "s.onnx", tmp_path / "r.html", tmp_path / "r.md"
+    assert main(["sparsify", MODEL, "-o", str(out), "--threshold", "0.6", "--report", str(md)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    text = md.read_text()
+    verification = next(x for x in printed if x.startswith("verification: ok"))
+    assert verification in text and "## Run" in text and "command: onnxprune sparsify" in text
+    assert main(["sparsify", MODEL, "-o", str(out), "--threshold", "0.6", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["exit_code"] == 0 and got["output"] == str(out) and got["verification"]["ok"]
+    zeros = sum(round(w["sparsity_after"] * np.prod(w["shape"])) for w in got["layers"])
+    assert got["sparsity"]["after"] == pytest.approx(zeros / got["values"]) and got["sparsity"]["after"] > 0.55
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert main(["sparsify", MODEL, "-o", str(out), "--threshold", "0.6", "--report", str(page)]) == 0
+        html = page.read_text()
+        assert len(_images(html)) == 1 and "zero after the run" in html
+        _no_external_urls(html)

@@ -50,7 +50,7 @@ def test_resnet56_has_55_prunable_convs():
 
 def test_oracle_on_resnet20_equals_naive():
     """The fast oracle (suffix sessions, tiled perturbations, CPU workers) on a real model, streams included."""
-    from onnxprune.prepare import prepare
+    from onnxprune.pruning.prepare import prepare
     from onnxprune.scoring.oracle import OracleScorer, naive_oracle
 
     data = np.load(shared_path("data", "cifar10_calib.npz"))

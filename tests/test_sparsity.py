@@ -558,7 +558,7 @@ def test_cli_sparsify_from_an_image_folder_with_preprocessing_flags(tmp_path: Pa
     from PIL import Image
 
     from onnxprune.calibration import Preprocess
-    from onnxprune.cli.sparsify import format_result
+    from onnxprune.cli.sparsify import sparsify_report
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -578,7 +578,7 @@ def test_cli_sparsify_from_an_image_folder_with_preprocessing_flags(tmp_path: Pa
     for name, w in weights_of(onnx.load(str(out))).items():
         np.testing.assert_array_equal(w, weights_of(api.model)[name])
     verification = next(line for line in printed.splitlines() if line.startswith("verification:"))
-    assert verification in format_result(api)
+    assert verification in sparsify_report(api).table()
     plain = sparsify(conv_gemm_model(), config=config, calibration_data_reader=folder, preprocess=Preprocess())
     assert plain.verification.output_change != api.verification.output_change  # the flags reached the data
 

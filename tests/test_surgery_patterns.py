@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from onnxprune.api import build_pruned
-from onnxprune.prepare import prepare
+from onnxprune.pruning.api import build_pruned
+from onnxprune.pruning.prepare import prepare
 from onnxprune.report import count_params
 
 from builders import PATTERNS, softmax_over_channels, unknown_op

@@ -3,7 +3,7 @@
 Each group offers its measured widths (:mod:`.sensitivity`); the knapsack
 (:mod:`.knapsack`) picks one per group so that the summed distortion is
 least while the model meets the budget under the exact cost
-(:meth:`onnxprune.cost.CostModel.evaluate`: a layer between two pruned
+(:meth:`onnxprune.graph.macs.CostModel.evaluate`: a layer between two pruned
 groups keeps ``f_in * f_out`` of its MACs, which the per-group costs of the
 grid problem only approximate). Which units of a group go is left to the
 criterion: the curve's options are prefixes of the group in score order.
@@ -23,8 +23,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..cost import CostModel
-from ..selection import Target
+from ..graph.macs import CostModel
+from .selection import Target
 from .knapsack import Option, solve_exact
 from .sensitivity import Curve, Sensitivity
 

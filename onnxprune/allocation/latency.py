@@ -3,7 +3,7 @@
 Per group, the options are the table's widths (widest first); an option's
 loss is the summed scores of the units removed to reach it, lowest-scored
 first within the group; its cost the group's part of the predicted time
-(:class:`onnxprune.latency.model.LatencyModel`: each layer's time scaled by
+(:class:`onnxprune.latency.predict.LatencyModel`: each layer's time scaled by
 the measured relative speed of the groups on both of its sides). The
 knapsack (:func:`.knapsack.solve`, its budget searched so that the full,
 non-separable prediction fits, then a few rounds with the costs linearised
@@ -35,10 +35,10 @@ from typing import Optional
 import numpy as np
 
 from ..graph.analysis import Analysis
-from ..latency.measure import Speed, feeds_for, time_against_dense
-from ..latency.model import LatencyModel
+from ..latency.timing import Speed, feeds_for, time_against_dense
+from ..latency.predict import LatencyModel
 from ..latency.table import LatencyTable
-from ..selection import Constraints, _Budget
+from .selection import Constraints, _Budget
 from .knapsack import Option, solve
 
 logger = logging.getLogger(__name__)

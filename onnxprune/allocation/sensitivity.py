@@ -40,7 +40,7 @@ from ..lsq import HELD_BACK, GramSystem, Site, fit_gram, fit_samples, stream
 from ..progress import LogProgress
 from ..runtime import make_session
 from ..scoring.oracle_cost import oracle_cost
-from ..selection import Constraints, _Budget, group_round_to
+from .selection import Constraints, _Budget, group_round_to
 
 logger = logging.getLogger(__name__)
 

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_inspect(args) -> int:
-    from ..api import inspect
+    from ..pruning.api import inspect
     rep = inspect(args.model, _input_shapes(args.input_shape), args.exclude)
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
@@ -175,9 +175,9 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from ..api import kernel_scores
-    from ..pipeline import judged, prepare_run, score_units
-    from ..scores_io import save_scores
+    from ..pruning.api import kernel_scores
+    from ..pruning.pipeline import judged, prepare_run, score_units
+    from ..scoring.store import save_scores
     config = _config(args)
     _check_outputs(args, args.output)
     p, calibration = prepare_run(args.model, args.calib, config, preprocess=_preprocess(args), hold_out=True)
@@ -195,15 +195,15 @@ def _cmd_score(args) -> int:
 def _cmd_prune(args) -> int:
     """Data-free or not, one path: the config resolves ``auto`` (criterion, ranking, recovery, measuring) from
     the data the run has."""
-    from ..api import scores_from_kernels
-    from ..pipeline import run_pruning
+    from ..pruning.api import scores_from_kernels
+    from ..pruning.pipeline import run_pruning
     config = _config(args)
     _check_outputs(args, args.output, args.save_plan)
     check_report_target(args)
     scores = prepared = None
     if args.scores:
-        from ..prepare import prepare
-        from ..scores_io import load_scores
+        from ..pruning.prepare import prepare
+        from ..scoring.store import load_scores
         prepared = prepare(args.model, config.input_shapes, config.nodes_to_exclude)
         scores = scores_from_kernels(prepared, load_scores(args.scores))
     res = run_pruning(args.model, args.output, args.calib, config, preprocess=_preprocess(args), scores=scores,
@@ -221,8 +221,8 @@ def _check_outputs(args, *outputs: Optional[str]) -> None:
 
 
 def _cmd_apply(args) -> int:
-    from ..api import apply_plan
-    from ..plan import PruningPlan
+    from ..pruning.api import apply_plan
+    from ..pruning.plan import PruningPlan
     _check_outputs(args, args.output)
     check_report_target(args)
     plan = PruningPlan.load(args.plan)

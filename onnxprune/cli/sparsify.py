@@ -9,14 +9,18 @@ every verb. Calibration data comes through the same flags as ``prune``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import InvalidArgumentError
 from ..graph.io import check_output_path
+from ..report.sparsify import SparsifyReport
 from .args import _add_calib_args, _preprocess
+from .output import check_report_target, write_report
 from ..sparsity.api import save_masks, sparsify, sparsity_info
 from ..sparsity.config import FILLERS, SCOPES, SparsifyConfig
 from ..sparsity.results import SparsifyResult, SparsityInfo
@@ -79,6 +83,9 @@ def add_sparsify_parser(subparsers: Any) -> None:
                    help="store ordinary dense initializers (masks made permanent, torch's remove)")
     p.add_argument("--seed", type=int, default=_D.seed,
                    help="seed of the random filler and of the re-fit sampling (default %(default)s)")
+    p.add_argument("--report", metavar="FILE|-", help="also write the report: .md, .json or .html by the extension")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (the report's figures) on stdout instead of the tables")
     p.set_defaults(handler=run_sparsify)
 
 
@@ -100,21 +107,22 @@ def run_sparsify(args: argparse.Namespace) -> int:
     )
     if args.save_masks:
         check_output_path(args.save_masks, args.model, args.output)
+    check_report_target(args)
     result = sparsify(args.model, args.output, config, args.calib, masks=args.masks,
                       importance_scores=args.importance, preprocess=_preprocess(args))
-    print(format_result(result, _file_bytes(args.model)))
-    if args.save_masks:
-        path = save_masks(result.masks, args.save_masks)
-        print(f"masks: {len(result.masks)} written to {path}")
+    report = sparsify_report(result, _file_bytes(args.model))
+    write_report(report, args.report, f"onnxprune sparsify: {Path(args.model).name} -> {Path(args.output).name}", args)
+    masks = save_masks(result.masks, args.save_masks) if args.save_masks else None
+    if args.json:
+        print(json.dumps({**report.to_dict(), "exit_code": 0, "masks": str(masks) if masks else None}, default=str))
+        return 0
+    to = sys.stderr if args.report == "-" else sys.stdout
+    if args.report != "-":
+        print(report.table())
+    print(f"wrote {result.output_path}", file=to)
+    if masks:
+        print(f"masks: {len(result.masks)} written to {masks}", file=to)
     return 0
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= _NAME_WIDTH else "…" + name[-(_NAME_WIDTH - 1):]
-
-
-def _pct(x: float) -> str:
-    return f"{100.0 * x:5.1f}%"
 
 
 def _file_bytes(path: str) -> Optional[int]:
@@ -123,49 +131,20 @@ def _file_bytes(path: str) -> Optional[int]:
     return None if has_external_data(path) else Path(path).stat().st_size
 
 
-def size_line(storage, model: "onnx.ModelProto", input_bytes: Optional[int]) -> str:
-    """'size: ...' — and why, when the written model is no smaller than its input (the zeros are stored densely)."""
-    line = f"size: dense {storage.dense_bytes} bytes"
-    if storage.sparse_bytes is not None:
-        line += f", sparse {storage.sparse_bytes} bytes"
-    written = storage.sparse_bytes if storage.format == "sparse" else storage.dense_bytes
-    if input_bytes is None or written < input_bytes:
-        return line
+def sparsify_report(result: SparsifyResult, input_bytes: Optional[int] = None) -> SparsifyReport:
+    """The run's one report (terminal, --report, --json); ``input_bytes``: the input model's size, to say why the
+    written file is not smaller when it is not."""
     from ..sparsity.history import METADATA_KEY
-    record = sum(len(p.key) + len(p.value) for p in model.metadata_props if p.key == METADATA_KEY)
-    return (f"{line}; the input was {input_bytes} bytes: not smaller, because a zero stored densely takes the same "
-            f"bytes as any weight (ONNX's sparse tensors, with int64 indices, pay off only above 67% sparsity) and "
-            f"the sparsity record in the model's metadata ({METADATA_KEY}, {record} bytes) is added; "
-            "zeros compress, so zip or gzip the file to ship it smaller")
+    record = sum(len(p.key) + len(p.value) for p in result.model.metadata_props if p.key == METADATA_KEY)
+    return SparsifyReport(result, input_bytes, (METADATA_KEY, record))
 
 
-def format_result(result: SparsifyResult, input_bytes: Optional[int] = None) -> str:
-    """The per-layer table, totals, storage choice and verification of one run; ``input_bytes``: the input
-    model's size, to say why the written file is not smaller when it is not."""
-    lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'before':>7} {'after':>7} "
-             f"{'zero ch':>9} {'storage':<7} re-fit"]
-    for layer in result.layers:
-        lines.append(
-            f"{_short(layer.name):<{_NAME_WIDTH}} {layer.op_types[0]:<8} {'x'.join(map(str, layer.shape)):<18} "
-            f"{_pct(layer.sparsity_before):>7} {_pct(layer.sparsity_after):>7} "
-            f"{f'{layer.zero_channels}/{layer.channels}':>9} {layer.storage:<7} {layer.refit}"
-        )
-    before = sum(layer.zeros_before for layer in result.layers)
-    lines.append(f"total: {len(result.layers)} weights, {result.total_size} values, "
-                 f"sparsity {_pct(before / result.total_size).strip()} -> {_pct(result.sparsity).strip()}"
-                 + (f" (steps {', '.join(f'{s:g}' for s in result.steps)})" if len(result.steps) > 1 else ""))
-    storage = result.storage
-    lines.append(f"storage: {storage.format} ({storage.reason})")
-    lines.append(size_line(storage, result.model, input_bytes))
-    verification = result.verification
-    lines.append(f"verification: {'ok' if verification.ok else 'FAILED'} on {verification.inputs}: "
-                 f"{verification.message}; outputs moved {verification.output_change:.3g} (relative L2) "
-                 "from the input model")
-    for note in result.notes:
-        lines.append(f"note: {note}")
-    if result.output_path is not None:
-        lines.append(f"wrote {result.output_path}")
-    return "\n".join(lines)
+def _short(name: str) -> str:
+    return name if len(name) <= _NAME_WIDTH else "…" + name[-(_NAME_WIDTH - 1):]
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:5.1f}%"
 
 
 def format_info(info: SparsityInfo) -> str:

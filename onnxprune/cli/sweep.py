@@ -1,4 +1,4 @@
-"""``onnxprune sweep``: arguments only; the work is :func:`onnxprune.sweep.sweep`."""
+"""``onnxprune sweep``: arguments only; the work is :func:`onnxprune.pruning.sweep.sweep`."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ def add_sweep_parser(sub) -> None:
 
 def run_sweep(args: argparse.Namespace, config) -> int:
     """``config``: the PruneConfig the shared flags describe (built by the caller, whose module builds them all)."""
-    from ..sweep import parse_budgets, sweep
+    from ..pruning.sweep import parse_budgets, sweep
     if not args.calib:
         from ..errors import CalibrationError
         raise CalibrationError("sweep needs calibration data: pass --calib DIR|FILE")
     kernel_scores = None
     if args.scores:
-        from ..scores_io import load_scores
+        from ..scoring.store import load_scores
         kernel_scores = load_scores(args.scores)
     from ..report import Provenance
     from ..report.document import Document, text

@@ -19,7 +19,7 @@ from typing import Optional
 
 import onnx
 
-from .measure import LatencySettings, cpu_model, default_cache_dir
+from .timing import LatencySettings, cpu_model, default_cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 from ..graph.analysis import Analysis, Group
 from .cache import TableCache, table_key
-from .measure import LatencySettings, Timing, feeds_for, time_interleaved
+from .timing import LatencySettings, Timing, feeds_for, time_interleaved
 from .pieces import WidthMasks, build_piece, group_nodes
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from ..graph.normalize import normalize
 from ..graph.probe import input_dtypes
 from ..graph.sizes import choose_input_shapes
 from ..runtime import make_session
-from ..verify import uniform_inputs, verify_equivalent
+from .verify import uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)

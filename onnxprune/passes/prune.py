@@ -23,7 +23,7 @@ from ..graph.analysis import Analysis
 from ..graph.external import needs_external
 from ..graph.probe import input_dtypes
 from ..graph.surgery import masked_reference, prune_channels
-from ..verify import VerificationResult, uniform_inputs, verify_equivalent
+from .verify import VerificationResult, uniform_inputs, verify_equivalent
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)

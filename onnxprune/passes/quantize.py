@@ -32,7 +32,7 @@ from ..fidelity.distortion import distortion
 from ..config import QUANTIZE_MODES
 from ..errors import CalibrationError, InvalidArgumentError, VerificationError
 from ..runtime import make_session
-from ..verify import check_structure
+from .verify import check_structure
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)

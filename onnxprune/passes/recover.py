@@ -48,7 +48,7 @@ from ..graph.layout import as_matrix, from_matrix, node_attrs
 from ..graph.subgraph import prefix
 from ..lsq import Site, fit_samples, fit_toward, stream
 from ..runtime import make_session
-from ..verify import check_structure
+from .verify import check_structure
 from .base import Pass, PassResult
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@
 """
 
 from .document import columns as _fmt
-from .model import (LayerChange, ModelStats, PathLike, PruneResult, Report, build_report, count_params,
-                    group_of_layer, method_line)
+from .groups import GroupImportance, group_of_layer
+from .model import LayerChange, ModelStats, PathLike, PruneResult, Report, build_report, count_params, method_line
 from .provenance import Provenance
 
-__all__ = ["LayerChange", "ModelStats", "PathLike", "PruneResult", "Report", "build_report", "count_params",
+__all__ = ["GroupImportance", "LayerChange", "ModelStats", "PathLike", "PruneResult", "Report", "build_report", "count_params",
            "group_of_layer", "method_line", "Provenance", "_fmt"]

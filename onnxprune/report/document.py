@@ -70,7 +70,7 @@ def table(rows: list) -> Table:
 
 
 def pipe_rows(text: str) -> Table:
-    """A Markdown pipe table (as :func:`onnxprune.compare.variants_table` writes it) as a Table."""
+    """A Markdown pipe table (as :func:`onnxprune.report.compare.variants_table` writes it) as a Table."""
     rows = []
     for line in text.strip().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

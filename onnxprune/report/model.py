@@ -15,13 +15,14 @@ import numpy as np
 import onnx
 
 from ..graph.external import serialized_size
+from .groups import GroupImportance, group_of_layer
 from .provenance import Provenance
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..fidelity.measure import Fidelity
-    from ..plan import PruningPlan
-    from ..prepare import Prepared
-    from ..verify import VerificationResult
+    from ..pruning.plan import PruningPlan
+    from ..pruning.prepare import Prepared
+    from ..passes.verify import VerificationResult
     from .document import Document
 
 PathLike = Union[str, os.PathLike]
@@ -58,6 +59,7 @@ class Report:
     variants: list = field(default_factory=list)  # compare.Variant rows: dense/pruned x fp32/int8
     method: str = ""  # how the units were chosen: criterion, ranking, target, rounding (from the plan)
     provenance: Optional[Provenance] = None  # command line, date, machine, calibration set
+    importance: list[GroupImportance] = field(default_factory=list)  # per channel group, from the run's scores
 
     @property
     def pruned_percentage(self) -> float:
@@ -141,15 +143,6 @@ def count_params(model: onnx.ModelProto) -> int:
                 if attr.name == "value" and attr.t.data_type in floats:
                     total += int(np.prod(attr.t.dims))
     return total
-
-
-def group_of_layer(analysis) -> dict[str, int]:
-    """Layer name -> the channel group its output kernels belong to (the first, for a layer in several)."""
-    out: dict[str, int] = {}
-    for g in analysis.groups:
-        for name in g.layers:
-            out.setdefault(name, g.id)
-    return out
 
 
 def build_report(p: "Prepared", pruned: onnx.ModelProto, removed: list[int],

@@ -72,6 +72,20 @@ def widths_figure(rows: Sequence[tuple[str, int]], series: Sequence[tuple[str, S
     return Figure(_png(fig), caption, name)
 
 
+def _bar_rows(plt, n: int):
+    """A figure tall enough for ``n`` horizontal bars, and their y positions (the first row on top)."""
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.3 * n + 1.2)))
+    return fig, ax, list(range(n))[::-1]
+
+
+def _label_rows(ax, ys: list[int], labels: Sequence[str], xlabel: str) -> None:
+    ax.set_yticks(ys)
+    ax.set_yticklabels([_short(lbl) for lbl in labels], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_ylim(-0.6, len(ys) - 0.4)
+
+
 def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, name: str,
                 values: Optional[Sequence[str]] = None, faint: Sequence[bool] = (),
                 reference: Optional[tuple[float, str]] = None) -> Optional[Figure]:
@@ -84,8 +98,7 @@ def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, na
     if plt is None or not rows:
         return None
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.3 * n + 1.2)))
-    ys = list(range(n))[::-1]
+    fig, ax, ys = _bar_rows(plt, n)
     pale = [bool(faint[i]) if i < len(faint) else False for i in range(n)]
     bars = ax.barh(ys, [v for _, v in rows], height=0.7, color=["#b8c6e0" if p else "#4c72b0" for p in pale])
     for bar, p in zip(bars, pale):
@@ -98,11 +111,26 @@ def bars_figure(rows: Sequence[tuple[str, float]], xlabel: str, caption: str, na
         ax.legend(fontsize=8, loc="lower right")
     if values:
         ax.set_xlim(0, max([v for _, v in rows] + [reference[0] if reference else 0]) * 1.25 or 1)
-    ax.set_yticks(ys)
-    ax.set_yticklabels([_short(lbl) for lbl, _ in rows], fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_ylim(-0.6, n - 0.4)
+    _label_rows(ax, ys, [lbl for lbl, _ in rows], xlabel)
+    return Figure(_png(fig), caption, name)
+
+
+def importance_figure(rows: Sequence[tuple[str, float, float]], xlabel: str, caption: str,
+                      name: str) -> Optional[Figure]:
+    """One stacked bar per channel group: (label, kept part, removed part) of its summed scores."""
+    plt = pyplot()
+    if plt is None or not rows:
+        return None
+    fig, ax, ys = _bar_rows(plt, len(rows))
+    kept = [k for _, k, _ in rows]
+    ax.barh(ys, kept, height=0.7, color="#4c72b0", label="kept")
+    ax.barh(ys, [r for _, _, r in rows], left=kept, height=0.7, color="#dd8452", label="removed")
+    for y, (_, k, r) in zip(ys, rows):
+        if k + r > 0 and r > 0:
+            ax.annotate(f"{r / (k + r):.0%}", (k + r, y), textcoords="offset points", xytext=(4, -3), fontsize=8)
+    ax.set_xlim(0, max(k + r for _, k, r in rows) * 1.15 or 1)
+    ax.legend(fontsize=8, loc="lower right")
+    _label_rows(ax, ys, [lbl for lbl, _, _ in rows], xlabel)
     return Figure(_png(fig), caption, name)
 
 

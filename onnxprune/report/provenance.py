@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 def machine() -> str:
     """'<CPU model>, N cores, Linux 6.1, Python 3.11, onnxruntime 1.x' (what the timings were measured on)."""
-    from ..latency.measure import cpu_model
+    from ..latency.timing import cpu_model
     try:
         import onnxruntime
         ort = f", onnxruntime {onnxruntime.__version__}"

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any, Optional
 
 from .document import Document, Heading, Items, Para, pipe_rows, table
+from .groups import plus_layers
 
 Report = Any  # onnxprune.report.model.Report, not imported: it renders itself through this module
 
@@ -33,7 +34,7 @@ def prune_document(r: Report, title: str = "", figures: bool = False, file: Opti
     doc.add(Para(f"pruned kernels: {r.removed_kernels} of {r.prunable_kernels} prunable "
                  f"({r.pruned_percentage:.1f}%)"))
     if r.variants:
-        from ..compare import variants_table
+        from .compare import variants_table
         doc.add(pipe_rows(variants_table(r.variants)))
     changed = [lc for lc in r.layers if lc.before != lc.after]
     if changed:
@@ -100,7 +101,7 @@ def fidelity_lines(r: Report) -> list[str]:
 
 
 def _add_figures(doc: Document, r: Report) -> None:
-    from .plots import NO_PLOTS, bars_figure, pyplot, tradeoff_figure, widths_figure
+    from .plots import NO_PLOTS, bars_figure, importance_figure, pyplot, tradeoff_figure, widths_figure
     if pyplot() is None:
         doc.add(Para(f"Note: {NO_PLOTS}."))
         return
@@ -138,6 +139,17 @@ def _add_figures(doc: Document, r: Report) -> None:
                               "Kept kernels (output channels) per channel group: grey the dense width, blue what "
                               "the pruned model keeps. Layers of one group share their channels and shrink "
                               "together, so each group is one row, named by its first layer.", "widths.png"))
+    if r.importance:
+        criterion = r.method.split(" scores")[0] if " scores" in r.method else "criterion"
+        doc.add(importance_figure([(g.label, g.total - g.removed, g.removed) for g in r.importance],
+                                  f"summed {criterion} scores of the group's channels",
+                                  f"How much each channel group matters to the {criterion} criterion, and what the "
+                                  "run took from it: each bar is the summed scores of the group's channels (counted "
+                                  "once per group, though a channel spans every layer of it), orange the removed "
+                                  "channels' part, labelled with its share. Groups with more channels sum more. The "
+                                  "selection does not read these sums alone (it weighs what a channel costs, or each "
+                                  "group's measured loss after re-fitting; see the method line), so a group can lose "
+                                  "more or less than its bar suggests.", "importance.png"))
 
 
 def layer_rows(r: Report) -> tuple[list[tuple[str, int]], list[int]]:
@@ -154,11 +166,6 @@ def layer_rows(r: Report) -> tuple[list[tuple[str, int]], list[int]]:
         rows.append((label, first.before))
         kept.append(first.after)
     return rows, kept
-
-
-def plus_layers(more: int) -> str:
-    """' (+3 layers)' after a channel group's first layer: how many more layers share its channels."""
-    return "" if more <= 0 else f" (+{more} layer{'s' if more > 1 else ''})"
 
 
 def _ms(t: list) -> str:

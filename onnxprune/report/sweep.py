@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..graph.io import write_text_atomic
-from ..latency.measure import Timing
+from ..latency.timing import Timing
 from .document import Document, Figure, Heading, Items, Para, Table, html_page, markdown, table
-from .prune import INSIDE_NOISE, plus_layers
+from .groups import plus_layers
+from .prune import INSIDE_NOISE
 from .provenance import Provenance
 
 logger = logging.getLogger(__name__)

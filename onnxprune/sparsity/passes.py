@@ -14,7 +14,7 @@ After:  the weights whose ONNX sparse tensor is smaller stored that way.
         Promise: outputs identical to the dense model; a candidate that is not
         (or is no smaller) is dropped and the dense model kept.
 
-Both check exactness with :func:`onnxprune.verify.verify_equivalent` at zero
+Both check exactness with :func:`onnxprune.passes.verify.verify_equivalent` at zero
 tolerance, on the inputs channel pruning uses (:func:`uniform_inputs`) or on
 real calibration samples when given.
 """
@@ -35,7 +35,7 @@ from ..fidelity.distortion import relative_l2
 from ..graph.sizes import choose_input_shapes
 from ..passes.base import Pass, PassResult
 from ..runtime import make_session
-from ..verify import VerificationResult, uniform_inputs, verify_equivalent
+from ..passes.verify import VerificationResult, uniform_inputs, verify_equivalent
 from .config import SUPPORTED_OP_TYPES, SparsifyConfig
 from .history import pass_record, read_history, write_history
 from .masks import WeightTargets, step_masks

@@ -1,7 +1,7 @@
 """What ``sparsify`` and ``sparsity_info`` return: per-weight statistics, storage, verification.
 
 ``WeightInfo`` is one weight tensor, possibly shared by several nodes
-(``onnxprune.api.LayerInfo`` is a pruning layer).
+(``onnxprune.pruning.api.LayerInfo`` is a pruning layer).
 """
 
 from __future__ import annotations

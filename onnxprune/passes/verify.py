@@ -16,9 +16,9 @@ from typing import Iterable, Optional
 import numpy as np
 import onnx
 
-from .errors import VerificationError
-from .graph.external import check_skeleton, needs_external, skeleton
-from .runtime import make_session
+from ..errors import VerificationError
+from ..graph.external import check_skeleton, needs_external, skeleton
+from ..runtime import make_session
 
 logger = logging.getLogger(__name__)
 

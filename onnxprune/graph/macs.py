@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph.analysis import Analysis
-from .graph.channels import ShapeUnknownError
+from .analysis import Analysis
+from .channels import ShapeUnknownError
 
 
 @dataclass

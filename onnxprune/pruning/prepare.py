@@ -8,12 +8,12 @@ from typing import Iterable, Optional, Sequence
 
 import onnx
 
-from .cost import CostModel
-from .graph.analysis import Analysis
-from .graph.external import needs_external
-from .graph.io import ModelLike, load_model
-from .graph.probe import Probe, graph_input_dims, probe
-from .passes.normalize import NormalizePass
+from ..graph.macs import CostModel
+from ..graph.analysis import Analysis
+from ..graph.external import needs_external
+from ..graph.io import ModelLike, load_model
+from ..graph.probe import Probe, graph_input_dims, probe
+from ..passes.normalize import NormalizePass
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import InvalidArgumentError
-from .graph.io import write_text_atomic
-from .graph.analysis import Analysis
+from ..errors import InvalidArgumentError
+from ..graph.io import write_text_atomic
+from ..graph.analysis import Analysis
 
 FORMAT = "onnxprune-plan"
 VERSION = 1

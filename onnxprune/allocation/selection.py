@@ -27,10 +27,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .cost import CostModel
-from .config import Constraints, Target  # declared with every other setting
-from .errors import NothingToPruneError
-from .graph.analysis import Analysis
+from ..graph.macs import CostModel
+from ..config import Constraints, Target  # declared with every other setting
+from ..errors import NothingToPruneError
+from ..graph.analysis import Analysis
 
 logger = logging.getLogger(__name__)
 

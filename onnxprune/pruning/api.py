@@ -2,7 +2,7 @@
 
 Every function accepts a path or an ``onnx.ModelProto`` and never modifies
 its input; a file is written only after verification passed, atomically.
-All of them run the one pruning path of :mod:`onnxprune.pipeline`.
+All of them run the one pruning path of :mod:`onnxprune.pruning.pipeline`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import PruneConfig
-from .errors import InvalidArgumentError, NothingToPruneError
-from .graph.io import ModelLike
-from .passes.prune import build_pruned
+from ..config import PruneConfig
+from ..errors import InvalidArgumentError, NothingToPruneError
+from ..graph.io import ModelLike
+from ..passes.prune import build_pruned
 from .pipeline import run_pruning
 from .plan import PruningPlan
 from .prepare import Prepared, prepare
-from .report import PathLike, PruneResult, count_params
-from .scoring.registry import DATA_FREE
+from ..report import PathLike, PruneResult, count_params
+from ..scoring.registry import DATA_FREE
 
 logger = logging.getLogger(__name__)
 

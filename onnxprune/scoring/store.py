@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import InvalidArgumentError
-from .graph.io import write_text_atomic
+from ..errors import InvalidArgumentError
+from ..graph.io import write_text_atomic
 
 FORMAT = "onnxprune-scores"
 

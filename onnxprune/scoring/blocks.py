@@ -7,7 +7,7 @@ stays, the channels interact). So each droppable group is measured whole:
 the masked reference with every channel of the group zeroed is run on the
 calibration batches and costed like the oracle (same cost function, mean
 per sample), which makes the figure comparable with the units' scores in
-a per-MAC ranking (:func:`onnxprune.selection.with_drop_blocks`).
+a per-MAC ranking (:func:`onnxprune.allocation.selection.with_drop_blocks`).
 """
 
 from __future__ import annotations

@@ -16,15 +16,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .calibration.dataset import Calibration
-from .config import PruneConfig
-from .errors import NothingToPruneError
-from .passes.base import Pass, Pipeline
-from .passes.prune import PruneChannelsPass
+from ..calibration.dataset import Calibration
+from ..config import PruneConfig
+from ..errors import NothingToPruneError
+from ..passes.base import Pass, Pipeline
+from ..passes.prune import PruneChannelsPass
 from .prepare import Prepared, prepare
-from .scoring.auto import AUTO, resolve_criterion
-from .scoring.registry import ScoreRequest, score
-from .selection import Target, select
+from ..scoring.auto import AUTO, resolve_criterion
+from ..scoring.registry import ScoreRequest, score
+from ..allocation.selection import Target, select
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _drop_scores(p: Prepared, config: PruneConfig, calibration: Optional[Calibra
     if not (config.allow_drop and scored_here and calibration is not None and config.criterion == "oracle"
             and config.ranking in ("per_mac", "raw", AUTO) and not config.layer_norm):
         return None
-    from .scoring.depth import drop_scores
+    from ..scoring.blocks import drop_scores
     key = ("drop_scores", repr(config.oracle_cost), id(calibration))
     if key not in p.memo:
         p.memo[key] = drop_scores(p.analysis, calibration.batches(), config.oracle_cost)
@@ -164,8 +164,8 @@ def _step_target(original: Prepared, current: Prepared, removed_orig: list[int],
 
 def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) -> list[int]:
     """Units to remove for ``config.target_latency``: the measured table, the knapsack, a measured check."""
-    from .allocation.latency import select_latency
-    from .latency.table import build_table
+    from ..allocation.latency import select_latency
+    from ..latency.table import build_table
     if config.layer_norm:
         scores = _normalise(p, scores)
     round_to = config.round_to if isinstance(config.round_to, int) else None
@@ -176,23 +176,29 @@ def latency_units(p: Prepared, scores: dict[int, float], config: PruneConfig) ->
 
 
 def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
-               scores: Optional[dict[int, float]] = None, *, iterate_from: Optional[dict[int, float]] = None) -> list[int]:
+               scores: Optional[dict[int, float]] = None, *, iterate_from: Optional[dict[int, float]] = None,
+               scores_out: Optional[dict[int, float]] = None) -> list[int]:
     """Roots (of the original model ``p``) to remove, one-shot or iterative.
 
     ``scores`` fixes the scores (one-shot); ``iterate_from`` gives the first
     step's scores of an iterative run (they are those of the original model),
     so a caller that already scored the model does not score it twice.
+    ``scores_out`` receives the scores of the original model's units (the
+    first step's, for an iterative run): what the report shows per group.
     """
     if not p.analysis.prunable_units:
         raise NothingToPruneError("no prunable layer: every channel group is frozen (see `onnxprune inspect`)")
     schedule = _schedule(config)
+    sink = scores_out if scores_out is not None else {}
     if config.target.latency is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        sink.update(unit_scores)
         return latency_units(p, unit_scores, config)
     if len(schedule) == 1 or scores is not None:
         unit_scores = scores if scores is not None else score_units(p, config, calibration)
+        sink.update(unit_scores)
         if config.allocation_for(calibration is not None) != "greedy":
-            from .allocation.by_sensitivity import plan_by_sensitivity  # least squares: only when it runs
+            from ..allocation.by_sensitivity import plan_by_sensitivity  # least squares: only when it runs
             removed = plan_by_sensitivity(p, config, calibration, rank_scores(p, unit_scores, config)[0])
             if removed is not None:
                 return removed
@@ -210,6 +216,8 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
             unit_scores = iterate_from
         else:
             unit_scores = score_units(current, config, calibration)
+        if i == 0:
+            sink.update(unit_scores)
         keys, cost_aware = rank_scores(current, unit_scores, config)
         chosen = select(current.analysis, keys, step_target, config.constraints, cost_aware, current.cost,
                         _drop_scores(current, config, calibration, True))
@@ -219,7 +227,7 @@ def plan_units(p: Prepared, config: PruneConfig, calibration: Optional[Calibrati
         if i + 1 < len(schedule):  # the step's model, by the passes of a run (unverified: an intermediate)
             passes: list[Pass] = [PruneChannelsPass(current.analysis, chosen, verify=False)]
             if config.refit_between_steps and config.recover != "none" and calibration is not None:
-                from .passes.recover import RecoverPass  # recovery imports least squares: only when asked
+                from ..passes.recover import RecoverPass  # recovery imports least squares: only when asked
                 passes.append(RecoverPass(current, chosen, calibration, config.recover))
             current = prepare(Pipeline(passes)(current.model).model, current.input_shapes, verify=False)
     return tracker.original_units()

@@ -20,19 +20,20 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import onnx
 
-from .calibration import Preprocess
-from .calibration.dataset import Calibration, load_calibration, spread
-from .config import RANKINGS, PruneConfig
-from .errors import BelowFloorError, CalibrationError, NothingToPruneError
-from .fidelity.judge import NOISE_SAMPLES, Judge, holdout_count, make_judge
-from .graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
-from .graph.probe import fixed_batch_of, input_dtypes
-from .passes.base import Pass, Pipeline
-from .passes.prune import PruneChannelsPass
+from ..calibration import Preprocess
+from ..calibration.dataset import Calibration, load_calibration, spread
+from ..config import RANKINGS, PruneConfig
+from ..errors import BelowFloorError, CalibrationError, NothingToPruneError
+from ..fidelity.judge import NOISE_SAMPLES, Judge, holdout_count, make_judge
+from ..graph.io import ModelLike, check_output_path, has_external_data, load_model, save_model_atomic
+from ..graph.probe import fixed_batch_of, input_dtypes
+from ..passes.base import Pass, Pipeline
+from ..passes.prune import PruneChannelsPass
 from .plan import PruningPlan, refit_meta
 from .prepare import Prepared, prepare
-from .report import PathLike, PruneResult, build_report
-from .verify import uniform_inputs
+from ..report import PathLike, PruneResult, build_report
+from ..report.groups import group_importance
+from ..passes.verify import uniform_inputs
 from .schedule import _schedule, criterion_for, plan_units, rank_scores, score_units
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ __all__ = ["PruneConfig", "RANKINGS", "Calibration", "load_calibration", "score_
 def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, report, judge: Optional[Judge],
              random_feed, config: PruneConfig = PruneConfig()) -> None:
     """Latency before/after (timed interleaved) and fidelity to the dense model on the judge's rows."""
-    from .latency.measure import LatencySettings, time_against_dense
+    from ..latency.timing import LatencySettings, time_against_dense
     if config.target.latency is not None:
         _measure_latency_target(p, final, report, config)
     else:
@@ -64,7 +65,7 @@ def _measure(p: Prepared, pruned: onnx.ModelProto, final: onnx.ModelProto, repor
 def _measure_latency_target(p: Prepared, final: onnx.ModelProto, report, config: PruneConfig) -> None:
     """The final model timed interleaved with the dense one as configured. The target counts as met only when
     the measured ranges do not overlap (a difference inside the timing noise is "could not tell")."""
-    from .latency.measure import feeds_for, time_against_dense
+    from ..latency.timing import feeds_for, time_against_dense
     settings = config.latency_settings
     s = time_against_dense(p.model, final, feeds_for(p.model, p.with_batch(settings.batch)), settings)
     report.before.latency_ms, report.after.latency_ms = s.dense.median, s.pruned.median
@@ -236,8 +237,9 @@ def run_pruning(model_input: ModelLike, model_output: Optional[PathLike] = None,
 def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration], scores, removed,
            plan: Optional[PruningPlan]) -> _Built:
     """Plan (unless ``removed``), prune, recover; the report without measurements."""
+    unit_scores: dict[int, float] = dict(scores or {})
     if removed is None:
-        removed = plan_units(p, config, calibration, scores)
+        removed = plan_units(p, config, calibration, scores, scores_out=unit_scores)
     removed = sorted(int(r) for r in removed)
     made_plan = plan is None
     if plan is None:
@@ -247,13 +249,14 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     extra = calibration.feeds(first=1) if calibration is not None else []
     passes: list[Pass] = [PruneChannelsPass(p.analysis, removed, verify=config.verify, extra_feeds=extra)]
     if calibration is not None and config.recover != "none":
-        from .passes.recover import RecoverPass  # recovery pulls in least squares: only when it runs
+        from ..passes.recover import RecoverPass  # recovery pulls in least squares: only when it runs
         fit_data = calibration.augmented(config.augment, config.seed) if config.augment else calibration
         passes.append(RecoverPass(p, removed, fit_data, config.recover))
     run = Pipeline(passes)(p.model)
     surgery = run.result_of(PruneChannelsPass.name)
     verification = surgery.verification
     report = build_report(p, run.model, removed, verification)
+    report.importance = group_importance(p.analysis, unit_scores, removed)
     recovery = run.result_of("recover")
     if recovery is not None and recovery.summary:
         report.extra["recovery"] = recovery.summary
@@ -266,7 +269,7 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
 
 def _check_distill(data: Any) -> None:
     """Fail fast, in one line, when distillation cannot run at all (no engine, no data)."""
-    from .distill.engine import require_engine
+    from ..distill.engine import require_engine
     require_engine()
     if data is None:
         raise CalibrationError("--recover distill needs calibration data (the dense model teaches on it): "
@@ -278,7 +281,7 @@ def _distilled(p: Prepared, built: _Built, judge: Optional[Judge], calibration: 
     if judge is None or calibration is None:
         built.report.extra["distillation"] = "not run: it is judged on held-back rows (measure) and needs data"
         return
-    from .passes.distill import DistillPass
+    from ..passes.distill import DistillPass
     built.run = built.run.then([DistillPass(p.model, calibration, judge, built.config.distill)])
     result = built.run.result_of(DistillPass.name)
     built.report.extra["distillation"] = result.notes[0]
@@ -376,7 +379,7 @@ def _quantized(p: Prepared, built: _Built, calibration: Calibration, judge: Opti
     """The run's pipeline continued by the quantization pass, once the float model it quantizes was judged
     (the floor and a back-off judge the float model); with ``measure``, the dense model quantized too, for the
     side-by-side table of dense/pruned x fp32/int8 (size, interleaved latency, fidelity to dense fp32)."""
-    from .passes.quantize import QuantizePass
+    from ..passes.quantize import QuantizePass
     config, report, pruned = built.config, built.report, built.run.model
     built.run = built.run.then([QuantizePass(calibration, config.quantize)])
     result = built.run.result_of(QuantizePass.name)
@@ -385,7 +388,7 @@ def _quantized(p: Prepared, built: _Built, calibration: Calibration, judge: Opti
         report.extra["fidelity_quantized"] = judge.measure(result.model)
     report.verification += f"\nquantize: {result.summary}"
     if config.measure:
-        from .compare import compare_variants
+        from ..report.compare import compare_variants
         dense_q = QuantizePass(calibration, config.quantize)(p.model).model
         feeds = calibration.feeds(last=1)
         variants = compare_variants({"dense fp32": p.original, "pruned fp32": pruned,

@@ -131,7 +131,7 @@ def cpu_model() -> str:
 def feeds_for(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs in [-1, 1) of the given shapes (non-float inputs: zeros of their type)."""
     from ..graph.probe import input_dtypes
-    from ..verify import uniform_inputs
+    from ..passes.verify import uniform_inputs
     return uniform_inputs({k: tuple(v) for k, v in shapes.items()}, n=1, seed=seed, dtypes=input_dtypes(model))[0]
 
 

@@ -1,7 +1,7 @@
 """Side-by-side figures of model variants (dense / pruned, fp32 / int8): size, latency, raw distortion.
 
 Latency of variants is timed interleaved by the one timer
-(:func:`onnxprune.latency.measure.time_models`), so a slow spell of a
+(:func:`onnxprune.latency.timing.time_models`), so a slow spell of a
 shared machine hits every row alike.
 """
 
@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 import onnx
 
-from .fidelity.distortion import distortion
-from .latency.measure import LatencySettings, time_models
-from .runtime import make_session
+from ..fidelity.distortion import distortion
+from ..latency.timing import LatencySettings, time_models
+from ..runtime import make_session
 
 
 @dataclass

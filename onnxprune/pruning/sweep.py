@@ -17,21 +17,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import onnx
 
-from .calibration import Preprocess
-from .config import PruneConfig
-from .errors import InvalidArgumentError
-from .graph.io import ModelLike
-from .fidelity import TaskCost, make_judge, measure_fidelity
-from .fidelity.cost import needs_task_cost
-from .fidelity.measure import LABELS
-from .fidelity.held_out import held_out, outputs_of
-from .latency.measure import feeds_for, time_models
+from ..calibration import Preprocess
+from ..config import PruneConfig
+from ..errors import InvalidArgumentError
+from ..graph.io import ModelLike
+from ..fidelity import TaskCost, make_judge, measure_fidelity
+from ..fidelity.cost import needs_task_cost
+from ..fidelity.measure import LABELS
+from ..fidelity.held_out import held_out, outputs_of
+from ..latency.timing import feeds_for, time_models
 from .pipeline import prepare_run, run_pruning, score_units
-from .report import Provenance, group_of_layer
-from .report.sweep import SweepPoint, SweepResult, write_sweep_report
+from ..report import Provenance, group_of_layer
+from ..report.groups import group_importance
+from ..report.sweep import SweepPoint, SweepResult, write_sweep_report
 from .schedule import criterion_for
 
 logger = logging.getLogger(__name__)
@@ -127,14 +127,7 @@ def sweep(model_input: ModelLike, calibration_source: Any, budgets: Sequence[flo
                          f"(measured {lat['measured_fraction']:.1%})")
     layers = [(layer.name, layer.kernels) for layer in p.analysis.layers.values() if layer.prunable_kernels]
     groups = group_of_layer(p.analysis)
-    first = {}  # channel group -> its first prunable layer, which names it in the report
-    for layer_name, _ in layers:
-        first.setdefault(groups.get(layer_name, layer_name), layer_name)
-    sensitivity: dict[str, float] = {}  # each unit once, in its group (not on every layer the group spans)
-    for r, s in scores.items():
-        gid = p.analysis.group_of.get(r)
-        key = first.get(gid, p.analysis.unit_kernels[r][0][0])
-        sensitivity[key] = sensitivity.get(key, 0.0) + float(s)
+    sensitivity = {g.layer: g.total for g in group_importance(p.analysis, scores)}
     result = SweepResult(name, kind, base.criterion, times["dense"], dense_quality,
                          "top-1 accuracy" if labels is not None and "top1" in dense.values
                          else f"{LABELS[dense.headline]} with the dense model ({spec.task})",
