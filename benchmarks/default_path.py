@@ -27,8 +27,9 @@ CIFAR_FLAGS = ("--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
 
 
 def run_cli(model: Path, calib: Path, target: float, flags: tuple[str, ...] = (),
-            extra: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, float, float]:
-    """(pruned model, wall seconds, CPU seconds) of one default-path command line."""
+            extra: tuple[str, ...] = (), printed: list[str] | None = None) -> tuple[onnx.ModelProto, float, float]:
+    """(pruned model, wall seconds, CPU seconds) of one default-path command line; ``printed`` receives the
+    lines it printed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pruned.onnx"
         # --min-fidelity 0: a benchmark row records every budget; a user's run below the floor of its task
@@ -46,6 +47,8 @@ def run_cli(model: Path, calib: Path, target: float, flags: tuple[str, ...] = ()
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-2000:]}")
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        if printed is not None:
+            printed.extend(done.stdout.splitlines())
         return onnx.load(str(out)), wall, cpu
 
 

@@ -7,7 +7,7 @@ detections matched to the dense model's (best class >= confidence, class-wise NM
 and IoU >= 0.5), at confidence 0.25 and 0.1, with mAP50-95 on the dense detections as truth; and the
 speed-up at batch 1, timed interleaved with the dense model.
 
-    python benchmarks/detector.py [--budgets 0.85,0.7,0.5] [--extra "--back-off"]
+    python benchmarks/detector.py [--budgets 0.85,0.7,0.5] [--extra "--back-off"] [--section NAME]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="0.85,0.7,0.5")
     ap.add_argument("--extra", default="", help="more CLI flags for every run, e.g. '--back-off'")
+    ap.add_argument("--section", default="detector-yolov8n",
+                    help="RESULTS.md section to write (a run with --extra goes beside the default path's)")
     args = ap.parse_args()
     calib_files, _, dev_files, _ = imagenet_split()
     pre, flags = _preprocess()
@@ -58,7 +60,8 @@ def main() -> None:
     with imagenet_calib_folder(calib_files) as calib:
         for budget in [float(b) for b in args.budgets.split(",")]:
             extra = tuple(shlex.split(args.extra))
-            pruned, wall, cpu = run_cli(MODEL, calib, budget, flags, extra)
+            printed: list[str] = []
+            pruned, wall, cpu = run_cli(MODEL, calib, budget, flags, extra, printed)
             out = _outputs(pruned, x)
             row = {"MACs kept (asked)": f"{budget:.0%}", "run time (wall / CPU)": f"{wall / 60:.1f} / {cpu / 60:.1f} min"}
             for conf in (0.25, 0.1):
@@ -75,15 +78,19 @@ def main() -> None:
                                                         f"({t['dense'][0]:.1f} / {t['pruned'][0]:.1f} ms; "
                                                         f"ranges {t['dense'][1]:.1f}-{t['dense'][2]:.1f} / "
                                                         f"{t['pruned'][1]:.1f}-{t['pruned'][2]:.1f})")
+            said = [x.strip() for x in printed if "distill" in x.lower()]
+            if said:
+                row["distillation (as the run reported it)"] = "; ".join(said)
             rows.append(row)
             print(row, flush=True)
     cols = list(rows[0])
-    text = (header("YOLOv8n detector, default path: detections vs the dense model (issue 22)")
+    title = "default path" + (f" with `{args.extra}`" if args.extra else "")
+    text = (header(f"YOLOv8n detector, {title}: detections vs the dense model")
             + f"\nCommand per budget: `onnxprune prune yolov8n_320.onnx -o OUT --calib <first 250 imagenet_dev files> "
             + f"{' '.join(flags)} --target-macs F --min-fidelity 0 {args.extra}` (criterion auto, allocation, least "
             + "squares as by default). Judged on the other 250 images: detections of the pruned model matched to "
             + "the dense model's (class-wise NMS 0.45, same class, IoU >= 0.5).\n\n" + table(rows, cols))
-    write_section("detector-yolov8n", text)
+    write_section(args.section, text)
     print(text)
 
 
