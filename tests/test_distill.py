@@ -283,3 +283,16 @@ def test_a_paddle_recognizer_whose_ranks_shape_inference_loses_converts():
     student = convert(p.model, "cpu", {"x": x.shape})
     assert len(student.bindings) > 100
     check_outputs(student, p.model, {"x": x}, "cpu")
+
+
+def test_crops_keep_the_input_aspect_and_text_lines_are_not_mirrored():
+    """A 8 x 80 'text line' (a left-to-right ramp): crops span at least 0.35 * 0.75 of its area at its own aspect
+    (a square crop stretched tenfold would span under 30 columns), and flip=False never reverses the ramp."""
+    from onnxprune.distill.train import augment_batch
+    ramp = np.broadcast_to(np.arange(80, dtype=np.float32), (64, 3, 8, 80)).copy()
+    out = augment_batch(ramp, np.random.default_rng(0), flip=False)
+    span = out[:, 0, 4, -1] - out[:, 0, 4, 0]
+    assert span.min() > 35 and np.all(np.diff(out[:, 0, 4, :], axis=-1) >= -1e-4)
+    flipped = augment_batch(ramp, np.random.default_rng(0), flip=True)
+    reversed_rows = (flipped[:, 0, 4, -1] < flipped[:, 0, 4, 0]).sum()
+    assert 0 < reversed_rows < 64  # about half mirrored where the outputs do not care about order

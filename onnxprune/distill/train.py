@@ -91,8 +91,12 @@ def _is_image(arrays: dict[str, np.ndarray]) -> bool:
         np.issubdtype(a.dtype, np.floating)
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random-resized crop (area 35-100%, aspect 3/4-4/3) and horizontal flip of each NCHW image, same size out."""
+def augment_batch(x: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """Random-resized crop (area 35-100%, aspect 3/4-4/3 of the input's own) and, with ``flip``, a horizontal
+    flip of each NCHW image, same size out.
+
+    The aspect is relative to the input's: a 48 x 320 text line gets crops of about that shape, not squares
+    stretched fourfold. No flip where an output is read in order (CTC text): a mirrored line is not a line."""
     import torch
     import torch.nn.functional as F
     n, _, h, w = x.shape
@@ -100,13 +104,13 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(x))
     for i in range(n):
         area = h * w * rng.uniform(*CROP_SCALE)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ratio = (w / h) * math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
         ch = int(min(h, max(1, round(math.sqrt(area / ratio)))))
         cw = int(min(w, max(1, round(math.sqrt(area * ratio)))))
         top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         crop = t[i:i + 1, :, top:top + ch, left:left + cw]
         img = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
-        if rng.random() < 0.5:
+        if flip and rng.random() < 0.5:
             img = img.flip(-1)
         out[i] = img.numpy()
     return out
@@ -232,6 +236,7 @@ class Trainer:
         self.conf = judge.spec.conf
         self.teacher = _Teacher(dense, student.output_names, self.features, self.n)
         self.image = settings.augment and _is_image(self.arrays)
+        self.flip = not any(s is not None and s.kind == "sequence" for s in self.specs)  # reading order matters
         self.rng = np.random.default_rng(settings.seed)
         self._captured: dict[str, Any] = {}
 
@@ -337,7 +342,7 @@ class Trainer:
                     feed = {k: v[rows] for k, v in self.arrays.items()}
                     aug = self.image and self.rng.random() < AUGMENT_PROBABILITY
                     if aug:
-                        feed = {k: augment_batch(v, self.rng) for k, v in feed.items()}
+                        feed = {k: augment_batch(v, self.rng, self.flip) for k, v in feed.items()}
                     teacher = self.teacher.run(feed, None if aug else rows)
                     opt.lr = s.lr * 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
                     opt.zero_grad()
