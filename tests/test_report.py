@@ -184,6 +184,8 @@ def test_group_importance_counts_each_unit_once_in_its_group():
     assert sum(g.removed for g in rows) == pytest.approx(sum(scores[r] for r in res.removed_units), rel=1e-9)
     assert all(0 <= g.removed <= g.total for g in rows) and any(g.removed > 0 for g in rows)
     assert res.report.to_dict()["importance"][0]["label"] == rows[0].label
+    from onnxprune import apply_plan  # a saved plan carries no scores: nothing to plot, not a row of zeros
+    assert apply_plan(MODEL, res.plan).report.importance == []
 
 
 def test_sparsify_shares_the_report_and_json_of_prune(tmp_path, capsys):

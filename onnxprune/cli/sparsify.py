@@ -18,16 +18,16 @@ from typing import Any, Optional
 
 from ..errors import InvalidArgumentError
 from ..graph.io import check_output_path
-from ..report.sparsify import SparsifyReport
+from ..report.document import text
+from ..report.sparsify import SparsifyReport, info_document
 from .args import _add_calib_args, _preprocess
 from .output import check_report_target, write_report
 from ..sparsity.api import save_masks, sparsify, sparsity_info
 from ..sparsity.config import FILLERS, SCOPES, SparsifyConfig
-from ..sparsity.results import SparsifyResult, SparsityInfo
+from ..sparsity.results import SparsifyResult
 
 logger = logging.getLogger(__name__)
 
-_NAME_WIDTH = 36
 _D = SparsifyConfig()  # the flags' defaults are the config's
 
 
@@ -92,7 +92,7 @@ def add_sparsify_parser(subparsers: Any) -> None:
 def run_sparsify(args: argparse.Namespace) -> int:
     """Run ``sparsify`` (or ``--info``) from parsed arguments; returns the exit code."""
     if args.info:
-        print(format_info(sparsity_info(args.model)))
+        print(text(info_document(sparsity_info(args.model))))
         return 0
     if not args.output:
         raise InvalidArgumentError("give the output file with -o OUT (or use --info to inspect MODEL)")
@@ -137,47 +137,3 @@ def sparsify_report(result: SparsifyResult, input_bytes: Optional[int] = None) -
     from ..sparsity.history import METADATA_KEY
     record = sum(len(p.key) + len(p.value) for p in result.model.metadata_props if p.key == METADATA_KEY)
     return SparsifyReport(result, input_bytes, (METADATA_KEY, record))
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= _NAME_WIDTH else "…" + name[-(_NAME_WIDTH - 1):]
-
-
-def _pct(x: float) -> str:
-    return f"{100.0 * x:5.1f}%"
-
-
-def format_info(info: SparsityInfo) -> str:
-    """Per-layer sparsity, structured zeros and the recorded passes of a model."""
-    lines = [f"{'weight':<{_NAME_WIDTH}} {'op':<8} {'shape':<18} {'sparsity':>8} {'zero ch':>9} {'storage':<7} "
-             "history"]
-    for layer in info.layers:
-        history = " -> ".join("-" if s is None else _pct(s).strip() for s in layer.history)
-        lines.append(
-            f"{_short(layer.name):<{_NAME_WIDTH}} {layer.op_types[0]:<8} {'x'.join(map(str, layer.shape)):<18} "
-            f"{_pct(layer.sparsity):>8} {f'{layer.zero_channels}/{layer.channels}':>9} {layer.storage:<7} "
-            f"{history}"
-        )
-    zero_ch = sum(layer.zero_channels for layer in info.layers)
-    channels = sum(layer.channels for layer in info.layers)
-    lines.append(f"total: {len(info.layers)} weights, {info.total_size} values, sparsity "
-                 f"{_pct(info.sparsity).strip()}; structured: {zero_ch}/{channels} output channels all zero")
-    if not info.history:
-        lines.append("history: none recorded (never sparsified by onnxprune)")
-    for i, record in enumerate(info.history, start=1):
-        layers = record.get("layers", {})
-        size = sum(v[2] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
-        after = sum(v[1] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
-        what = record.get("filler", "?")
-        if "threshold" in record:
-            what += f" threshold {record['threshold']:g}"
-        lines.append(
-            f"pass {i}: {what}, {record.get('scope', '?')}, {record.get('mode', '?')}"
-            + (" (relative)" if record.get("relative") else "")
-            + (", importance scores" if record.get("importance_scores") else "")
-            + (", re-fit" if record.get("refit") else "")
-            + (f" -> {_pct(after / size).strip()} of {size} values in {len(layers)} weights" if size else "")
-        )
-    for key, value in info.other_metadata.items():
-        lines.append(f"{key}: {value if len(value) <= 200 else value[:200] + '…'}")
-    return "\n".join(lines)

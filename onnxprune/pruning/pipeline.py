@@ -256,7 +256,8 @@ def _build(p: Prepared, config: PruneConfig, calibration: Optional[Calibration],
     surgery = run.result_of(PruneChannelsPass.name)
     verification = surgery.verification
     report = build_report(p, run.model, removed, verification)
-    report.importance = group_importance(p.analysis, unit_scores, removed)
+    if unit_scores:  # a saved plan carries no scores: no importance to show
+        report.importance = group_importance(p.analysis, unit_scores, removed)
     recovery = run.result_of("recover")
     if recovery is not None and recovery.summary:
         report.extra["recovery"] = recovery.summary

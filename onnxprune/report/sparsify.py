@@ -111,3 +111,30 @@ class SparsifyReport:
             "notes": list(r.notes),
             "provenance": asdict(self.provenance) if self.provenance is not None else None,
         }
+
+
+def info_document(info: Any) -> Document:
+    """``sparsify --info``: per-weight sparsity, structured zeros and the recorded passes of a model (a
+    ``onnxprune.sparsity.SparsityInfo``)."""
+    rows = [("weight", "op", "shape", "sparsity", "zero ch", "storage", "history")]
+    rows += [(_short(w.name), w.op_types[0], "x".join(map(str, w.shape)), _pct(w.sparsity),
+              f"{w.zero_channels}/{w.channels}", w.storage,
+              " -> ".join("-" if s is None else _pct(s) for s in w.history)) for w in info.layers]
+    zero_ch = sum(w.zero_channels for w in info.layers)
+    channels = sum(w.channels for w in info.layers)
+    lines = [f"total: {len(info.layers)} weights, {info.total_size} values, sparsity {_pct(info.sparsity)}; "
+             f"structured: {zero_ch}/{channels} output channels all zero"]
+    if not info.history:
+        lines.append("history: none recorded (never sparsified by onnxprune)")
+    for i, record in enumerate(info.history, start=1):
+        layers = record.get("layers", {})
+        size = sum(v[2] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
+        after = sum(v[1] for v in layers.values() if isinstance(v, list) and len(v) >= 3)
+        what = record.get("filler", "?") + (f" threshold {record['threshold']:g}" if "threshold" in record else "")
+        lines.append(f"pass {i}: {what}, {record.get('scope', '?')}, {record.get('mode', '?')}"
+                     + (" (relative)" if record.get("relative") else "")
+                     + (", importance scores" if record.get("importance_scores") else "")
+                     + (", re-fit" if record.get("refit") else "")
+                     + (f" -> {_pct(after / size)} of {size} values in {len(layers)} weights" if size else ""))
+    lines += [f"{key}: {value if len(value) <= 200 else value[:200] + '…'}" for key, value in info.other_metadata.items()]
+    return Document("").add(Table(tuple(rows)), Items(tuple(lines)))
